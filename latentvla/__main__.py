@@ -1,0 +1,5 @@
+import sys
+
+from latentvla.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The `latentvla` command.
+
+Sub-commands are declared in `COMMANDS`: a space-separated command path, the config dataclass
+("module:Class", in a light module that does not import torch) and the function that runs it
+("module:function", taking the config). Options and `--help` are generated from the dataclass
+(see `latentvla.config`). Heavy modules are imported only when a command runs.
+
+To add a command: write its config dataclass and its run function, then add one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from latentvla.errors import LatentVLAError
+
+
+@dataclass(frozen=True)
+class Command:
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function"
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "tiny-vlm": Command("latentvla.vla.configuration_tiny:TinyVLMConfig", "latentvla.vla.tiny:write_tiny_vlm",
+                        "Write a tiny random Qwen3-VL checkpoint directory (Hugging Face layout) for tests and demos."),
+    "tiny-dino": Command("latentvla.lam.configuration_tiny_dino:TinyDinoConfig", "latentvla.lam.tiny_dino:write_tiny_dino",
+                         "Write a tiny random DINOv2-with-registers checkpoint directory (for the image LAM)."),
+    "robots": Command("latentvla.robots:RobotsConfig", "latentvla.robots:print_platforms",
+                      "List the built-in robot platforms (chunk length, action/proprio dims, normalization)."),
+}
+
+GROUP_HELP = {
+    "data": "Inspect RLDS datasets: statistics, episodes.",
+    "lam": "Latent action models: action tokenizer, image LAM, dataset annotation.",
+    "eval": "Closed-loop evaluation (LIBERO).",
+}
+
+
+def _load(ref: str):
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _print_overview(prefix: str = "") -> None:
+    prog = "latentvla" + (f" {prefix}" if prefix else "")
+    entries: dict[str, str] = {}
+    for path, cmd in COMMANDS.items():
+        if prefix and not path.startswith(prefix + " "):
+            continue
+        rest = path[len(prefix) + 1:] if prefix else path
+        head = rest.split(" ")[0]
+        if " " in rest:
+            entries.setdefault(head, GROUP_HELP.get((prefix + " " + head).strip(), "(group)") + "  [sub-commands]")
+        else:
+            entries[head] = cmd.help
+    print(f"usage: {prog} <command> [options]\n")
+    if not prefix:
+        print("Train and evaluate Vision-Language-Action policies with latent action supervision.\n")
+    print("commands:")
+    width = max((len(k) for k in entries), default=0)
+    for name in sorted(entries):
+        print(f"  {name.ljust(width)}  {entries[name]}")
+    print(f"\nRun '{prog} <command> --help' for the options of a command.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        from latentvla import __version__
+
+        print(f"latentvla {__version__}")
+        return 0
+    # Longest command path that prefixes argv.
+    words = []
+    for tok in argv:
+        if tok.startswith("-"):
+            break
+        words.append(tok)
+    match = None
+    for n in range(len(words), 0, -1):
+        path = " ".join(words[:n])
+        if path in COMMANDS:
+            match = (path, n)
+            break
+    if match is None:
+        prefix = " ".join(words)
+        groups = {p.rsplit(" ", 1)[0] for p in COMMANDS if " " in p}
+        if not words or prefix in groups:
+            _print_overview(prefix)
+            return 0 if (not argv or argv[-1] in ("-h", "--help") or prefix in groups and len(argv) == len(words)) else 2
+        print(f"latentvla: unknown command {prefix!r}; run 'latentvla --help' for the list.", file=sys.stderr)
+        return 2
+    path, n = match
+    cmd = COMMANDS[path]
+    from latentvla.config import parse_config
+
+    cfg_cls = _load(cmd.config)
+    try:
+        cfg = parse_config(cfg_cls, argv[n:], prog=f"latentvla {path}", description=cmd.help)
+        run: Callable = _load(cmd.run)
+        result = run(cfg)
+    except LatentVLAError as e:
+        print(f"latentvla {path}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"latentvla {path}: interrupted", file=sys.stderr)
+        return 130
+    return int(result) if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def run_command(path: str, argv: Sequence[str]) -> int:
+    """Entry for the paper-compatible shims (exp/train_vla.py, ...): `latentvla <path> argv...`."""
+    return main([*path.split(" "), *argv])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
