@@ -38,3 +38,15 @@ def tfds_fixture_root(tmp_path: Path) -> Path:
     dst = tmp_path / "tfds_root"
     shutil.copytree(FIXTURES / "tfds_written", dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL checkpoint dir (hidden 64, 2 layers, vision depth 2), written once
+    per session by `latentvla tiny-vlm`'s code path. Read-only: copy it before modifying."""
+    from latentvla.vla.configuration_tiny import TinyVLMConfig
+    from latentvla.vla.tiny import write_tiny_vlm
+
+    out = tmp_path_factory.mktemp("tiny_vlm") / "qwen3vl_tiny"
+    write_tiny_vlm(TinyVLMConfig(out_dir=str(out)))
+    return out
