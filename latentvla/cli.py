@@ -33,6 +33,9 @@ COMMANDS: dict[str, Command] = {
                          "Write a tiny random DINOv2-with-registers checkpoint directory (for the image LAM)."),
     "robots": Command("latentvla.robots:RobotsConfig", "latentvla.robots:print_platforms",
                       "List the built-in robot platforms (chunk length, action/proprio dims, normalization)."),
+    "lam action-train": Command("latentvla.lam.configuration_action_tokenizer:ActionTrainConfig",
+                                "latentvla.lam.action_tokenizer_train:run_action_train",
+                                "Train the VQ action-chunk tokenizer (la_tok targets) on a data mix's action chunks."),
 }
 
 GROUP_HELP = {
