@@ -1,0 +1,128 @@
+"""Image-LAM checkpoints: our directory format, and loading either ours or a UniVLA `.ckpt`.
+
+Our checkpoint directory (written atomically):
+- `config.json`: `{"format": "latentvla-image-lam", "lam": ImageLAMConfig, "dino": HF DINO config,
+  "t5_path": ..., "step": N, "train": train options}`
+- `model.safetensors`: the LAM weights (UniVLA names without `lam.`) plus the frozen DINO backbone
+  under `dino_encoder.model.*` (transformers names), so annotation needs nothing else.
+- `training_state.pt` (training checkpoints only): optimizer, step, sampler and RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from latentvla.errors import LatentVLAError
+from latentvla.lam.configuration_image_lam import ImageLAMConfig
+from latentvla.lam.dino import DinoFeatures, dino_from_config_dict, dino_from_original, is_original_dino_state_dict, load_dino
+from latentvla.lam.image_lam import ImageLatentActionModel
+from latentvla.lam.univla_checkpoint import infer_config, load_lam_weights, read_lightning_state_dict, rename_for_stage
+from latentvla.utils.atomic import atomic_directory, atomic_write_json
+
+FORMAT = "latentvla-image-lam"
+
+
+def save_lam_checkpoint(path: str | Path, model: ImageLatentActionModel, *, step: int, train: dict | None = None,
+                        training_state: dict | None = None, t5_path: str | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_directory(path, overwrite=True) as tmp:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.lam_state_dict().items()}
+        for k, v in model.dino_encoder.state_dict().items():
+            tensors[f"dino_encoder.{k}"] = v.detach().to("cpu").contiguous()
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        atomic_write_json(tmp / "config.json", {
+            "format": FORMAT, "lam": model.config.to_dict(), "dino": model.dino_encoder.model.config.to_dict(),
+            "t5_path": t5_path, "step": step, "train": train or {},
+        })
+        if training_state is not None:
+            torch.save(training_state, tmp / "training_state.pt")
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LatentVLAError(f"{path}/config.json: cannot read LAM checkpoint config ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise LatentVLAError(f"{path}: not an image-LAM checkpoint (config.json format {meta.get('format')!r})")
+    return meta
+
+
+def _build(cfg: ImageLAMConfig, dino: DinoFeatures, t5_path: str | None, with_text_encoder: bool) -> ImageLatentActionModel:
+    if dino.hidden_size != cfg.dino_dim:
+        raise LatentVLAError(f"DINO backbone width {dino.hidden_size} does not match the LAM's dino_dim {cfg.dino_dim}")
+    text = None
+    if cfg.stage == 1 and with_text_encoder:
+        if not t5_path:
+            raise LatentVLAError("a stage-1 LAM needs --t5_path (local T5 encoder directory)")
+        from latentvla.lam.image_lam import T5TextEncoder
+
+        text = T5TextEncoder(t5_path)
+    return ImageLatentActionModel(cfg, dino=dino, text_encoder=text)
+
+
+def load_image_lam(path: str | Path, *, dino_path: str | None = None, t5_path: str | None = None,
+                   num_heads: int | None = None, pair_offset: int = 32, strict: bool = True,
+                   with_text_encoder: bool = True) -> tuple[ImageLatentActionModel, dict]:
+    """Load a LAM (our checkpoint dir or a UniVLA Lightning `.ckpt`) on CPU in fp32.
+
+    Returns (model, meta) where meta holds "step" and "source". `with_text_encoder=False` skips
+    T5 for stage-1 models used only to encode (the encoder does not need language at inference
+    in stage 2; stage-1 annotation still needs it and keeps it).
+    """
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        meta = read_checkpoint_config(path)
+        cfg = ImageLAMConfig.from_dict(meta["lam"], source=f"{path}/config.json")
+        try:
+            tensors = load_file(str(path / "model.safetensors"))
+        except Exception as e:
+            raise LatentVLAError(f"{path}/model.safetensors: cannot read ({e})") from None
+        if dino_path:
+            dino = load_dino(dino_path)
+        else:
+            dino = dino_from_config_dict(meta["dino"])
+            dsd = {k[len("dino_encoder."):]: v for k, v in tensors.items() if k.startswith("dino_encoder.")}
+            missing, unexpected = dino.load_state_dict(dsd, strict=False)
+            if missing:
+                raise LatentVLAError(f"{path}: checkpoint lacks DINO weights ({missing[:3]}); pass --dino_path")
+        model = _build(cfg, dino, t5_path or meta.get("t5_path"), with_text_encoder)
+        load_lam_weights(model, tensors, strict=strict, source=str(path))
+        return model.float().eval(), {"step": int(meta.get("step", 0)), "source": str(path), "t5_path": meta.get("t5_path")}
+    sd = read_lightning_state_dict(path)
+    if is_original_dino_state_dict(sd, "dino_encoder.") and not dino_path:
+        dino = dino_from_original(sd, "dino_encoder.", source=f"{path} (dino_encoder.*)")
+    elif dino_path:
+        dino = load_dino(dino_path)
+    else:
+        raise LatentVLAError(f"{path}: checkpoint carries no dino_encoder weights; pass --dino_path")
+    # The public DINOv2 weights are stored at 518 px; UniVLA feeds 224 px frames (256 patches).
+    native = int(dino.model.config.image_size)
+    image_size = 224 if native == 518 else native
+    cfg = infer_config(sd, num_heads=num_heads or 12, image_size=image_size, patch_size=dino.patch_size,
+                       pair_offset=pair_offset, source=str(path))
+    model = _build(cfg, dino, t5_path, with_text_encoder)
+    load_lam_weights(model, rename_for_stage(sd, cfg.stage), strict=strict, source=str(path))
+    return model.float().eval(), {"step": 0, "source": str(path), "t5_path": t5_path}
+
+
+def read_lam_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:
+    """LAM tensors (our names) and stage of a checkpoint of either format (for --stage_one_ckpt)."""
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        meta = read_checkpoint_config(path)
+        return load_file(str(path / "model.safetensors")), int(meta["lam"]["stage"])
+    sd = read_lightning_state_dict(path)
+    stage = 2 if "vq_action.codebook.weight" in sd else 1
+    return rename_for_stage(sd, stage), stage
