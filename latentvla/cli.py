@@ -36,6 +36,12 @@ COMMANDS: dict[str, Command] = {
     "lam action-train": Command("latentvla.lam.configuration_action_tokenizer:ActionTrainConfig",
                                 "latentvla.lam.action_tokenizer_train:run_action_train",
                                 "Train the VQ action-chunk tokenizer (la_tok targets) on a data mix's action chunks."),
+    "lam image-train": Command("latentvla.lam.configuration_image_lam:ImageLAMTrainConfig",
+                               "latentvla.lam.image_lam_train:run_image_train",
+                               "Train the UniVLA-style image latent action model on frame pairs (stage 1 or 2)."),
+    "lam annotate": Command("latentvla.lam.configuration_image_lam:AnnotateConfig",
+                            "latentvla.lam.annotate:run_annotate",
+                            "Write a copy of an RLDS dataset with image-LAM latent actions (steps/latent_idx, steps/latent_z)."),
 }
 
 GROUP_HELP = {
