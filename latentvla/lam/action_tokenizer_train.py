@@ -185,18 +185,40 @@ def _prune(results_dir: Path, keep_last: int | None) -> None:
         p.unlink(missing_ok=True)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint we continue from."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-    atomic_write_text(path, "".join(l + "\n" for l in keep))
+class _JSONLLog:
+    """metrics.jsonl; on resume, lines written after the resumed checkpoint are dropped first."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        keep = []
+        if resume_step is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        keep.append(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+        atomic_write_text(path, "".join(l + "\n" for l in keep))
+        self._f = open(path, "a", buffering=1)
+
+    def log(self, step: int, metrics: dict) -> None:
+        self._f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def open_logger(cfg: ActionTrainConfig, results: Path, resume_step: int | None):
+    """The shared training logger (JSONL + optional W&B / SwanLab) when present, else JSONL only."""
+    try:
+        from latentvla.train.loggers import build_loggers
+    except ImportError:
+        build_loggers = None
+    if build_loggers is None:
+        if cfg.use_wandb:
+            raise LatentVLAError("--use_wandb needs latentvla.train.loggers, which is not available")
+        return _JSONLLog(results / "metrics.jsonl", resume_step)
+    return build_loggers(results, resume_step=resume_step, run_name=cfg.run_name or results.name,
+                         config=config_to_dict(cfg), use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project)
 
 
 # ----------------------------------------------------------------------------- training
@@ -257,7 +279,7 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
     atomic_write_json(results / "config.json", {**config_to_dict(cfg), "platform": platform.to_dict()})
     atomic_write_json(results / "dataset_statistics.json", statistics)
     log_path = results / "metrics.jsonl"
-    _truncate_log(log_path, start_step)
+    logger = open_logger(cfg, results, start_step if cfg.resume else None)
 
     if start_step == 0 and not cfg.init_checkpoint and cfg.init_batches > 0:
         init = fixed_batches(dataset, cfg.seed + 1, cfg.batch_size, cfg.init_batches)
@@ -311,14 +333,14 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
                 rec = {"step": step, **window.summary(model.config.codebook_size), "restarted_codes": restarted,
                        "lr": cfg.learning_rate, "samples_per_s": window.n * cfg.batch_size / max(now - t_window, 1e-9)}
                 logged.append(rec)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                logger.log(step, {k: v for k, v in rec.items() if k != "step"})
                 bar.set_postfix(rec_mse=f"{rec['rec_mse']:.4f}", usage=f"{rec['code_usage']:.2f}", ppl=f"{rec['perplexity']:.1f}")
                 window, restarted, t_window = MetricWindow(), 0, now
             if step % cfg.save_every == 0 or step == cfg.num_steps:
                 last_saved = save(step)
     finally:
         bar.close()
+        logger.close()
 
     if last_saved is None:  # num_steps already reached by the resumed checkpoint
         last_saved = existing[-1][1] if existing else save(step)
