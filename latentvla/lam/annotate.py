@@ -1,0 +1,280 @@
+"""`latentvla lam annotate`: write an annotated copy of an RLDS dataset (lam.md §2).
+
+For every episode of every split (all shards), step t gets
+- `steps/latent_idx` int64 `[C]`: the task-centric code indices of the pair (t, min(t+k, T−1))
+- `steps/latent_z` float32 `[C, E]`: the corresponding code vectors
+into a new builder directory (default `<root>/<name>_latent/<version>`). Every original feature
+keeps its exact bytes: each output record is the input record with the two new entries appended
+to its `Features` map (valid protobuf; TFDS and our reader parse it as one Example).
+
+Resumable and atomic: shards are written one by one (each atomically) into a hidden staging
+directory beside the output, `.<version>.annotating`, together with `annotate_job.json`; a rerun
+with the same job skips the shards already there. `features.json` / `dataset_info.json` are
+written last and the staging directory is renamed onto the output, so a complete output appears
+at once and a partial one is never visible. An existing complete output is skipped unless
+`--overwrite`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from latentvla.data.example import decode_example, encode_example
+from latentvla.data.features import tensor_feature
+from latentvla.data.tfds import DEFAULT_TEMPLATE, TFDSBuilderDir, shard_filename
+from latentvla.data.tfrecord import iter_records, write_records
+from latentvla.errors import LatentVLAError
+from latentvla.lam.configuration_image_lam import AnnotateConfig
+from latentvla.utils.atomic import atomic_write_json
+
+LATENT_IDX = "steps/latent_idx"
+LATENT_Z = "steps/latent_z"
+JOB_FILE = "annotate_job.json"
+DEFAULT_IMAGE_KEY = "observation/image"
+
+
+# ----------------------------------------------------------------------------- record surgery
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _features_payload(record: bytes, where: str) -> bytes:
+    """The bytes of the `Features` message of a serialized Example (field 1, whole record)."""
+    if not record:
+        return b""
+    if record[0] != 0x0A:
+        raise LatentVLAError(f"{where}: not a tf.train.Example (first tag {record[0]:#x})")
+    n, shift, pos = 0, 0, 1
+    while True:
+        if pos >= len(record):
+            raise LatentVLAError(f"{where}: truncated tf.train.Example header")
+        b = record[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    if pos + n != len(record):
+        raise LatentVLAError(f"{where}: tf.train.Example has {len(record) - pos - n} trailing byte(s)")
+    return record[pos:]
+
+
+def append_features(record: bytes, extra: dict, where: str = "record") -> bytes:
+    """`record` with `extra` map entries added; original entries are kept byte for byte."""
+    body = _features_payload(record, where) + _features_payload(encode_example(extra), "new features")
+    return b"\x0a" + _varint(len(body)) + body
+
+
+# ----------------------------------------------------------------------------- targets
+
+def _resolve_targets(cfg: AnnotateConfig) -> list[tuple[TFDSBuilderDir, str]]:
+    """(builder dir, primary image key) of each dataset to annotate."""
+    if cfg.dataset_dir:
+        return [(TFDSBuilderDir(cfg.dataset_dir), cfg.image_key or DEFAULT_IMAGE_KEY)]
+    try:
+        from latentvla.data.registry import resolve_data_mix
+    except ImportError:  # registry not available: --data_mix names directories under --data_root_dir
+        resolve_data_mix = None
+    out = []
+    if resolve_data_mix is not None:
+        for r in resolve_data_mix(cfg.data_root_dir, cfg.data_mix, cfg.dataset_registry):
+            keys = list(getattr(r.entry, "image_keys", None) or getattr(r.entry, "camera_keys", None) or [])
+            path = getattr(r, "path", None) or getattr(r, "builder_dir", None)
+            out.append((TFDSBuilderDir(path), cfg.image_key or (_as_step_key(keys[0]) if keys else DEFAULT_IMAGE_KEY)))
+        return out
+    names = json.loads(cfg.data_mix) if cfg.data_mix.strip().startswith("[") else [cfg.data_mix]
+    for name in names:
+        versions = sorted((Path(cfg.data_root_dir) / name).glob("*/dataset_info.json"))
+        if not versions:
+            raise LatentVLAError(f"--data_mix {name}: no {Path(cfg.data_root_dir) / name}/<version>/dataset_info.json")
+        out.append((TFDSBuilderDir(versions[-1].parent), cfg.image_key or DEFAULT_IMAGE_KEY))
+    return out
+
+
+def _as_step_key(key: str) -> str:
+    key = key[len("steps/"):] if key.startswith("steps/") else key
+    return key if "/" in key else f"observation/{key}"
+
+
+def default_output_dir(src: TFDSBuilderDir) -> Path:
+    return src.path.parent.parent / f"{src.name}_latent" / src.version
+
+
+# ----------------------------------------------------------------------------- annotation
+
+class Annotator:
+    def __init__(self, labeler, *, episodes_per_batch_frames: int | None = None):
+        self.labeler = labeler
+        self.flush_frames = episodes_per_batch_frames or labeler.batch_size
+
+    def annotated_records(self, shard: Path, image_path: str, progress=None) -> Iterator[bytes]:
+        """Records of `shard` with latent labels appended, in order."""
+        pending: list[tuple[bytes, list[bytes]]] = []
+        frames = 0
+
+        def flush():
+            labels = self.labeler.label_episodes([imgs for _, imgs in pending])
+            for (rec, _), (idx, z) in zip(pending, labels):
+                yield append_features(rec, {LATENT_IDX: idx.reshape(-1), LATENT_Z: z.reshape(-1)}, str(shard))
+                if progress is not None:
+                    progress.update(1)
+
+        for offset, rec in iter_records(shard):
+            imgs = decode_example(rec, [image_path]).get(image_path, [])
+            if not isinstance(imgs, list):
+                raise LatentVLAError(f"{shard} (record at offset {offset}): {image_path} is not an image feature")
+            pending.append((rec, imgs))
+            frames += len(imgs)
+            if frames >= self.flush_frames:
+                yield from flush()
+                pending, frames = [], 0
+        if pending:
+            yield from flush()
+
+
+def _check_source(src: TFDSBuilderDir, image_key: str) -> str:
+    image_path = image_key if image_key.startswith("steps/") else f"steps/{image_key}"
+    spec = src.specs.get(image_path)
+    if spec is None or spec.kind != "image":
+        images = [p[len("steps/"):] for p, s in src.specs.items() if s.kind == "image" and p.startswith("steps/")]
+        raise LatentVLAError(f"{src.path}/features.json: image key {image_key!r} not found; image features: "
+                             f"{', '.join(images) or '(none)'} (choose one with --image_key)")
+    for key in (LATENT_IDX, LATENT_Z):
+        if key in src.specs:
+            raise LatentVLAError(f"{src.path}: already carries {key}; annotate the original dataset instead")
+    return image_path
+
+
+def output_features(src: TFDSBuilderDir, num_codes: int, latent_dim: int) -> dict:
+    """The input's features.json with the two new step keys added (original nodes untouched)."""
+    from latentvla.data.features import build_features_json
+
+    features = copy.deepcopy(src.features)
+    step_feats = features["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]["features"]
+    new = build_features_json({LATENT_IDX: tensor_feature((num_codes,), "int64",
+                                                          "Image-LAM task-centric code indices of (t, t+k)."),
+                               LATENT_Z: tensor_feature((num_codes, latent_dim), "float32",
+                                                        "Image-LAM task-centric code vectors of (t, t+k).")})
+    new_steps = new["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]["features"]
+    step_feats.update(new_steps)
+    features["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]["features"] = dict(sorted(step_feats.items()))
+    return features
+
+
+def annotate_builder(src: TFDSBuilderDir, out: Path, image_key: str, labeler, *, job: dict,
+                     overwrite: bool = False, splits: list[str] | None = None) -> Path:
+    out = Path(out)
+    if out.resolve() == src.path.resolve():
+        raise LatentVLAError(f"{out}: the output must differ from the input (annotation writes a new dataset)")
+    if (out / "dataset_info.json").is_file() and not overwrite:
+        print(f"{out}: already annotated; skipping (pass --overwrite to redo it)")
+        return out
+    image_path = _check_source(src, image_key)
+    splits = list(splits or src.split_names)
+    for s in splits:
+        if s not in src.split_names:
+            raise LatentVLAError(f"--splits: {src.path} has no split {s!r}; splits: {', '.join(src.split_names)}")
+    name = out.parent.name
+    staging = out.parent / f".{out.name}.annotating"
+    job = {**job, "source": str(src.path.resolve()), "image_key": image_path, "splits": splits, "name": name}
+    if staging.is_dir():
+        try:
+            old = json.loads((staging / JOB_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != job:
+            print(f"{staging}: left by a different annotation job; starting over")
+            shutil.rmtree(staging)
+        else:
+            for leftover in staging.glob(".*"):  # temp files of an interrupted shard
+                leftover.unlink()
+    staging.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(staging / JOB_FILE, job)
+
+    total = sum(src.num_episodes(s) for s in splits)
+    info = copy.deepcopy(src.info)
+    with tqdm(total=total, desc=f"annotate {src.name}", unit="ep", dynamic_ncols=True) as bar:
+        for split_info in info.get("splits", []):
+            split = split_info["name"]
+            if split not in splits:
+                continue
+            template = str(split_info.get("filepathTemplate") or DEFAULT_TEMPLATE)
+            paths, lengths = src.shard_paths(split), src.shard_lengths(split)
+            num_bytes = 0
+            for i, (shard, n) in enumerate(zip(paths, lengths)):
+                target = staging / shard_filename(template, name, split, i, len(paths), src.file_format)
+                if target.is_file():  # finished by an earlier run
+                    bar.update(n)
+                else:
+                    offsets = write_records(target, Annotator(labeler).annotated_records(shard, image_path, bar))
+                    if len(offsets) != n:
+                        target.unlink()
+                        raise LatentVLAError(f"{shard}: holds {len(offsets)} records but dataset_info.json says {n}")
+                # TFDS counts serialized example bytes (file size minus 16 bytes of framing per record)
+                num_bytes += target.stat().st_size - 16 * n
+            split_info["numBytes"] = str(num_bytes)
+    info["splits"] = [s for s in info.get("splits", []) if s["name"] in splits]
+    info["name"] = name
+    if "moduleName" in info:
+        info["moduleName"] = f"{name}.{name}_dataset_builder"
+    feats = output_features(src, labeler.num_codes, labeler.latent_dim)
+    (staging / "features.json").write_text(json.dumps(feats, indent=4, sort_keys=True))
+    (staging / "dataset_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (staging / JOB_FILE).rename(staging / "latent_annotation.json")
+    if out.exists():
+        old = out.parent / f".{out.name}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
+    print(f"wrote {out} ({total} episodes; new keys {LATENT_IDX} {[labeler.num_codes]}, "
+          f"{LATENT_Z} {[labeler.num_codes, labeler.latent_dim]})")
+    return out
+
+
+def run_annotate(cfg: AnnotateConfig) -> list[Path]:
+    from latentvla.lam.image_lam_checkpoint import load_image_lam
+    from latentvla.lam.latent_labeler import LatentLabeler
+
+    cfg.validate()
+    targets = _resolve_targets(cfg)
+    if cfg.output_dir and len(targets) > 1:
+        raise LatentVLAError("--output_dir names one dataset; --data_mix resolved to several (omit --output_dir)")
+    pending = []
+    for src, key in targets:
+        out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(src)
+        if (out / "dataset_info.json").is_file() and not cfg.overwrite:
+            print(f"{out}: already annotated; skipping (pass --overwrite to redo it)")
+        else:
+            _check_source(src, key)  # fail before loading the model
+            pending.append((src, key, out))
+    if not pending:
+        return [Path(cfg.output_dir) if cfg.output_dir else default_output_dir(s) for s, _ in targets]
+    model, meta = load_image_lam(cfg.lam_ckpt, dino_path=cfg.dino_path, num_heads=cfg.num_heads,
+                                 strict=not cfg.non_strict, with_text_encoder=False)
+    labeler = LatentLabeler(model, pair_offset=cfg.pair_offset, batch_size=cfg.batch_size, device=cfg.device,
+                            mixed_precision=cfg.mixed_precision)
+    job = {"lam_ckpt": str(Path(cfg.lam_ckpt).resolve()), "lam_step": meta["step"], "pair_offset": cfg.pair_offset,
+           "num_codes": labeler.num_codes, "latent_dim": labeler.latent_dim}
+    try:
+        return [annotate_builder(src, out, key, labeler, job=job, overwrite=cfg.overwrite, splits=cfg.splits)
+                for src, key, out in pending]
+    finally:
+        labeler.close()
