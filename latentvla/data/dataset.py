@@ -1,0 +1,291 @@
+"""Map-style torch datasets over a data mix (data.md §4): VLA samples, action chunks, frame pairs.
+
+    ds = VLADataset(data_root_dir, data_mix, image_size=224, train=True, image_aug=True,
+                    use_wrist_image=True, use_proprio=True, window_size=None, extra_keys=(),
+                    seed=42, split="train", dataset_registry=None)
+    ds.platform, ds.statistics ({name: stats}), len(ds) = transitions, ds[i] -> sample dict
+
+Sample (index i = (dataset, episode, step t)):
+  "images" uint8 [num_cameras, S, S, 3] (primary first; only the primary with use_wrist_image=False)
+  "instruction" str (lower-cased, stripped)
+  "proprio" float32 [proprio_dim] normalized ([0] with use_proprio=False)
+  "actions" float32 [P, D] normalized steps t..t+P-1; "action_pad" bool [P] (True = past the end).
+      Padding is done in robot units before normalizing: absolute dims repeat the last action,
+      delta dims are 0 (no motion).
+  "latent_idx" int64 [P, C], "latent_z" float32 [P, C, Z] (only if in extra_keys; padded by
+      repeating the last step). Any other per-step key of the dataset can be requested the same way.
+  "dataset_name" str, "episode" int, "step" int
+
+Annotated data: with extra_keys, a dataset whose directory lacks them is replaced by its sibling
+`<dir>_latent/<version>` when that exists (`latentvla lam annotate` output); `--data_mix
+libero_goal_latent` names it explicitly. Missing everywhere -> LatentVLAError naming the dataset
+and the key. Statistics always come from the train split, keyed by the base dataset name.
+
+ActionChunkDataset: same index, no images: {"actions", "action_pad", "dataset_name", "episode", "step"}.
+FramePairDataset(pair_offset=k): {"frames" uint8 [2, S, S, 3] (primary at t and min(t+k, T-1)),
+  "actions" [k, D], "action_pad" [k], "instruction", "dataset_name", "episode", "step"}.
+
+Reading: one `pread` per camera (byte ranges from the cached index), no episode parsing. Files
+are opened lazily per process, so DataLoader workers (fork or spawn) each use their own handles.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from latentvla.data.example import FLOAT, FeatureSpan, decode_span
+from latentvla.data.index import DatasetIndex, load_or_build_index
+from latentvla.data.registry import ResolvedDataset, latent_sibling, resolve_data_mix
+from latentvla.data.statistics import load_or_compute_statistics
+from latentvla.data.transforms import ImageDecodeError, process_image, sample_augment_params
+from latentvla.errors import LatentVLAError
+from latentvla.robots import Platform, normalize
+from latentvla.utils.seeding import derive_seed
+
+try:
+    from torch.utils.data import Dataset as _TorchDataset
+except ImportError:  # pragma: no cover
+    _TorchDataset = object
+
+
+class _MixDataset(_TorchDataset):
+    """Shared machinery: resolve the mix, load indexes and statistics, map i -> (d, e, t)."""
+
+    def __init__(self, data_root_dir, data_mix, *, seed: int = 42, split: str = "train", dataset_registry=None,
+                 extra_keys: Sequence[str] = (), progress: bool = True):
+        self.data_root_dir, self.data_mix, self.seed, self.split = data_root_dir, data_mix, int(seed), split
+        self.epoch = 0
+        resolved = resolve_data_mix(data_root_dir, data_mix, dataset_registry)
+        platforms = sorted({r.entry.platform_name for r in resolved})
+        if len(platforms) > 1:
+            raise LatentVLAError(f"--data_mix {data_mix}: datasets use different platforms ({', '.join(platforms)}); "
+                                 f"one run trains one platform: {', '.join(f'{r.name}={r.entry.platform_name}' for r in resolved)}")
+        self.platform: Platform = resolved[0].entry.platform
+        self.extra_keys = tuple(extra_keys)
+        self.resolved: list[ResolvedDataset] = []
+        self.indexes: list[DatasetIndex] = []
+        for r in resolved:
+            idx = load_or_build_index(r, split, progress=progress)
+            missing = [k for k in self.extra_keys if not idx.has_step_key(k)]
+            if missing:
+                sib = latent_sibling(r)
+                if sib is not None:
+                    sidx = load_or_build_index(sib, split, progress=progress)
+                    if all(sidx.has_step_key(k) for k in self.extra_keys):
+                        r, idx, missing = sib, sidx, []
+            if missing:
+                raise LatentVLAError(
+                    f"dataset {r.name!r} ({r.path}) lacks per-step key(s) {', '.join(map(repr, missing))} needed here "
+                    f"(extra_keys={list(self.extra_keys)}); annotate it with `latentvla lam annotate` (writes "
+                    f"{r.path.parent.name}_latent/{r.path.name}) or use a variant that does not need latent labels")
+            self.resolved.append(r)
+            self.indexes.append(idx)
+        self.statistics: dict[str, dict] = {r.name: load_or_compute_statistics(r, "train", progress) for r in self.resolved}
+        self.dataset_lengths = [ix.num_transitions for ix in self.indexes]
+        self.dataset_weights = [r.weight for r in self.resolved]
+        self._starts = np.concatenate([[0], np.cumsum(self.dataset_lengths)]).astype(np.int64)
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    # ------------------------------------------------------------------ plumbing
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fds"] = {}
+        return state
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in getattr(self, "_fds", {}).values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _read(self, path, start: int, end: int) -> bytes:
+        if self._pid != os.getpid():  # forked worker: never share file offsets / handles
+            self._fds, self._pid = {}, os.getpid()
+        key = str(path)
+        fd = self._fds.get(key)
+        if fd is None:
+            try:
+                fd = os.open(key, os.O_RDONLY)
+            except OSError as e:
+                raise LatentVLAError(f"{key}: cannot open shard ({e.strerror})") from None
+            self._fds[key] = fd
+        data = os.pread(fd, end - start, start)
+        if len(data) != end - start:
+            raise LatentVLAError(f"{key}: shard is shorter than its index (read {len(data)} of {end - start} bytes at "
+                                 f"offset {start}); it changed after indexing — delete its .latentvla_cache")
+        return data
+
+    def locate(self, i: int) -> tuple[int, int, int]:
+        """Global transition i -> (dataset, episode, step)."""
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"transition {i} out of range [0, {len(self)})")
+        d = int(np.searchsorted(self._starts, i, side="right") - 1)
+        e, t = self.indexes[d].locate(i - int(self._starts[d]))
+        return d, e, t
+
+    def _epoch_of(self, i) -> int:
+        return getattr(i, "epoch", self.epoch)
+
+    # ------------------------------------------------------------------ pieces of a sample
+    def action_chunk(self, d: int, e: int, t: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        idx, plat = self.indexes[d], self.platform
+        s, T = int(idx.ep_start[e]), int(idx.ep_len[e])
+        n = max(0, min(length, T - t))
+        raw = idx.actions[s + t: s + t + n]
+        if n < length:
+            pad = np.zeros((length - n, plat.action_dim), np.float32)
+            dims = list(plat.absolute_action_dims)
+            if dims:
+                pad[:, dims] = idx.actions[s + T - 1, dims]
+            raw = np.concatenate([raw, pad], 0)
+        stats = self.statistics[self.resolved[d].name]["action"]
+        return normalize(raw, stats, plat.action_norm_mask, plat.normalization), np.arange(length) >= n
+
+    def proprio(self, d: int, e: int, t: int) -> np.ndarray:
+        idx, plat = self.indexes[d], self.platform
+        row = idx.proprio[int(idx.ep_start[e]) + t]
+        return normalize(row, self.statistics[self.resolved[d].name]["proprio"], plat.proprio_norm_mask, plat.normalization)
+
+    def instruction(self, d: int, e: int) -> str:
+        return self.indexes[d].instructions[e].strip().lower()
+
+    def image(self, d: int, e: int, t: int, camera: int, size: int, params) -> np.ndarray:
+        idx = self.indexes[d]
+        start, end = idx.image_spans[int(idx.ep_start[e]) + t, camera]
+        data = self._read(idx.shard_path(e), int(start), int(end))
+        try:
+            return process_image(data, size, params)
+        except ImageDecodeError as err:
+            raise LatentVLAError(f"dataset {idx.name!r} ({idx.shard_path(e)}) episode {e} step {t} camera "
+                                 f"{idx.camera_keys[camera]!r}: {err}") from None
+
+    def step_feature(self, d: int, e: int, t: int, length: int, key: str) -> np.ndarray:
+        """Per-step feature `key` for steps t..t+length-1 (past the end: the last step repeated)."""
+        idx = self.indexes[d]
+        k = idx.step_keys.index(key)
+        start, end, kind, packed = (int(v) for v in idx.step_spans[e, k])
+        spec = idx.specs["steps/" + key]
+        T = int(idx.ep_len[e])
+        path = idx.shard_path(e)
+        if kind < 0:
+            raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e}: record lacks {key!r}")
+        if kind == FLOAT and packed:  # fixed width: read just the needed steps
+            w = spec.numel * 4
+            last = T - 1
+            rows = [min(t + j, last) for j in range(length)]
+            lo, hi = rows[0], rows[-1] + 1
+            buf = self._read(path, start + lo * w, start + hi * w)
+            vals = np.frombuffer(buf, "<f4").reshape(hi - lo, *spec.shape)
+            out = vals[np.asarray(rows) - lo]
+        else:
+            buf = self._read(path, start, end)
+            vals = np.asarray(decode_span(buf, FeatureSpan(kind, 0, len(buf), bool(packed))))
+            if vals.size != T * spec.numel:
+                raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e}: {key!r} has {vals.size} values, "
+                                     f"expected {T} steps x {spec.numel}")
+            vals = vals.reshape(T, *spec.shape)
+            out = vals[np.minimum(np.arange(t, t + length), T - 1)]
+        if not np.isfinite(out).all():
+            raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e}: {key!r} has NaN/inf near step {t}")
+        return out
+
+    def base_sample(self, d: int, e: int, t: int) -> dict[str, Any]:
+        return {"dataset_name": self.resolved[d].name, "episode": e, "step": t}
+
+
+class VLADataset(_MixDataset):
+    def __init__(self, data_root_dir, data_mix, *, image_size: int = 224, train: bool = True, image_aug: bool = True,
+                 use_wrist_image: bool = True, use_proprio: bool = True, window_size: int | None = None,
+                 extra_keys: Sequence[str] = (), seed: int = 42, split: str = "train", dataset_registry=None,
+                 progress: bool = True):
+        if int(image_size) < 8:
+            raise LatentVLAError(f"image_size must be >= 8, got {image_size}")
+        super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry,
+                         extra_keys=extra_keys, progress=progress)
+        P = self.platform.chunk_len
+        if window_size is not None and int(window_size) != P:
+            raise LatentVLAError(f"--window_size {window_size} does not match the chunk length {P} of platform "
+                                 f"{self.platform.name!r} (dataset {self.resolved[0].name!r}); use --window_size {P}")
+        self.chunk_len = P
+        self.image_size = int(image_size)
+        self.train, self.image_aug = bool(train), bool(image_aug)
+        self.use_wrist_image, self.use_proprio = bool(use_wrist_image), bool(use_proprio)
+        ncam = min(self.platform.num_cameras, len(self.indexes[0].camera_keys))
+        self.num_cameras = ncam if self.use_wrist_image else 1
+
+    def __getitem__(self, i) -> dict[str, Any]:
+        d, e, t = self.locate(i)
+        params = None
+        if self.train and self.image_aug:
+            params = sample_augment_params(np.random.default_rng(derive_seed(self.seed, self._epoch_of(i), int(i)) % (2**63)))
+        images = np.stack([self.image(d, e, t, c, self.image_size, params) for c in range(self.num_cameras)])
+        actions, pad = self.action_chunk(d, e, t, self.chunk_len)
+        sample = {
+            "images": images,
+            "instruction": self.instruction(d, e),
+            "proprio": self.proprio(d, e, t) if self.use_proprio else np.zeros(0, np.float32),
+            "actions": actions,
+            "action_pad": pad,
+            **self.base_sample(d, e, t),
+        }
+        for key in self.extra_keys:
+            v = self.step_feature(d, e, t, self.chunk_len, key)
+            sample[key] = v.astype(np.int64) if key == "latent_idx" else v.astype(np.float32, copy=False)
+        return sample
+
+
+class ActionChunkDataset(_MixDataset):
+    def __init__(self, data_root_dir, data_mix, *, chunk_len: int | None = None, seed: int = 42, split: str = "train",
+                 dataset_registry=None, train: bool = True, progress: bool = True):
+        super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry, progress=progress)
+        self.chunk_len = int(chunk_len or self.platform.chunk_len)
+        self.train = train
+
+    def __getitem__(self, i) -> dict[str, Any]:
+        d, e, t = self.locate(i)
+        actions, pad = self.action_chunk(d, e, t, self.chunk_len)
+        return {"actions": actions, "action_pad": pad, **self.base_sample(d, e, t)}
+
+    def all_chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every transition's chunk: ([N, P, D], [N, P]) (for small mixes / evaluation)."""
+        out_a, out_p = [], []
+        for i in range(len(self)):
+            s = self[i]
+            out_a.append(s["actions"])
+            out_p.append(s["action_pad"])
+        return np.stack(out_a), np.stack(out_p)
+
+
+class FramePairDataset(_MixDataset):
+    def __init__(self, data_root_dir, data_mix, *, pair_offset: int = 32, image_size: int = 224, train: bool = True,
+                 image_aug: bool = False, seed: int = 42, split: str = "train", dataset_registry=None, progress: bool = True):
+        if int(pair_offset) < 1:
+            raise LatentVLAError(f"pair_offset must be >= 1, got {pair_offset}")
+        super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry, progress=progress)
+        self.pair_offset, self.image_size = int(pair_offset), int(image_size)
+        self.train, self.image_aug = bool(train), bool(image_aug)
+
+    def __getitem__(self, i) -> dict[str, Any]:
+        d, e, t = self.locate(i)
+        T = int(self.indexes[d].ep_len[e])
+        t2 = min(t + self.pair_offset, T - 1)
+        params = None
+        if self.train and self.image_aug:
+            params = sample_augment_params(np.random.default_rng(derive_seed(self.seed, self._epoch_of(i), int(i)) % (2**63)))
+        frames = np.stack([self.image(d, e, t, 0, self.image_size, params), self.image(d, e, t2, 0, self.image_size, params)])
+        actions, pad = self.action_chunk(d, e, t, self.pair_offset)
+        return {"frames": frames, "actions": actions, "action_pad": pad, "instruction": self.instruction(d, e),
+                **self.base_sample(d, e, t)}
