@@ -6,6 +6,7 @@
 - a file with the original (torch hub) layout: `dinov2_vitb14_reg4_pretrain.pth`, i.e. keys
   `cls_token, pos_embed, register_tokens, mask_token, patch_embed.proj.*, blocks.N.*, norm.*`
   (optionally under a prefix such as `dino_encoder.`, as in UniVLA's Lightning checkpoints).
+  That layout does not store the head count; it is inferred as width // 64 (all DINOv2 models).
 
 `DinoFeatures(frames)` takes float frames in [0, 1] `[N, 3, H, W]`, applies the ImageNet
 normalization and returns the final-normed patch tokens `[N, (H/p)·(W/p), D]` (CLS and registers

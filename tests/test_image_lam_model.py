@@ -1,0 +1,164 @@
+"""Image LAM: tiny-dino writer, DINO loading (HF dir / original layout), model, UniVLA checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentvla.cli import main as cli_main
+from latentvla.errors import LatentVLAError
+
+TINY = dict(model_dim=32, enc_blocks=1, dec_blocks=1, num_heads=2, latent_dim=16, codebook_size=8, num_codes=4,
+            dino_dim=32, num_patches=16, image_size=56, pair_offset=4, action_dim=7)
+
+
+@pytest.fixture(scope="module")
+def dino_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dino") / "tiny_dino"
+    # one head: the original .pth layout does not store heads; DINOv2 uses 64-wide heads (32 → 1)
+    assert cli_main(["tiny-dino", str(out), "--num_layers", "1", "--num_heads", "1"]) == 0
+    return out
+
+
+def tiny_model(dino_dir: Path, **over):
+    from latentvla.lam.configuration_image_lam import ImageLAMConfig
+    from latentvla.lam.dino import load_dino
+    from latentvla.lam.image_lam import ImageLatentActionModel
+
+    torch.manual_seed(0)
+    return ImageLatentActionModel(ImageLAMConfig(**{**TINY, **over}), dino=load_dino(dino_dir)).eval()
+
+
+def hf_to_original_dino(sd: dict, layers: int) -> dict:
+    """Inverse of the loader's mapping: transformers names → original torch-hub DINOv2 names."""
+    out = {"cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
+           "register_tokens": sd["embeddings.register_tokens"], "mask_token": sd["embeddings.mask_token"],
+           "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": sd["layernorm.weight"], "norm.bias": sd["layernorm.bias"]}
+    for i in range(layers):
+        h, o = f"encoder.layer.{i}.", f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[o + f"attn.qkv.{kind}"] = torch.cat([sd[h + f"attention.{p}_proj.{kind}"] for p in "qkv"])
+            out[o + f"attn.proj.{kind}"] = sd[h + f"attention.o_proj.{kind}"]
+            for n in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+                out[o + f"{n}.{kind}"] = sd[h + f"{n}.{kind}"]
+        out[o + "ls1.gamma"] = sd[h + "layer_scale1.lambda1"]
+        out[o + "ls2.gamma"] = sd[h + "layer_scale2.lambda1"]
+    return out
+
+
+def univla_lightning_ckpt(model, path: Path, layers: int, with_action_decoder: bool = False) -> Path:
+    """A Lightning checkpoint in UniVLA's layout (lam.<name>, dino_encoder.* original layout)."""
+    sd = {f"lam.{k}": v.clone() for k, v in model.lam_state_dict().items()
+          if with_action_decoder or not k.startswith("action_decoder.")}
+    dino = {k[len("model."):]: v for k, v in model.dino_encoder.state_dict().items()}
+    sd.update({f"lam.dino_encoder.{k}": v.clone() for k, v in hf_to_original_dino(dino, layers).items()})
+    torch.save({"state_dict": sd, "epoch": 0, "global_step": 10}, path)
+    return path
+
+
+def test_tiny_dino_loads_with_transformers(dino_dir):
+    from transformers import Dinov2WithRegistersModel
+
+    model = Dinov2WithRegistersModel.from_pretrained(dino_dir)
+    assert model.config.num_register_tokens == 4 and model.config.hidden_size == 32
+    assert json.loads((dino_dir / "preprocessor_config.json").read_text())["crop_size"]["height"] == 56
+
+
+def test_tiny_dino_rejects_bad_config(tmp_path, capsys):
+    assert cli_main(["tiny-dino", str(tmp_path / "x"), "--hidden_size", "30", "--num_heads", "4"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+    assert cli_main(["tiny-dino", str(tmp_path / "y"), "--image_size", "50"]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_original_layout_dino_matches_hf(dino_dir, tmp_path):
+    from latentvla.lam.dino import load_dino
+
+    hf = load_dino(dino_dir)
+    sd = {k[len("model."):]: v for k, v in hf.state_dict().items()}
+    torch.save(hf_to_original_dino(sd, 1), tmp_path / "dinov2_reg.pth")
+    orig = load_dino(tmp_path / "dinov2_reg.pth")
+    x = torch.rand(2, 3, 56, 56)
+    feats = hf(x)
+    assert feats.shape == (2, 16, 32)  # CLS and 4 registers dropped
+    torch.testing.assert_close(orig(x), feats)
+    with pytest.raises(LatentVLAError, match="model_type"):
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "config.json").write_text('{"model_type": "vit"}')
+        load_dino(tmp_path / "bad")
+
+
+def test_forward_shapes_and_causal_encoder(dino_dir):
+    model = tiny_model(dino_dir)
+    frames = torch.rand(3, 2, 3, 56, 56)
+    out = model(frames)
+    assert out["recon"].shape == out["target"].shape == (3, 16, 32)
+    assert out["indices"].shape == (3, 4) and out["z_q"].shape == (3, 4, 16)
+    feats = model.dino_features(frames.flatten(0, 1)).view(3, 2, 16, 32)
+    idx, z = model.encode_latent_actions(feats)
+    assert idx.dtype == torch.int64 and z.dtype == torch.float32 and z.shape == (3, 4, 16)
+    torch.testing.assert_close(z, model.vq_action.codebook.weight[idx])
+    # frame t's encoder outputs must not depend on frame t+k (causal temporal attention)
+    enc_in = torch.randn(1, 2, 24, 32)
+    a = model.encoder(enc_in)[:, 0]
+    enc_in[:, 1] += 1.0
+    torch.testing.assert_close(model.encoder(enc_in)[:, 0], a)
+
+
+def test_univla_checkpoint_round_trip(dino_dir, tmp_path):
+    from latentvla.lam.image_lam_checkpoint import load_image_lam
+
+    src = tiny_model(dino_dir)
+    ckpt = univla_lightning_ckpt(src, tmp_path / "lam-stage-2.ckpt", layers=1)
+    model, meta = load_image_lam(ckpt, num_heads=2, pair_offset=4)
+    assert model.config.stage == 2 and model.config.model_dim == 32 and model.config.codebook_size == 8
+    assert model.config.action_dim == 0  # the public stage-2 file has no action head
+    x = torch.rand(2, 2, 3, 56, 56)
+    feats = src.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32)
+    torch.testing.assert_close(model.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32), feats)
+    for a, b in zip(model.encode_latent_actions(feats), src.encode_latent_actions(feats)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(model(x)["recon"], src(x)["recon"])
+
+
+def test_univla_checkpoint_key_errors(dino_dir, tmp_path):
+    from latentvla.lam.image_lam_checkpoint import load_image_lam
+
+    src = tiny_model(dino_dir)
+    path = univla_lightning_ckpt(src, tmp_path / "ok.ckpt", layers=1)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["state_dict"]["lam.patch_up.weight"]
+    ckpt["state_dict"]["lam.extra_head.weight"] = torch.zeros(2)
+    torch.save(ckpt, tmp_path / "broken.ckpt")
+    with pytest.raises(LatentVLAError, match=r"missing key.*patch_up.weight.*unexpected.*extra_head.*--non_strict"):
+        load_image_lam(tmp_path / "broken.ckpt", num_heads=2)
+    model, _ = load_image_lam(tmp_path / "broken.ckpt", num_heads=2, strict=False)
+    assert model.config.model_dim == 32
+    with pytest.raises(LatentVLAError, match="not divisible by num_heads"):
+        load_image_lam(path, num_heads=5)
+
+
+def test_checkpoint_of_different_size_is_a_clear_error(dino_dir):
+    from latentvla.lam.univla_checkpoint import load_lam_weights
+
+    small = tiny_model(dino_dir, latent_dim=8)
+    big = tiny_model(dino_dir)
+    with pytest.raises(LatentVLAError, match=r"different size.*to_codebook_uncontrol.weight: checkpoint \(8, 32\) vs model \(16, 32\)"):
+        load_lam_weights(big, small.lam_state_dict(), source="x")
+
+
+def test_our_checkpoint_round_trip(dino_dir, tmp_path):
+    from latentvla.lam.image_lam_checkpoint import load_image_lam, save_lam_checkpoint
+
+    src = tiny_model(dino_dir)
+    save_lam_checkpoint(tmp_path / "ck", src, step=7)
+    model, meta = load_image_lam(tmp_path / "ck")
+    assert meta["step"] == 7 and model.config == src.config
+    x = torch.rand(2, 2, 3, 56, 56)
+    torch.testing.assert_close(model(x)["recon"], src(x)["recon"])
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp leftovers
