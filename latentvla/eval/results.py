@@ -1,0 +1,171 @@
+"""Evaluation results: the per-episode JSONL log, run metadata for resume, summary and table.
+
+Simulator independent (LIBERO and Meta-World evaluators share it).
+
+- `EpisodeLog(path)`: one JSON object per finished episode, appended and fsync'ed line by line,
+  so a killed run loses at most the episode in flight. `load()` drops a truncated last line (the
+  trace of a kill mid-write) and rewrites the file without it; a corrupt line elsewhere is an
+  error naming the file and line.
+- `check_run_meta(out_dir, meta, keys)`: an output dir remembers the settings that decide episode
+  outcomes (`run.json`); resuming with different settings is refused instead of mixing results.
+- `summarize(records, ...)`: success per task and per suite (+ totals); `format_table(summary)`.
+
+An episode record has at least: `suite`, `task_id`, `task`, `instruction`, `trial`, `success`,
+`steps`, `seconds` (plus optional `seed`, `policy_calls`, `video`, `worker`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from latentvla.errors import LatentVLAError
+from latentvla.utils.atomic import atomic_write_json, atomic_write_text
+
+REQUIRED_RECORD_KEYS = ("suite", "task_id", "task", "trial", "success", "steps", "seconds")
+
+
+def episode_key(record: Mapping[str, Any]) -> tuple[str, int, int]:
+    return (str(record["suite"]), int(record["task_id"]), int(record["trial"]))
+
+
+class EpisodeLog:
+    """Append-only JSONL of finished episodes (see module doc)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def load(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        records: list[dict] = []
+        truncated_tail = False
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:  # last line without newline: a write cut short by a kill
+                    truncated_tail = True
+                    break
+                raise LatentVLAError(f"{self.path}: line {i + 1} is not valid JSON; fix or remove that line to resume") from None
+            missing = [k for k in REQUIRED_RECORD_KEYS if k not in rec] if isinstance(rec, dict) else list(REQUIRED_RECORD_KEYS)
+            if missing:
+                raise LatentVLAError(f"{self.path}: line {i + 1} lacks key(s) {', '.join(missing)}")
+            records.append(rec)
+        if truncated_tail:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
+        return records
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        missing = [k for k in REQUIRED_RECORD_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"episode record lacks {missing}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(dict(record)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def finished_keys(records: Iterable[Mapping[str, Any]]) -> set[tuple[str, int, int]]:
+    return {episode_key(r) for r in records}
+
+
+def check_run_meta(out_dir: str | os.PathLike, meta: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """Write `run.json` on the first run; on resume, refuse when any of `keys` changed."""
+    path = Path(out_dir) / "run.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise LatentVLAError(f"{path}: not valid JSON ({e}); remove it or use another --output_dir") from None
+        changed = [k for k in keys if old.get(k) != meta.get(k)]
+        if changed:
+            diffs = "; ".join(f"{k}: {old.get(k)!r} -> {meta.get(k)!r}" for k in changed)
+            raise LatentVLAError(
+                f"{path}: this output dir holds a run with different settings ({diffs}); "
+                "use another --output_dir, or --overwrite True to start over")
+        merged = {**old, **{k: v for k, v in meta.items() if k not in keys}}
+        atomic_write_json(path, merged)
+    else:
+        atomic_write_json(path, dict(meta))
+
+
+def _rate(successes: int, episodes: int) -> float:
+    return successes / episodes if episodes else 0.0
+
+
+def summarize(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None = None,
+              expected_episodes: int | None = None) -> dict:
+    """Success per task and per suite, plus totals. `meta` is copied under "run"."""
+    tasks: dict[tuple[str, int], dict] = {}
+    for r in sorted(records, key=episode_key):
+        key = (str(r["suite"]), int(r["task_id"]))
+        t = tasks.setdefault(key, {"suite": key[0], "task_id": key[1], "task": r["task"],
+                                   "instruction": r.get("instruction", ""), "episodes": 0,
+                                   "successes": 0, "steps": 0, "seconds": 0.0})
+        t["episodes"] += 1
+        t["successes"] += int(bool(r["success"]))
+        t["steps"] += int(r["steps"])
+        t["seconds"] += float(r["seconds"])
+    suites: dict[str, dict] = {}
+    for t in tasks.values():
+        t["success_rate"] = _rate(t["successes"], t["episodes"])
+        s = suites.setdefault(t["suite"], {"suite": t["suite"], "tasks": 0, "episodes": 0, "successes": 0})
+        s["tasks"] += 1
+        s["episodes"] += t["episodes"]
+        s["successes"] += t["successes"]
+    for s in suites.values():
+        s["success_rate"] = _rate(s["successes"], s["episodes"])
+    episodes = sum(t["episodes"] for t in tasks.values())
+    successes = sum(t["successes"] for t in tasks.values())
+    steps = sum(t["steps"] for t in tasks.values())
+    seconds = sum(t["seconds"] for t in tasks.values())
+    out = {
+        "run": dict(meta or {}),
+        "episodes": episodes,
+        "successes": successes,
+        "success_rate": _rate(successes, episodes),
+        "complete": expected_episodes is None or episodes >= expected_episodes,
+        "expected_episodes": expected_episodes,
+        "env_steps": steps,
+        "episode_seconds": round(seconds, 3),
+        "env_steps_per_second": round(steps / seconds, 3) if seconds > 0 else None,
+        "suites": sorted(suites.values(), key=lambda s: s["suite"]),
+        "tasks": [tasks[k] for k in sorted(tasks)],
+    }
+    for t in out["tasks"]:
+        t["seconds"] = round(t["seconds"], 3)
+    return out
+
+
+def write_summary(path: str | os.PathLike, summary: Mapping[str, Any]) -> Path:
+    return atomic_write_json(path, summary)
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """A plain-text table: one row per task, one per suite, and the total."""
+    rows = [("suite", "task", "episodes", "success")]
+    for t in summary["tasks"]:
+        name = t["task"] if len(t["task"]) <= 60 else t["task"][:57] + "..."
+        rows.append((t["suite"], f"{t['task_id']:>2} {name}", str(t["episodes"]), f"{100 * t['success_rate']:.1f}%"))
+    sep = len(rows)
+    for s in summary["suites"]:
+        rows.append((s["suite"], f"(all {s['tasks']} tasks)", str(s["episodes"]), f"{100 * s['success_rate']:.1f}%"))
+    rows.append(("TOTAL", "", str(summary["episodes"]), f"{100 * summary['success_rate']:.1f}%"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+
+    def fmt(r):
+        return f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+
+    rule = "-" * len(fmt(rows[0]))
+    lines = [fmt(rows[0]), rule, *map(fmt, rows[1:sep]), rule, *map(fmt, rows[sep:])]
+    if not summary.get("complete", True):
+        lines.append(f"(incomplete: {summary['episodes']} of {summary.get('expected_episodes')} episodes)")
+    return "\n".join(lines)

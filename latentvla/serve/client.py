@@ -1,0 +1,78 @@
+"""Client of `latentvla serve` with the policy interface the evaluators use.
+
+    client = PolicyClient("127.0.0.1", 8000, token=None)
+    actions = client.predict_action([agent_img, wrist_img], "open the drawer", proprio)  # [P, D]
+
+`.platform`, `.chunk_len`, `.num_images`, `.use_proprio` come from the server's metadata. An
+error reply raises `LatentVLAError` with the server's message (the connection stays usable).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from latentvla.errors import LatentVLAError
+from latentvla.robots import Platform
+from latentvla.serve.protocol import MAX_MESSAGE_BYTES, packb, unpackb
+
+
+class PolicyClient:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, timeout: float = 30.0):
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+
+        token = token or os.environ.get("LATENTVLA_TOKEN") or None
+        self.address = f"{host}:{port}"
+        host_part = f"[{host}]" if ":" in host else host
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            self._ws = connect(f"ws://{host_part}:{port}", additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
+                               compression=None, proxy=None, open_timeout=timeout)
+        except InvalidStatus as e:
+            code = e.response.status_code
+            hint = " (missing or wrong token: pass --token or set LATENTVLA_TOKEN)" if code == 401 else ""
+            raise LatentVLAError(f"policy server {self.address} refused the connection: HTTP {code}{hint}") from None
+        except (OSError, TimeoutError) as e:
+            raise LatentVLAError(f"cannot connect to the policy server at {self.address}: {e}") from None
+        self._timeout = timeout
+        meta = unpackb(self._ws.recv(timeout=timeout))
+        if not isinstance(meta, dict) or meta.get("type") != "metadata":
+            raise LatentVLAError(f"{self.address} is not a latentvla policy server (no metadata message)")
+        self.metadata = meta
+        self.platform = Platform.from_dict(meta["platform"], source=f"policy server {self.address}")
+        self.chunk_len = int(meta["chunk_len"])
+        self.num_images = int(meta["num_images"])
+        self.use_proprio = bool(meta["use_proprio"])
+
+    def send_raw(self, payload: bytes | str) -> dict:
+        """Send one frame as is and return the decoded reply (for tests and debugging)."""
+        self._ws.send(payload)
+        return unpackb(self._ws.recv(timeout=self._timeout))
+
+    def predict_action(self, images: Sequence[np.ndarray] | np.ndarray, instruction: str,
+                       proprio: np.ndarray | None = None) -> np.ndarray:
+        request = {"type": "predict_action", "images": [np.asarray(im) for im in images],
+                   "instruction": instruction, "proprio": None if proprio is None else np.asarray(proprio, dtype=np.float32)}
+        reply = self.send_raw(packb(request))
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            err = reply.get("error") if isinstance(reply, dict) else reply
+            raise LatentVLAError(f"policy server {self.address}: {err}")
+        return np.asarray(reply["actions"], dtype=np.float32)
+
+    def predict_action_chunk(self, obs: dict) -> np.ndarray:
+        return self.predict_action(obs["images"], obs["instruction"], obs.get("proprio"))
+
+    def reset(self) -> None:
+        """Per-episode reset (the server keeps no episode state)."""
+
+    def close(self) -> None:
+        self._ws.close()
+
+    def __enter__(self) -> "PolicyClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,154 @@
+"""`latentvla serve`: a policy behind a websocket, msgpack numpy on the wire (see `protocol`).
+
+The policy is loaded once; requests are answered one at a time (a lock around the model) in a
+thread so the event loop keeps accepting connections. A malformed request gets
+`{"ok": False, "error": ...}` and the connection stays open; so does a policy error. Binds to the
+loopback by default; with a token, the websocket handshake must carry
+`Authorization: Bearer <token>` or it is refused with HTTP 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import threading
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+
+from latentvla.errors import LatentVLAError
+from latentvla.serve.protocol import MAX_MESSAGE_BYTES, RequestError, packb, unpackb, validate_request
+
+log = logging.getLogger("latentvla.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _policy_facts(policy: Any) -> tuple[Any, int, bool]:
+    platform = getattr(policy, "platform", None)
+    if platform is None:
+        raise LatentVLAError("the served policy has no .platform")
+    num_images = None
+    use_proprio = None
+    for obj in (policy, getattr(policy, "config", None), getattr(policy, "cfg", None)):
+        if obj is None:
+            continue
+        if num_images is None:
+            num_images = getattr(obj, "num_images", None) or getattr(obj, "num_images_in_input", None)
+            if num_images is None and getattr(obj, "use_wrist_image", None) is not None:
+                num_images = 2 if obj.use_wrist_image else 1
+        if use_proprio is None:
+            use_proprio = getattr(obj, "use_proprio", None)
+    return platform, int(num_images or platform.num_cameras), bool(use_proprio if use_proprio is not None else True)
+
+
+class PolicyServer:
+    """Answer `predict_action` requests for one policy (see module doc)."""
+
+    def __init__(self, policy: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None):
+        self.policy = policy
+        self.host, self.port, self.token = host, port, token or None
+        self.platform, self.num_images, self.use_proprio = _policy_facts(policy)
+        self.metadata = {
+            "type": "metadata", "server": "latentvla", "platform": self.platform.to_dict(),
+            "chunk_len": int(getattr(policy, "chunk_len", self.platform.chunk_len)),
+            "num_images": self.num_images, "use_proprio": self.use_proprio,
+        }
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Future | None = None
+        self._thread: threading.Thread | None = None
+        self.requests_served = 0
+
+    # ------------------------------------------------------------------ request handling
+    def handle_message(self, message: bytes | str) -> dict:
+        """One request -> one reply dict (never raises)."""
+        try:
+            if isinstance(message, str):
+                raise RequestError("expected a binary msgpack frame, got a text frame")
+            msg = unpackb(message)
+            images, instruction, proprio = validate_request(msg, self.platform, self.num_images, self.use_proprio)
+            with self._lock:
+                actions = self.policy.predict_action(images, instruction, proprio)
+            actions = np.asarray(actions, dtype=np.float32)
+            self.requests_served += 1
+            return {"ok": True, "actions": actions}
+        except (RequestError, LatentVLAError) as e:
+            return {"ok": False, "error": str(e)}
+        except Exception as e:  # a policy bug must not take the server down
+            log.exception("policy error")
+            return {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
+
+    def _check_token(self, connection, request):
+        if self.token is None:
+            return None
+        got = request.headers.get("Authorization", "")
+        if hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
+            return None
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+
+    async def _handler(self, ws) -> None:
+        await ws.send(packb(self.metadata))
+        loop = asyncio.get_running_loop()
+        async for message in ws:
+            reply = await loop.run_in_executor(None, self.handle_message, message)
+            await ws.send(packb(reply))
+
+    async def _main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = self._loop.create_future()
+        async with serve(self._handler, self.host, self.port, process_request=self._check_token,
+                         max_size=MAX_MESSAGE_BYTES, compression=None) as server:
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            self._ready.set()
+            await self._stop
+
+    # ------------------------------------------------------------------ lifecycle
+    def serve_forever(self) -> None:
+        asyncio.run(self._main())
+
+    def start(self, timeout: float = 30.0) -> "PolicyServer":
+        """Serve in a background thread (tests, notebooks); returns once the port is bound."""
+        self._thread = threading.Thread(target=self.serve_forever, name="latentvla-policy-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise LatentVLAError(f"policy server did not start on {self.host}:{self.port} within {timeout} s")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._stop.done():
+            self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def run_server(cfg) -> int:
+    from latentvla.eval.policies import PolicySpec, build_policy
+
+    cfg.validate()
+    token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
+    policy = build_policy(PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, platform=cfg.robot,
+                                     device=cfg.device, unnorm_key=cfg.unnorm_key))
+    server = PolicyServer(policy, host=cfg.host, port=cfg.port, token=token)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if cfg.host not in LOOPBACK and token is None:
+        log.warning(f"serving on {cfg.host} without a token: anyone who can reach this port can query the policy")
+    try:
+        import websockets  # noqa: F401  (fail early with a clear message)
+    except ImportError:
+        raise LatentVLAError("the policy server needs websockets and msgpack: pip install -e '.[serve]'") from None
+    server.start()
+    print(f"latentvla serve: listening on ws://{cfg.host}:{server.port} "
+          f"(platform {server.platform.name}, chunk {server.metadata['chunk_len']}, token {'on' if token else 'off'})",
+          flush=True)
+    try:
+        while server._thread is not None and server._thread.is_alive():
+            server._thread.join(timeout=1.0)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
