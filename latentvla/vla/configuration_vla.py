@@ -1,0 +1,77 @@
+"""`VLAConfig`: everything that defines a LatentVLA model (saved in every policy checkpoint).
+
+Light module (no torch). Sizes the model reads from the backbone (hidden size, number of
+layers) are never stored here; `None` fields mean "derive from the backbone / platform":
+- `head_layers`: the last min(12, num_layers) LLM layers feed the action head.
+- `head_dim`: the LLM hidden size.
+- `align_layer`: int(2/3 · num_layers) (18 of 28 for Qwen3-VL-2B), at least 1.
+- `num_images_in_input`: the platform's camera count, 1 with `use_wrist_image=False`.
+`codebook_size` is the action tokenizer's M (la_tok, `<LA_i>` tokens); the image LAM's K, C and Z
+are `latent_codebook_size`, `latent_codes_per_step`, `latent_dim`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latentvla.config import arg
+from latentvla.errors import LatentVLAError
+
+VLA_IDS = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class VLAConfig:
+    """A LatentVLA model: backbone, LoRA, action head and latent-supervision variant."""
+
+    vla_id: str = arg("baseline", "Variant: " + ", ".join(VLA_IDS) + ".")
+    vlm_path: str = arg("", "Local Qwen3-VL directory (Hugging Face layout).")
+    lora_rank: int = arg(64, "LoRA rank (0 = no LoRA, backbone fully frozen).")
+    lora_alpha: float = arg(16.0, "LoRA alpha.")
+    lora_dropout: float = arg(0.0, "LoRA dropout.")
+    lora_target_modules: list[str] = arg(list(DEFAULT_LORA_TARGETS), "Backbone linear layers that get LoRA adapters.")
+    head_layers: int | None = arg(None, "Last LLM layers read by the action head (default min(12, num_layers)).")
+    head_dim: int | None = arg(None, "Action-head width (default: LLM hidden size).")
+    head_num_heads: int = arg(8, "Attention heads in the action head.")
+    use_pro_version: bool = arg(False, "Rotary positions on the action head's queries/keys (VLA-Adapter-Pro style).")
+    align_layer: int | None = arg(None, "la_align: LLM layer aligned to latent_z (default int(2/3 num_layers)).")
+    token_loss_weight: float = arg(1.0, "Weight of the code cross-entropy (la_direct, la_cond, la_tok).")
+    latent_loss_weight: float = arg(1.0, "Weight of the la_align cosine loss.")
+    codebook_size: int = arg(256, "Action tokenizer codebook size M (la_tok `<LA_i>` tokens).")
+    latent_codebook_size: int = arg(16, "Image-LAM codebook size K (`<ACT_i>` tokens).")
+    latent_codes_per_step: int = arg(4, "Image-LAM codes per transition C.")
+    latent_dim: int = arg(128, "Image-LAM latent dim Z (la_align target).")
+    align_proj_dim: int = arg(256, "Hidden width of the la_align projector.")
+    default_image_size: int = arg(224, "Image side fed to the backbone (multiple of 32).")
+    use_wrist_image: bool = arg(True, "Feed the wrist camera(s).")
+    use_proprio: bool = arg(True, "Feed the proprio token to the head.")
+    num_images_in_input: int | None = arg(None, "Cameras per sample (default: platform's; 1 without wrist images).")
+    gradient_checkpointing: bool = arg(False, "Recompute backbone activations in backward.")
+    attn_implementation: str | None = arg(None, "flash_attention_2 / sdpa / eager (default: flash_attention_2 on GPU if installed, else sdpa).")
+    dtype: str = arg("auto", "Backbone weight dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16, float32.")
+
+    def validate(self) -> None:
+        if self.vla_id not in VLA_IDS:
+            raise LatentVLAError(f"vla_id {self.vla_id!r} is unknown; expected one of {', '.join(VLA_IDS)}")
+        if self.default_image_size < 32 or self.default_image_size % 32:
+            raise LatentVLAError(f"default_image_size must be a positive multiple of 32, got {self.default_image_size}")
+        for name in ("codebook_size", "latent_codebook_size", "latent_codes_per_step", "latent_dim", "head_num_heads",
+                     "align_proj_dim"):
+            if getattr(self, name) < 1:
+                raise LatentVLAError(f"VLA config {name} must be >= 1, got {getattr(self, name)}")
+        if self.lora_rank < 0:
+            raise LatentVLAError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        for name in ("head_layers", "head_dim", "align_layer", "num_images_in_input"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise LatentVLAError(f"VLA config {name} must be >= 1 (or None for the default), got {v}")
+        if self.dtype not in ("auto", "bfloat16", "float32", "float16"):
+            raise LatentVLAError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.attn_implementation not in (None, "flash_attention_2", "sdpa", "eager"):
+            raise LatentVLAError(f"attn_implementation must be flash_attention_2, sdpa or eager, got {self.attn_implementation!r}")
+
+    def num_images(self, platform_cameras: int) -> int:
+        if self.num_images_in_input is not None:
+            return self.num_images_in_input
+        return platform_cameras if self.use_wrist_image else 1

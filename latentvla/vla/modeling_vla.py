@@ -1,0 +1,230 @@
+"""`LatentVLA`: Qwen3-VL backbone (+ LoRA, new token rows) + action head + variant strategy.
+
+    model = LatentVLA.from_config(cfg, platform, action_tokenizer=None)
+    batch = model.processor.collate(samples)        # also usable as a DataLoader collate_fn
+    out = model(batch)                              # {"loss", "metrics", "actions"}
+    actions = model.predict_actions(batch)          # [B, P, D] normalized, no labels needed
+
+One backbone pass (`Qwen3VLModel`, i.e. WITHOUT the lm_head: no full-vocabulary logits) and one
+head pass serve training and inference alike. The loss is L1 on non-padded steps plus the
+strategy's auxiliary loss. Trainable: LoRA, new token rows, head, proprio projector, strategy
+modules (`trainable_state_dict`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentvla.errors import LatentVLAError
+from latentvla.robots import Platform
+from latentvla.vla.backbone import NewTokenEmbedding, SpecialTokenIds, load_backbone, resolve_device
+from latentvla.vla.configuration_vla import VLAConfig
+from latentvla.vla.head import ActionHead, ProprioProjector
+from latentvla.vla.image_processor import QwenVLImageProcessor
+from latentvla.vla.processor import VLAProcessor
+from latentvla.vla.strategies import ForwardContext, build_strategy
+
+BACKBONE_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+
+
+class LatentVLA(nn.Module):
+    def __init__(self, cfg: VLAConfig, platform: Platform, backbone, tokenizer, ids: SpecialTokenIds,
+                 action_tokenizer=None):
+        super().__init__()
+        self.cfg, self.platform, self.ids = cfg, platform, ids
+        self.backbone = backbone
+        text_cfg = backbone.config.text_config
+        self.llm_dim, self.num_layers = text_cfg.hidden_size, text_cfg.num_hidden_layers
+        self.head_layers = min(cfg.head_layers or 12, self.num_layers)
+        if cfg.head_layers is not None and cfg.head_layers > self.num_layers:
+            raise LatentVLAError(f"head_layers {cfg.head_layers} exceeds the backbone's {self.num_layers} LLM layers")
+        P, D = platform.chunk_len, platform.action_dim
+        self.strategy = build_strategy(cfg, ids, P, self.llm_dim, self.num_layers)
+        hd = cfg.head_dim or self.llm_dim
+        heads = cfg.head_num_heads
+        while hd % heads or (hd // heads) % 2:  # tiny widths: fall back to fewer heads
+            heads -= 1
+        self.action_head = ActionHead(self.head_layers, self.llm_dim, hd, heads, P, D, rotary=cfg.use_pro_version)
+        self.proprio_projector = ProprioProjector(platform.proprio_dim, self.llm_dim) if cfg.use_proprio else None
+        self._action_tokenizer = [action_tokenizer]  # frozen, not a submodule, never saved
+        if cfg.vla_id == "la_tok" and action_tokenizer is not None:
+            check_action_tokenizer(action_tokenizer, cfg, platform)
+        image_proc = QwenVLImageProcessor.from_pretrained(cfg.vlm_path, min_pixels=1)
+        self.processor = VLAProcessor(tokenizer, image_proc, ids, self.strategy.slot_ids(), P,
+                                      cfg.num_images(platform.num_cameras), cfg.default_image_size,
+                                      platform.proprio_dim, cfg.use_proprio)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: VLAConfig, platform: Platform, action_tokenizer=None,
+                    device: str | torch.device | None = None) -> "LatentVLA":
+        cfg.validate()
+        dev = resolve_device(device)
+        backbone, tokenizer, ids = load_backbone(cfg, dev)
+        model = cls(cfg, platform, backbone, tokenizer, ids, action_tokenizer)
+        # Head/projector/strategy stay fp32 (autocast handles mixed precision on GPU).
+        for m in (model.action_head, model.proprio_projector, model.strategy):
+            if m is not None:
+                m.to(dev)
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_head.chunk_queries.device
+
+    @property
+    def chunk_len(self) -> int:
+        return self.platform.chunk_len
+
+    @property
+    def action_tokenizer(self):
+        return self._action_tokenizer[0]
+
+    def set_action_tokenizer(self, tok) -> None:
+        check_action_tokenizer(tok, self.cfg, self.platform)
+        self._action_tokenizer[0] = tok
+
+    @property
+    def token_rows(self) -> NewTokenEmbedding:
+        return self.backbone.model.language_model.embed_tokens
+
+    def required_sample_keys(self) -> tuple[str, ...]:
+        return self.strategy.required_sample_keys
+
+    # ------------------------------------------------------------------ forward
+    def _to_device(self, batch: dict) -> dict:
+        dev = self.device
+        return {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def _run(self, batch: dict) -> tuple[torch.Tensor, ForwardContext]:
+        missing = [k for k in BACKBONE_INPUTS if k not in batch]
+        if missing:
+            raise LatentVLAError(f"batch lacks {missing} (build it with model.processor.collate)")
+        dtype = self.backbone.dtype
+        out = self.backbone.model(  # Qwen3VLModel: hidden states only, the lm_head is never applied
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            mm_token_type_ids=batch["mm_token_type_ids"], pixel_values=batch["pixel_values"].to(dtype),
+            image_grid_thw=batch["image_grid_thw"], output_hidden_states=True, use_cache=False)
+        hs = out.hidden_states
+        layers = list(range(len(hs) - self.head_layers, len(hs)))
+        ctx = ForwardContext(batch, hs, layers, self.ids, self.token_rows, self.action_tokenizer)
+        img_states, img_mask = self._image_states(hs, layers, batch["mm_token_type_ids"])
+        query_states = self.strategy.head_query_states(ctx)
+        proprio_tok = None
+        if self.proprio_projector is not None:
+            if "proprio" not in batch:
+                raise LatentVLAError("batch lacks 'proprio' but the model uses proprio (use_proprio=True)")
+            proprio_tok = self.proprio_projector(batch["proprio"].float().to(self.device))
+        actions = self.action_head([q.float() for q in query_states], [s.float() for s in img_states],
+                                   img_mask, proprio_tok)
+        return actions, ctx
+
+    @staticmethod
+    def _image_states(hs, layers, mm_token_type_ids) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Image-token states per layer, sliced by token type and padded: [B, Nmax, H] + mask."""
+        is_img = mm_token_type_ids == 1
+        counts = is_img.sum(1)
+        n = int(counts.max())
+        if n == 0:
+            raise LatentVLAError("batch has no image tokens")
+        order = torch.argsort((~is_img).to(torch.int8), dim=1, stable=True)[:, :n]  # image positions first, in order
+        mask = torch.arange(n, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+        rows = torch.arange(order.shape[0], device=order.device).unsqueeze(1)
+        return [hs[i][rows, order] for i in layers], mask
+
+    def forward(self, batch: dict) -> dict[str, Any]:
+        batch = self._to_device(batch)
+        has_targets = "actions" in batch
+        if has_targets:
+            missing = [k for k in self.required_sample_keys() if k not in batch]
+            if missing:
+                raise LatentVLAError(f"vla_id {self.cfg.vla_id} needs {missing} in every sample (latent labels: "
+                                     "train on an annotated dataset, see `latentvla lam annotate`)")
+        actions, ctx = self._run(batch)
+        if not has_targets:
+            return {"actions": actions}
+        target = batch["actions"].float()
+        if target.shape != actions.shape:
+            raise LatentVLAError(f"target actions {tuple(target.shape[1:])} vs model output {tuple(actions.shape[1:])}: "
+                                 "window_size / action dim must match the platform")
+        valid = (~batch["action_pad"]).float().unsqueeze(-1)
+        l1 = ((actions - target).abs() * valid).sum() / (valid.sum() * actions.shape[-1]).clamp(min=1.0)
+        aux, metrics = self.strategy.aux_loss(ctx)
+        loss = l1 if aux is None else l1 + aux
+        metrics = {"l1": l1.detach(), **metrics}
+        return {"loss": loss, "metrics": {k: float(v) for k, v in metrics.items()}, "actions": actions}
+
+    @torch.no_grad()
+    def predict_actions(self, batch: dict) -> torch.Tensor:
+        """Normalized [B, P, D] actions: the same forward, no labels, no tokenizer, no LAM."""
+        batch = {k: v for k, v in batch.items() if k not in ("actions", "action_pad", "latent_idx", "latent_z")}
+        return self._run(self._to_device(batch))[0]
+
+    # ------------------------------------------------------------------ weights
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, sd: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        params = dict(self.named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+        if missing or unexpected:
+            raise LatentVLAError(f"{source}: weights do not match this model (missing {missing[:4]}, unexpected "
+                                 f"{unexpected[:4]}); was it trained with a different vla_id / config?")
+        with torch.no_grad():
+            for n in expected:
+                if params[n].shape != sd[n].shape:
+                    raise LatentVLAError(f"{source}: {n} has shape {tuple(sd[n].shape)}, model expects {tuple(params[n].shape)}")
+                params[n].copy_(sd[n].to(params[n].dtype))
+
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full weights with LoRA folded in and the new token rows written into a resized vocabulary:
+        `backbone.*` keys in the Hugging Face Qwen3-VL layout, plus the head/strategy modules."""
+        from peft.tuners.lora import LoraLayer
+
+        rows = self.token_rows
+        out: dict[str, torch.Tensor] = {}
+        lora_prefixes = {}
+        for name, mod in self.backbone.named_modules():
+            if isinstance(mod, LoraLayer):
+                lora_prefixes[name] = mod
+        for name, t in self.backbone.state_dict().items():
+            if "lora_" in name or name.endswith("new_rows") or name.endswith("new_output_rows"):
+                continue
+            key = name.replace(".base_layer.", ".").replace("embed_tokens.base.", "embed_tokens.")
+            mod_name = name.rsplit(".base_layer.", 1)[0] if ".base_layer." in name else None
+            if mod_name in lora_prefixes and name.endswith("weight"):
+                mod = lora_prefixes[mod_name]
+                t = t + mod.get_delta_weight("default").to(t.dtype)
+            out["backbone." + key] = t.detach().clone()
+        n_total = rows.first_new + rows.num_new
+        for key, new in (("backbone.model.language_model.embed_tokens.weight", rows.new_rows),
+                         ("backbone.lm_head.weight", rows.new_output_rows)):
+            base = out.get(key, out["backbone.model.language_model.embed_tokens.weight"])
+            full = torch.zeros(max(n_total, base.shape[0]), base.shape[1], dtype=base.dtype)
+            full[: base.shape[0]] = base
+            full[rows.first_new:n_total] = new.detach().to(base.dtype)
+            out[key] = full
+        for prefix, mod in (("action_head.", self.action_head), ("proprio_projector.", self.proprio_projector),
+                            ("strategy.", self.strategy)):
+            if mod is not None:
+                out.update({prefix + k: v.detach().clone() for k, v in mod.state_dict().items()})
+        return out
+
+
+def check_action_tokenizer(tok, cfg: VLAConfig, platform: Platform) -> None:
+    for attr in ("encode",):
+        if not callable(getattr(tok, attr, None)):
+            raise LatentVLAError(f"action tokenizer {type(tok).__name__} lacks .{attr}()")
+    m = getattr(tok, "codebook_size", None)
+    if m is not None and int(m) != cfg.codebook_size:
+        raise LatentVLAError(f"action tokenizer codebook size {m} != codebook_size {cfg.codebook_size} of the VLA config")
+    d = getattr(tok, "action_dim", None)
+    if d is not None and int(d) != platform.action_dim:
+        raise LatentVLAError(f"action tokenizer action_dim {d} != platform {platform.name!r} action_dim {platform.action_dim}")
+    p = getattr(tok, "chunk_len", None)
+    if p is not None and int(p) != platform.chunk_len:
+        raise LatentVLAError(f"action tokenizer chunk_len {p} != platform {platform.name!r} chunk_len {platform.chunk_len}")

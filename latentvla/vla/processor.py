@@ -1,0 +1,145 @@
+"""Prompt + query slots + collate: sample dicts -> backbone/head inputs (method.md §2).
+
+Sequence of one sample (Qwen chat format):
+    <|im_start|>user\\n  ( <|vision_start|> N×<|image_pad|> <|vision_end|> ) per camera
+    "{instruction}. Predict the next {P} robot actions." <|im_end|>\\n <|im_start|>assistant\\n  SLOTS
+SLOTS are the strategy's placeholder tokens (`<|latent_query|>` / `<|action_query|>`) and end the
+sequence. Sequences are left-padded; every position is later found from token ids.
+Batch keys: input_ids, attention_mask, mm_token_type_ids (1 = image token), pixel_values,
+image_grid_thw, proprio [B, proprio_dim] (only with use_proprio), and when present in the samples:
+actions [B,P,D], action_pad [B,P], latent_idx [B,P,C], latent_z [B,P,C,Z].
+The processor holds only picklable state (tokenizer + numbers): DataLoader workers can collate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from latentvla.errors import LatentVLAError
+from latentvla.vla.backbone import SpecialTokenIds
+from latentvla.vla.image_processor import QwenVLImageProcessor
+
+OPTIONAL_KEYS = {"actions": torch.float32, "action_pad": torch.bool, "latent_idx": torch.long, "latent_z": torch.float32}
+
+
+def format_instruction(instruction: str, chunk_len: int) -> str:
+    return f"{instruction.strip().lower()}. Predict the next {chunk_len} robot actions."
+
+
+class VLAProcessor:
+    def __init__(self, tokenizer, image_processor: QwenVLImageProcessor, ids: SpecialTokenIds,
+                 slot_ids: Sequence[int], chunk_len: int, num_images: int, image_size: int,
+                 proprio_dim: int, use_proprio: bool):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.ids = ids
+        self.slot_ids = list(slot_ids)
+        self.chunk_len = chunk_len
+        self.num_images = num_images
+        self.image_size = image_size
+        self.proprio_dim = proprio_dim
+        self.use_proprio = use_proprio
+        enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+        self._user = [ids.im_start] + enc("user\n")
+        self._turn = [ids.im_end] + enc("\n") + [ids.im_start] + enc("assistant\n")
+
+    # ------------------------------------------------------------------ single sample
+    def _images(self, images: Any, where: str) -> list[np.ndarray]:
+        arr = [np.asarray(im) for im in images]
+        if len(arr) != self.num_images:
+            raise LatentVLAError(f"{where}: got {len(arr)} camera image(s), the model expects {self.num_images} "
+                                 "(num_images_in_input / use_wrist_image)")
+        out = []
+        for im in arr:
+            if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
+                raise LatentVLAError(f"{where}: images must be uint8 HxWx3, got {im.dtype} {tuple(im.shape)}")
+            if im.shape[:2] != (self.image_size, self.image_size):
+                from PIL import Image
+
+                im = np.asarray(Image.fromarray(im).resize((self.image_size, self.image_size), Image.BILINEAR))
+            out.append(im)
+        return out
+
+    def encode(self, images: Any, instruction: str, where: str = "sample") -> tuple[list[int], dict]:
+        ims = self._images(images, where)
+        vis = self.image_processor(ims)
+        merge = self.image_processor.merge_size ** 2
+        seq = list(self._user)
+        for thw in vis["image_grid_thw"].tolist():
+            n = thw[0] * thw[1] * thw[2] // merge
+            seq += [self.ids.vision_start] + [self.ids.image_pad] * n + [self.ids.vision_end]
+        seq += self.tokenizer.encode(format_instruction(instruction, self.chunk_len), add_special_tokens=False)
+        seq += self._turn + self.slot_ids
+        return seq, vis
+
+    def _proprio(self, proprio: Any, where: str) -> np.ndarray:
+        p = np.asarray(proprio if proprio is not None else [], dtype=np.float32).reshape(-1)
+        if p.shape[0] != self.proprio_dim:
+            raise LatentVLAError(f"{where}: proprio has {p.shape[0]} dims, the platform expects {self.proprio_dim} "
+                                 "(pass use_proprio=False to train without it)")
+        if not np.isfinite(p).all():
+            raise LatentVLAError(f"{where}: proprio contains NaN/inf")
+        return p
+
+    # ------------------------------------------------------------------ batch
+    def build(self, images: Sequence[Any], instructions: Sequence[str], proprio: Sequence[Any] | None = None,
+              where: str = "batch") -> dict[str, torch.Tensor]:
+        seqs, pix, grids = [], [], []
+        for i, (ims, instr) in enumerate(zip(images, instructions)):
+            s, vis = self.encode(ims, instr, where=f"{where}[{i}]")
+            seqs.append(s)
+            pix.append(vis["pixel_values"])
+            grids.append(vis["image_grid_thw"])
+        length = max(len(s) for s in seqs)
+        B = len(seqs)
+        input_ids = torch.full((B, length), self.ids.pad, dtype=torch.long)
+        attention = torch.zeros((B, length), dtype=torch.long)
+        for i, s in enumerate(seqs):  # left padding: the slots end every row
+            input_ids[i, length - len(s):] = torch.tensor(s)
+            attention[i, length - len(s):] = 1
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "mm_token_type_ids": (input_ids == self.ids.image_pad).long() * attention,
+            "pixel_values": torch.cat(pix, 0),
+            "image_grid_thw": torch.cat(grids, 0),
+        }
+        if self.use_proprio:
+            if proprio is None:
+                raise LatentVLAError(f"{where}: the model uses proprio but none was given")
+            batch["proprio"] = torch.from_numpy(np.stack([self._proprio(p, f"{where}[{i}]") for i, p in enumerate(proprio)]))
+        return batch
+
+    def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        if not samples:
+            raise LatentVLAError("collate: empty list of samples")
+        for i, s in enumerate(samples):
+            for key in ("images", "instruction"):
+                if key not in s:
+                    raise LatentVLAError(f"sample[{i}] lacks {key!r} (keys: {sorted(s)})")
+        batch = self.build([s["images"] for s in samples], [s["instruction"] for s in samples],
+                           [s.get("proprio") for s in samples] if self.use_proprio else None, where="sample")
+        for key, dtype in OPTIONAL_KEYS.items():
+            present = [key in s for s in samples]
+            if any(present) and not all(present):
+                raise LatentVLAError(f"collate: {key!r} present in some samples only")
+            if all(present):
+                try:
+                    batch[key] = torch.from_numpy(np.stack([np.asarray(s[key]) for s in samples])).to(dtype)
+                except ValueError as e:
+                    raise LatentVLAError(f"collate: samples' {key!r} have different shapes ({e})") from None
+        if "actions" in batch:
+            a = batch["actions"]
+            if a.ndim != 3 or a.shape[1] != self.chunk_len:
+                raise LatentVLAError(f"sample 'actions' has shape {tuple(a.shape[1:])}, expected [{self.chunk_len}, D]: "
+                                     "window_size must equal the platform's chunk length")
+            if not torch.isfinite(a).all():
+                raise LatentVLAError("sample 'actions' contain NaN/inf")
+            if "action_pad" not in batch:
+                batch["action_pad"] = torch.zeros(a.shape[:2], dtype=torch.bool)
+        return batch
+
+    __call__ = collate

@@ -1,0 +1,216 @@
+"""The latent-supervision variants as small pluggable strategies (method.md §5).
+
+A strategy decides (1) the query slots appended to the prompt, (2) which slot states the action
+head reads (one [B, P, H] per head layer) and (3) its auxiliary loss + metrics. Everything else
+(backbone pass, head, L1) is shared in `LatentVLA`. Adding a variant = one subclass registered
+with `@register_strategy("name")` (and its name added to `VLA_IDS` for the CLI).
+
+Code prediction (la_direct, la_cond, la_tok) multiplies the final-layer states AT THE CODE SLOTS
+by the output rows of the code tokens only: [B, n_slots, K] logits, never full-vocabulary logits.
+Each code is predicted at its own slot (no causal-LM shift).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentvla.errors import LatentVLAError
+from latentvla.vla.backbone import NewTokenEmbedding, SpecialTokenIds
+
+STRATEGIES: dict[str, type["Strategy"]] = {}
+
+
+def register_strategy(name: str) -> Callable[[type["Strategy"]], type["Strategy"]]:
+    def deco(cls):
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+    return deco
+
+
+@dataclass
+class ForwardContext:
+    """What a strategy sees of one forward pass."""
+
+    batch: dict[str, torch.Tensor]
+    hidden_states: tuple[torch.Tensor, ...]  # embeddings + one per LLM layer (last one normed)
+    head_layer_indexes: list[int]  # indexes into hidden_states read by the head
+    ids: SpecialTokenIds
+    token_rows: NewTokenEmbedding
+    action_tokenizer: Any = None
+    _positions: dict = field(default_factory=dict)
+
+    def positions(self, token_id: int, count: int) -> torch.Tensor:
+        """[B, count] positions of `token_id` in each row (found by id; count checked)."""
+        key = (token_id, count)
+        if key not in self._positions:
+            ids = self.batch["input_ids"]
+            mask = ids == token_id
+            found = mask.sum(1)
+            if not bool((found == count).all()):
+                raise LatentVLAError(f"query slots: expected {count} slot tokens per row, found {found.tolist()}")
+            self._positions[key] = mask.nonzero()[:, 1].view(ids.shape[0], count)
+        return self._positions[key]
+
+    def gather(self, layer: int, token_id: int, count: int) -> torch.Tensor:
+        h = self.hidden_states[layer]
+        pos = self.positions(token_id, count)
+        return h[torch.arange(h.shape[0], device=h.device).unsqueeze(1), pos]  # [B, count, H]
+
+    def has_targets(self) -> bool:
+        return "actions" in self.batch
+
+
+def code_cross_entropy(ctx: ForwardContext, slot_token: int, vocab: tuple[int, ...], labels: torch.Tensor,
+                       valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """CE of the codes at their own slots over the code vocabulary only. labels/valid: [B, n]."""
+    n = labels.shape[1]
+    states = ctx.gather(len(ctx.hidden_states) - 1, slot_token, n)  # final (normed) layer
+    rows = ctx.token_rows.output_rows(list(vocab))  # [V, H]
+    logits = states.float() @ rows.float().t()  # [B, n, V]
+    if bool(((labels < 0) | (labels >= len(vocab))).any()):
+        raise LatentVLAError(f"code labels outside [0, {len(vocab)}): got min {int(labels.min())}, max {int(labels.max())} "
+                             "(codebook size of the labels does not match the model's)")
+    ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels.float())
+    w = valid.float()
+    denom = w.sum().clamp(min=1.0)
+    acc = ((logits.argmax(-1) == labels).float() * w).sum() / denom
+    ce = (ce * w).sum() / denom
+    return ce, {"ce": ce.detach(), "code_acc": acc.detach()}
+
+
+class Strategy(nn.Module):
+    name = "?"
+    required_sample_keys: tuple[str, ...] = ()
+
+    def __init__(self, cfg, ids: SpecialTokenIds, chunk_len: int, llm_dim: int, num_layers: int):
+        super().__init__()
+        self.cfg, self.ids, self.P, self.H, self.L = cfg, ids, chunk_len, llm_dim, num_layers
+
+    def slot_ids(self) -> list[int]:
+        return [self.ids.action_query] * self.P
+
+    def head_query_states(self, ctx: ForwardContext) -> list[torch.Tensor]:
+        return [ctx.gather(i, self.ids.action_query, self.P) for i in ctx.head_layer_indexes]
+
+    def aux_loss(self, ctx: ForwardContext) -> tuple[torch.Tensor | None, dict]:
+        return None, {}
+
+    @staticmethod
+    def step_valid(ctx: ForwardContext) -> torch.Tensor:
+        return ~ctx.batch["action_pad"]
+
+
+@register_strategy("baseline")
+class BaselineStrategy(Strategy):
+    pass
+
+
+@register_strategy("la_align")
+class AlignStrategy(Strategy):
+    required_sample_keys = ("latent_z",)
+
+    def __init__(self, cfg, ids, chunk_len, llm_dim, num_layers):
+        super().__init__(cfg, ids, chunk_len, llm_dim, num_layers)
+        self.align_layer = cfg.align_layer if cfg.align_layer is not None else max(1, int(num_layers * 2 / 3))
+        if not 1 <= self.align_layer <= num_layers:
+            raise LatentVLAError(f"align_layer {self.align_layer} out of range [1, {num_layers}] (LLM layers of the backbone)")
+        self.projector = nn.Sequential(nn.LayerNorm(llm_dim), nn.Linear(llm_dim, cfg.align_proj_dim), nn.GELU(),
+                                       nn.Linear(cfg.align_proj_dim, cfg.latent_dim))
+
+    def aux_loss(self, ctx):
+        z = ctx.batch["latent_z"]
+        if z.ndim != 4 or z.shape[1] != self.P or z.shape[-1] != self.cfg.latent_dim:
+            raise LatentVLAError(f"latent_z has shape {tuple(z.shape[1:])}, expected [{self.P}, C, {self.cfg.latent_dim}]")
+        states = ctx.gather(self.align_layer, self.ids.action_query, self.P)
+        pred = self.projector(states.float())
+        cos = F.cosine_similarity(pred, z.float().mean(2), dim=-1)  # [B, P]
+        w = self.step_valid(ctx).float()
+        cos = (cos * w).sum() / w.sum().clamp(min=1.0)
+        loss = 1.0 - cos
+        return self.cfg.latent_loss_weight * loss, {"align_loss": loss.detach(), "cosine": cos.detach()}
+
+
+class _ImageLatentCodes(Strategy):
+    """Shared by la_direct / la_cond: C·P `<|latent_query|>` code slots, CE over the K `<ACT_i>` rows."""
+
+    required_sample_keys = ("latent_idx",)
+
+    @property
+    def C(self) -> int:
+        return self.cfg.latent_codes_per_step
+
+    def code_slots(self) -> list[int]:
+        return [self.ids.latent_query] * (self.C * self.P)
+
+    def aux_loss(self, ctx):
+        idx = ctx.batch["latent_idx"]
+        if idx.ndim != 3 or idx.shape[1:] != (self.P, self.C):
+            raise LatentVLAError(f"latent_idx has shape {tuple(idx.shape[1:])}, expected [{self.P}, {self.C}] "
+                                 "(chunk length, codes per step)")
+        labels = idx.reshape(idx.shape[0], self.P * self.C)  # step-major: step 0 codes 0..C-1, step 1 ...
+        valid = self.step_valid(ctx).repeat_interleave(self.C, dim=1)
+        ce, metrics = code_cross_entropy(ctx, self.ids.latent_query, self.ids.act, labels, valid)
+        return self.cfg.token_loss_weight * ce, metrics
+
+
+@register_strategy("la_direct")
+class DirectStrategy(_ImageLatentCodes):
+    def __init__(self, cfg, ids, chunk_len, llm_dim, num_layers):
+        super().__init__(cfg, ids, chunk_len, llm_dim, num_layers)
+        self.pool_norm = nn.LayerNorm(llm_dim)
+        self.pool_score = nn.Linear(llm_dim, 1)
+
+    def slot_ids(self):
+        return self.code_slots()
+
+    def head_query_states(self, ctx):
+        out = []
+        for i in ctx.head_layer_indexes:
+            s = ctx.gather(i, self.ids.latent_query, self.C * self.P)
+            s = s.view(s.shape[0], self.P, self.C, -1)  # pool over the C codes of each step (not the chunk)
+            w = torch.softmax(self.pool_score(self.pool_norm(s.float())).squeeze(-1), dim=-1)  # [B, P, C]
+            out.append((w.unsqueeze(-1) * s.float()).sum(2).to(s.dtype))
+        return out
+
+
+@register_strategy("la_cond")
+class CondStrategy(_ImageLatentCodes):
+    def slot_ids(self):
+        return self.code_slots() + [self.ids.action_query] * self.P
+
+
+@register_strategy("la_tok")
+class TokStrategy(Strategy):
+    def slot_ids(self):
+        return [self.ids.latent_query] * self.P
+
+    def head_query_states(self, ctx):
+        return [ctx.gather(i, self.ids.latent_query, self.P) for i in ctx.head_layer_indexes]
+
+    def aux_loss(self, ctx):
+        tok = ctx.action_tokenizer
+        if tok is None:
+            raise LatentVLAError("la_tok training needs the frozen action tokenizer (--action_tokenizer_ckpt)")
+        actions = ctx.batch["actions"]
+        with torch.no_grad():
+            dev = getattr(tok, "device", actions.device)
+            codes = torch.as_tensor(tok.encode(actions.detach().float().to(dev))).to(actions.device).long()
+        if codes.shape != actions.shape[:2]:
+            raise LatentVLAError(f"action tokenizer returned codes of shape {tuple(codes.shape)}, expected "
+                                 f"{tuple(actions.shape[:2])} (one code per chunk step)")
+        ce, metrics = code_cross_entropy(ctx, self.ids.latent_query, self.ids.la, codes, self.step_valid(ctx))
+        return self.cfg.token_loss_weight * ce, metrics
+
+
+def build_strategy(cfg, ids: SpecialTokenIds, chunk_len: int, llm_dim: int, num_layers: int) -> Strategy:
+    try:
+        cls = STRATEGIES[cfg.vla_id]
+    except KeyError:
+        raise LatentVLAError(f"vla_id {cfg.vla_id!r} is unknown; expected one of {', '.join(STRATEGIES)}") from None
+    return cls(cfg, ids, chunk_len, llm_dim, num_layers)
