@@ -13,6 +13,7 @@ Built in:
 - RoboTwin 2.0: `aloha_<task>` for the 12 tasks in `ROBOTWIN_TASKS`; any other `aloha_<task>`
   name resolves by pattern to the same layout. Mixture `robotwin`.
 - JAKA real robot: `2_bowls`, `3_bowls`, `4_bowls`, `wipe`; mixture `jaka`.
+- Any other `libero_<x>` name: the LIBERO layout (e.g. a custom suite in the public release format).
 - Meta-World (`latentvla demo`): `metaworld` and any `metaworld_<task>` (keys image, wrist_image,
   state, action; platform `metaworld`; no standardization).
 
@@ -106,6 +107,12 @@ def _libero(suite: str) -> DatasetEntry:
                         action_standardization="libero_gripper", aliases=(suite,))
 
 
+def _libero_like(name: str) -> DatasetEntry:
+    """Any other `libero_*` directory (e.g. a custom LIBERO suite) in the public release layout."""
+    base = name[: -len("_no_noops")] if name.endswith("_no_noops") else name
+    return replace(_libero(base), name=name, aliases=(base if base != name else f"{name}_no_noops",))
+
+
 def _aloha(name: str) -> DatasetEntry:
     return DatasetEntry(name, "aloha", ("image", "left_wrist_image", "right_wrist_image"), ("state",))
 
@@ -130,7 +137,8 @@ BUILTIN_MIXTURES: dict[str, tuple[tuple[str, float], ...]] = {
     "libero_4_task_suites": tuple((f"{s}_no_noops", 1.0) for s in LIBERO_SUITES[:4]),
 }
 # Name patterns that resolve without an explicit entry.
-PATTERNS: tuple[tuple[str, Any], ...] = ((r"aloha_[a-z0-9_]+", _aloha), (r"metaworld_[a-z0-9_\-]+", _metaworld))
+PATTERNS: tuple[tuple[str, Any], ...] = ((r"aloha_[a-z0-9_]+", _aloha), (r"metaworld_[a-z0-9_\-]+", _metaworld),
+                                         (r"libero_[a-z0-9_]+", _libero_like))
 
 
 class Registry:
@@ -166,7 +174,7 @@ class Registry:
         where = f" (built-ins + {self.source})" if self.source else ""
         raise LatentVLAError(
             f"unknown dataset or mixture {name!r}{where}; known: {', '.join(self.known_names())}; "
-            f"patterns: aloha_<task>, metaworld_<task>, <name>_latent (annotated copy); "
+            f"patterns: libero_<suite>, aloha_<task>, metaworld_<task>, <name>_latent (annotated copy); "
             f"register your own with --dataset_registry FILE")
 
     def expand(self, data_mix: Any) -> list[tuple[DatasetEntry, float]]:
