@@ -50,6 +50,8 @@ COMMANDS: dict[str, Command] = {
     "lam annotate": Command("latentvla.lam.configuration_image_lam:AnnotateConfig",
                             "latentvla.lam.annotate:run_annotate",
                             "Write a copy of an RLDS dataset with image-LAM latent actions (steps/latent_idx, steps/latent_z)."),
+    "demo": Command("latentvla.demo.configuration_demo:DemoConfig", "latentvla.demo.pipeline:run_demo",
+                    "The whole study end to end on Meta-World (CPU, no downloads): data, LAMs, 5 variants, eval, report."),
 }
 
 GROUP_HELP = {
