@@ -67,6 +67,7 @@ class DatasetEntry:
     directory: str | None = None  # default: name, then the aliases
     version: str | None = None
     annotated: bool = False  # resolved through a `_latent` name
+    from_pattern: bool = False  # not registered; matched a name pattern (aloha_*, metaworld_*, libero_*)
 
     @property
     def platform(self) -> Platform:
@@ -170,12 +171,14 @@ class Registry:
             return replace(base, annotated=True)
         for pattern, make in PATTERNS:
             if re.fullmatch(pattern, name):
-                return make(name)
+                return replace(make(name), from_pattern=True)
+        raise LatentVLAError(self.unknown_message(name))
+
+    def unknown_message(self, name: str) -> str:
         where = f" (built-ins + {self.source})" if self.source else ""
-        raise LatentVLAError(
-            f"unknown dataset or mixture {name!r}{where}; known: {', '.join(self.known_names())}; "
-            f"patterns: libero_<suite>, aloha_<task>, metaworld_<task>, <name>_latent (annotated copy); "
-            f"register your own with --dataset_registry FILE")
+        return (f"unknown dataset or mixture {name!r}{where}; known: {', '.join(self.known_names())}; "
+                f"patterns: libero_<suite>, aloha_<task>, metaworld_<task>, <name>_latent (annotated copy); "
+                f"register your own with --dataset_registry FILE")
 
     def expand(self, data_mix: Any) -> list[tuple[DatasetEntry, float]]:
         items = parse_data_mix(data_mix)
@@ -350,7 +353,14 @@ def resolve_data_mix(data_root_dir: str | os.PathLike, data_mix: Any, registry_f
     reg = Registry(registry_file)
     out = []
     for entry, weight in reg.expand(data_mix):
-        out.append(ResolvedDataset(entry, find_dataset_dir(data_root_dir, entry), weight))
+        try:
+            path = find_dataset_dir(data_root_dir, entry)
+        except LatentVLAError as e:
+            if entry.from_pattern and "no directory" in str(e):  # probably a typo, not a new task
+                raise LatentVLAError(f"{reg.unknown_message(entry.name)} (and no directory "
+                                     f"{' or '.join(repr(d) for d in entry.directories)} under {data_root_dir})") from None
+            raise
+        out.append(ResolvedDataset(entry, path, weight))
     return out
 
 
