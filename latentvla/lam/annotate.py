@@ -86,23 +86,12 @@ def _resolve_targets(cfg: AnnotateConfig) -> list[tuple[TFDSBuilderDir, str]]:
     """(builder dir, primary image key) of each dataset to annotate."""
     if cfg.dataset_dir:
         return [(TFDSBuilderDir(cfg.dataset_dir), cfg.image_key or DEFAULT_IMAGE_KEY)]
-    try:
-        from latentvla.data.registry import resolve_data_mix
-    except ImportError:  # registry not available: --data_mix names directories under --data_root_dir
-        resolve_data_mix = None
+    from latentvla.data.registry import resolve_data_mix
+
     out = []
-    if resolve_data_mix is not None:
-        for r in resolve_data_mix(cfg.data_root_dir, cfg.data_mix, cfg.dataset_registry):
-            keys = list(getattr(r.entry, "image_keys", None) or getattr(r.entry, "camera_keys", None) or [])
-            path = getattr(r, "path", None) or getattr(r, "builder_dir", None)
-            out.append((TFDSBuilderDir(path), cfg.image_key or (_as_step_key(keys[0]) if keys else DEFAULT_IMAGE_KEY)))
-        return out
-    names = json.loads(cfg.data_mix) if cfg.data_mix.strip().startswith("[") else [cfg.data_mix]
-    for name in names:
-        versions = sorted((Path(cfg.data_root_dir) / name).glob("*/dataset_info.json"))
-        if not versions:
-            raise LatentVLAError(f"--data_mix {name}: no {Path(cfg.data_root_dir) / name}/<version>/dataset_info.json")
-        out.append((TFDSBuilderDir(versions[-1].parent), cfg.image_key or DEFAULT_IMAGE_KEY))
+    for r in resolve_data_mix(cfg.data_root_dir, cfg.data_mix, cfg.dataset_registry):
+        key = cfg.image_key or (_as_step_key(r.entry.image_keys[0]) if r.entry.image_keys else DEFAULT_IMAGE_KEY)
+        out.append((TFDSBuilderDir(r.path), key))
     return out
 
 

@@ -262,11 +262,14 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
         logger = JSONLLogger(run_dir / "metrics.jsonl", resume_step=step if start_state else None)
     if start_state:
         _set_rng_state(start_state["rng"][rank] if isinstance(start_state["rng"], list) else start_state["rng"])
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + step)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # action-loss subsets, code restarts
     stream = FramePairStream(dataset, seed=cfg.seed, batch_size=cfg.batch_size, rank=rank, world_size=world,
                              num_workers=cfg.num_workers, consumed=consumed)
     book_size = model.config.codebook_size
-    usage = torch.zeros(book_size, device=device)
+    usage = torch.zeros(book_size, device=device)  # code counts since the last restart
+    if start_state:
+        gen.set_state(start_state["generator"])
+        usage.copy_(start_state["usage"].to(device))
     window = {"indices": [], "metrics": [], "t0": time.time()}
     ddp_model.train()
     bar = tqdm(total=cfg.max_steps, initial=step, desc="lam image-train", disable=rank != 0, dynamic_ncols=True)
@@ -300,7 +303,8 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
             bar.set_postfix(recon=f"{rec['recon_loss']:.4f}", used=int(rec["codes_used"]), ppl=f"{rec['perplexity']:.2f}")
             window = {"indices": [], "metrics": [], "t0": time.time()}
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            _save(run_dir, model, opt, scaler, cfg, step, stream.consumed, rank, world)
+            extra = {"generator": gen.get_state(), "usage": usage.detach().cpu()}
+            _save(run_dir, model, opt, scaler, cfg, step, stream.consumed, rank, world, extra)
         if step >= cfg.max_steps:
             break
     bar.close()
@@ -323,7 +327,7 @@ def _summarize(window: dict, book_size: int, global_batch: int) -> dict:
     return rec
 
 
-def _save(run_dir: Path, model, opt, scaler, cfg, step: int, consumed: int, rank: int, world: int) -> None:
+def _save(run_dir: Path, model, opt, scaler, cfg, step: int, consumed: int, rank: int, world: int, extra: dict) -> None:
     from latentvla.lam.image_lam_checkpoint import save_lam_checkpoint
 
     rng = _rng_state()
@@ -334,7 +338,7 @@ def _save(run_dir: Path, model, opt, scaler, cfg, step: int, consumed: int, rank
     if rank != 0:
         return
     state = {"step": step, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "consumed": consumed,
-             "rng": rng}
+             "rng": rng, **extra}
     t5 = str(Path(cfg.t5_path).resolve()) if cfg.t5_path else None
     save_lam_checkpoint(run_dir / "checkpoints" / f"step_{step}", model, step=step, train=config_to_dict(cfg),
                         training_state=state, t5_path=t5)

@@ -1,0 +1,88 @@
+"""`latentvla lam image-train`: learning on action-driven frames, resume, size/stage checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentvla.cli import main as cli_main
+
+DIRS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)
+
+
+def _action(e, t, T, rng):
+    """Piecewise-constant moves in 4 directions: the frame change of a pair depends on the action."""
+    a = np.zeros(7, np.float32)
+    a[:2] = DIRS[(e + t // 3) % 4] * 1.5
+    a[6] = -1.0
+    return a
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from latentvla.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("lamtrain")
+    write_synthetic_dataset(root / "data", name="libero_goal_no_noops", num_episodes=8, steps=24, image_size=56,
+                            action_fn=_action)
+    assert cli_main(["tiny-dino", str(root / "dino"), "--num_layers", "1"]) == 0
+    return root
+
+
+def _argv(root: Path, run_id: str, *extra: str) -> list[str]:
+    return ["lam", "image-train", "--data_root_dir", str(root / "data"), "--data_mix", "libero_goal",
+            "--dino_path", str(root / "dino"), "--results_dir", str(root / "runs"), "--run_id", run_id,
+            "--batch_size", "8", "--model_dim", "32", "--enc_blocks", "1", "--dec_blocks", "1", "--num_heads", "2",
+            "--latent_dim", "16", "--codebook_size", "8", "--pair_offset", "2", "--image_size", "56",
+            "--learning_rate", "1e-3", "--code_restart_every", "25", *extra]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_lam_learns_and_uses_several_codes(setup):
+    assert cli_main(_argv(setup, "learn", "--max_steps", "200", "--log_every", "20", "--save_every", "200")) == 0
+    run = setup / "runs" / "learn"
+    m = _metrics(run)
+    assert [r["step"] for r in m] == list(range(20, 201, 20))
+    assert m[-1]["recon_loss"] < 0.5 * m[0]["recon_loss"]
+    assert all(r["codes_used"] > 1 and r["perplexity"] > 1.0 for r in m)
+    assert "action_loss" in m[-1] and "commit_loss_action" in m[-1]
+    ckpt = run / "checkpoints" / "step_200"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_200"
+    assert {p.name for p in ckpt.iterdir()} == {"config.json", "model.safetensors", "training_state.pt"}
+
+
+def test_resume_continues_exactly(setup):
+    common = ("--log_every", "1", "--save_every", "3", "--code_restart_every", "2")
+    assert cli_main(_argv(setup, "straight", "--max_steps", "6", *common)) == 0
+    assert cli_main(_argv(setup, "resumed", "--max_steps", "3", *common)) == 0
+    assert cli_main(_argv(setup, "resumed", "--max_steps", "6", *common)) == 0
+    from safetensors.torch import load_file
+
+    a = load_file(str(setup / "runs" / "straight" / "checkpoints" / "step_6" / "model.safetensors"))
+    b = load_file(str(setup / "runs" / "resumed" / "checkpoints" / "step_6" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert [r["step"] for r in _metrics(setup / "runs" / "resumed")] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in _metrics(setup / "runs" / "resumed")] == pytest.approx(
+        [r["loss"] for r in _metrics(setup / "runs" / "straight")], rel=1e-5)
+
+
+def test_different_size_and_stage_errors(setup, capsys):
+    # resuming a run with other sizes
+    assert cli_main(_argv(setup, "straight", "--max_steps", "8", "--latent_dim", "8")) == 2
+    assert "different size" in capsys.readouterr().err
+    # starting from a checkpoint of another size
+    ckpt = setup / "runs" / "straight" / "checkpoints" / "step_6"
+    assert cli_main(_argv(setup, "other", "--max_steps", "1", "--lam_path", str(ckpt), "--model_dim", "64")) == 2
+    err = capsys.readouterr().err
+    assert "different size" in err and "checkpoint (32,) vs model (64,)" in err
+    assert cli_main(_argv(setup, "other", "--max_steps", "1", "--stage_one_ckpt", str(ckpt))) == 2
+    assert "expected stage 1" in capsys.readouterr().err
+    assert not (setup / "runs" / "other" / "checkpoints").exists()
