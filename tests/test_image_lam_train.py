@@ -75,11 +75,12 @@ def test_resume_continues_exactly(setup):
 
 
 def test_different_size_and_stage_errors(setup, capsys):
+    assert cli_main(_argv(setup, "sized", "--max_steps", "1")) == 0
     # resuming a run with other sizes
-    assert cli_main(_argv(setup, "straight", "--max_steps", "8", "--latent_dim", "8")) == 2
+    assert cli_main(_argv(setup, "sized", "--max_steps", "2", "--latent_dim", "8")) == 2
     assert "different size" in capsys.readouterr().err
     # starting from a checkpoint of another size
-    ckpt = setup / "runs" / "straight" / "checkpoints" / "step_6"
+    ckpt = setup / "runs" / "sized" / "checkpoints" / "step_1"
     assert cli_main(_argv(setup, "other", "--max_steps", "1", "--lam_path", str(ckpt), "--model_dim", "64")) == 2
     err = capsys.readouterr().err
     assert "different size" in err and "checkpoint (32,) vs model (64,)" in err
