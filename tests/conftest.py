@@ -50,3 +50,26 @@ def tiny_vlm_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_vlm") / "qwen3vl_tiny"
     write_tiny_vlm(TinyVLMConfig(out_dir=str(out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def vla_data_root(tmp_path_factory) -> Path:
+    """Synthetic LIBERO-layout RLDS data (64 px): `libero_goal_no_noops` (3 episodes, unannotated)
+    and its annotated copy `libero_goal_no_noops_latent` (latent_idx int64 [4] in [0, 16),
+    latent_z float32 [4, 128]), written through the data writer. Read-only."""
+    import numpy as np
+
+    from latentvla.data.features import tensor_feature
+    from latentvla.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("vla_data")
+    write_synthetic_dataset(root, "libero_goal_no_noops", num_episodes=3, steps=[12, 10, 9], image_size=64)
+
+    def latent(e, t):
+        rng = np.random.default_rng(1000 * e + t)
+        return {"latent_idx": rng.integers(0, 16, 4).astype(np.int64), "latent_z": rng.normal(size=(4, 128)).astype(np.float32)}
+
+    feats = {"latent_idx": tensor_feature((4,), "int64"), "latent_z": tensor_feature((4, 128))}
+    write_synthetic_dataset(root, "libero_goal_no_noops_latent", num_episodes=3, steps=[12, 10, 9], image_size=64,
+                            layout="libero", extra_step_features=feats, extra_fn=latent)
+    return root

@@ -1,0 +1,124 @@
+"""`VLAPolicy`: a trained checkpoint -> actions in robot units (method.md §6).
+
+    policy = VLAPolicy.from_pretrained(ckpt_dir, unnorm_key=None)
+    chunk = policy.predict_action([agent_img, wrist_img], "put the bowl on the plate", proprio)  # [P, D]
+    chunks = policy.predict_action(batch_images, [instr_a, instr_b], batch_proprio)           # [B, P, D]
+    a = policy.select_action({"images": ..., "instruction": ..., "proprio": ...})             # [D]
+    policy.reset()
+
+Raw proprio (robot units) is normalized with the checkpoint's statistics exactly as in training;
+predicted actions are un-normalized with them. A checkpoint trained on one dataset picks its
+statistics automatically; on a mixture, `unnorm_key` is required and must be one of the saved
+dataset names. One backbone pass + one head pass per chunk; no latent labels, LAM or tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from latentvla.errors import LatentVLAError
+from latentvla.robots import normalize, unnormalize
+
+
+def resolve_unnorm_key(statistics: dict, unnorm_key: str | None, where: str = "checkpoint") -> str:
+    keys = sorted(statistics)
+    if not keys:
+        raise LatentVLAError(f"{where}: dataset_statistics.json is empty")
+    if unnorm_key is None:
+        if len(keys) == 1:
+            return keys[0]
+        raise LatentVLAError(f"{where} was trained on several datasets; pass unnorm_key (--unnorm_key) = one of: "
+                             f"{', '.join(keys)}")
+    if unnorm_key not in statistics:
+        raise LatentVLAError(f"{where}: unnorm_key {unnorm_key!r} not in the saved statistics; available: {', '.join(keys)}")
+    return unnorm_key
+
+
+class VLAPolicy:
+    def __init__(self, model, statistics: dict, unnorm_key: str | None = None, num_open_loop_steps: int | None = None,
+                 where: str = "policy"):
+        self.model = model.eval()
+        self.platform = model.platform
+        self.unnorm_key = resolve_unnorm_key(statistics, unnorm_key, where)
+        self.stats = statistics[self.unnorm_key]
+        if "action" not in self.stats:
+            raise LatentVLAError(f"{where}: statistics of {self.unnorm_key!r} lack 'action'")
+        if model.cfg.use_proprio and "proprio" not in self.stats:
+            raise LatentVLAError(f"{where}: statistics of {self.unnorm_key!r} lack 'proprio' (the model uses proprio)")
+        self.num_open_loop_steps = num_open_loop_steps or self.chunk_len
+        if not 1 <= self.num_open_loop_steps <= self.chunk_len:
+            raise LatentVLAError(f"num_open_loop_steps must be in [1, {self.chunk_len}], got {num_open_loop_steps}")
+        self._queue: deque = deque()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | None = None, unnorm_key: str | None = None,
+                        vlm_path: str | None = None, num_open_loop_steps: int | None = None) -> "VLAPolicy":
+        from latentvla.vla.checkpoint import load_policy_model
+
+        model, _config, statistics = load_policy_model(directory, device=device, vlm_path=vlm_path)
+        return cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory))
+
+    @property
+    def chunk_len(self) -> int:
+        return self.platform.chunk_len
+
+    @property
+    def action_dim(self) -> int:
+        return self.platform.action_dim
+
+    def normalize_proprio(self, proprio: Any) -> np.ndarray:
+        p = np.asarray(proprio, dtype=np.float32)
+        if p.shape[-1] != self.platform.proprio_dim:
+            raise LatentVLAError(f"proprio has {p.shape[-1]} dims, platform {self.platform.name!r} expects "
+                                 f"{self.platform.proprio_dim}")
+        return normalize(p, self.stats["proprio"], self.platform.proprio_norm_mask, self.platform.normalization)
+
+    def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        return unnormalize(actions, self.stats["action"], self.platform.action_norm_mask, self.platform.normalization)
+
+    @torch.no_grad()
+    def predict_action(self, images: Any, instruction: str | Sequence[str], proprio: Any = None) -> np.ndarray:
+        """One chunk [P, D] in robot units (or [B, P, D] when `instruction` is a list)."""
+        batched = not isinstance(instruction, str)
+        if batched:
+            instructions = list(instruction)
+            image_sets = list(images)
+            proprios = None if proprio is None else list(proprio)
+        else:
+            instructions, image_sets = [instruction], [images]
+            proprios = None if proprio is None else [proprio]
+        if len(image_sets) != len(instructions):
+            raise LatentVLAError(f"predict_action: {len(image_sets)} image sets for {len(instructions)} instructions")
+        if self.model.cfg.use_proprio:
+            if proprios is None:
+                raise LatentVLAError("predict_action: this policy was trained with proprio; pass proprio")
+            proprios = [self.normalize_proprio(p) for p in proprios]
+        else:
+            proprios = None
+        batch = self.model.processor.build(image_sets, instructions, proprios, where="observation")
+        actions = self.model.predict_actions(batch).float().cpu().numpy()
+        out = self.unnormalize_actions(actions)
+        return out if batched else out[0]
+
+    def predict_action_chunk(self, obs: dict) -> np.ndarray:
+        for key in ("images", "instruction"):
+            if key not in obs:
+                raise LatentVLAError(f"observation lacks {key!r} (keys: {sorted(obs)})")
+        return self.predict_action(obs["images"], obs["instruction"], obs.get("proprio"))
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        """Pop one action from the current chunk; re-plan when `num_open_loop_steps` were executed."""
+        if not self._queue:
+            chunk = self.predict_action_chunk(obs)
+            if chunk.ndim != 2:
+                raise LatentVLAError("select_action takes one (unbatched) observation")
+            self._queue.extend(chunk[: self.num_open_loop_steps])
+        return self._queue.popleft()
+
+    def reset(self) -> None:
+        self._queue.clear()
