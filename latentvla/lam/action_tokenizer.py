@@ -202,6 +202,24 @@ def code_usage_stats(codes: torch.Tensor, codebook_size: int) -> tuple[float, fl
     return float((counts > 0).float().mean()), perplexity
 
 
+def check_shape(cfg: ActionTokenizerConfig, chunk_len: int, action_dim: int, source: str, where: str) -> None:
+    if action_dim != cfg.action_dim:
+        raise LatentVLAError(f"{source}: tokenizer expects action_dim {cfg.action_dim}, {where} has {action_dim}")
+    if cfg.chunk_len is not None and chunk_len != cfg.chunk_len:
+        raise LatentVLAError(f"{source}: tokenizer expects chunk length {cfg.chunk_len}, {where} has {chunk_len}")
+
+
+def check_platform(cfg: ActionTokenizerConfig, trained_on: dict | None, platform: Any, source: str, where: str) -> None:
+    """Error unless `platform` (Platform or dict) fits a tokenizer of config `cfg` trained on platform
+    dict `trained_on` (None = unknown, e.g. the paper's files): same name when known, same dims."""
+    d = platform.to_dict() if hasattr(platform, "to_dict") else dict(platform)
+    name = None if trained_on is None else trained_on.get("name")
+    if name is not None and d.get("name") != name:
+        raise LatentVLAError(f"{source}: tokenizer was trained on platform {name!r} but {where} is platform "
+                             f"{d.get('name')!r}; train a tokenizer on that platform's data")
+    check_shape(cfg, int(d["chunk_len"]), int(d["action_dim"]), source, where)
+
+
 class ActionChunkTokenizer:
     """Frozen tokenizer for use by la_tok and analysis (always eval mode, no grad)."""
 
@@ -255,17 +273,10 @@ class ActionChunkTokenizer:
     def check_platform(self, platform: Any, where: str = "data") -> None:
         """Error unless `platform` (a `latentvla.robots.Platform` or its dict) matches the checkpoint:
         same action dim and chunk length, and the same platform name when the checkpoint records one."""
-        d = platform.to_dict() if hasattr(platform, "to_dict") else dict(platform)
-        if self.platform_name is not None and d.get("name") != self.platform_name:
-            raise LatentVLAError(f"{self.source}: tokenizer was trained on platform {self.platform_name!r} but {where} "
-                                 f"is platform {d.get('name')!r}; train a tokenizer on that platform's data")
-        self._check_shape(int(d["chunk_len"]), int(d["action_dim"]), where)
+        check_platform(self.config, self.platform, platform, self.source, where)
 
     def _check_shape(self, p: int, dim: int, where: str) -> None:
-        if dim != self.action_dim:
-            raise LatentVLAError(f"{self.source}: tokenizer expects action_dim {self.action_dim}, {where} has {dim}")
-        if self.chunk_len is not None and p != self.chunk_len:
-            raise LatentVLAError(f"{self.source}: tokenizer expects chunk length {self.chunk_len}, {where} has {p}")
+        check_shape(self.config, p, dim, self.source, where)
 
     # -- encode / decode
     def _as_tensor(self, x, dtype) -> tuple[torch.Tensor, bool]:

@@ -24,7 +24,7 @@ import torch
 
 from latentvla.config import config_to_dict
 from latentvla.errors import LatentVLAError
-from latentvla.lam.action_tokenizer import ActionChunkTokenizer, ActionTokenizerModel, code_usage_stats
+from latentvla.lam.action_tokenizer import ActionTokenizerModel, check_platform, code_usage_stats
 from latentvla.lam.action_tokenizer_checkpoint import (checkpoint_name, list_checkpoints, load_tokenizer_checkpoint,
                                                        save_tokenizer_checkpoint)
 from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig, ActionTrainConfig
@@ -243,14 +243,12 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
     start_step, extra = 0, {}
     if cfg.resume and existing:
         loaded = load_tokenizer_checkpoint(existing[-1][1])
-        ActionChunkTokenizer(loaded.model, loaded.statistics, loaded.platform, source=str(existing[-1][1])).check_platform(
-            platform, where=f"--data_mix {cfg.data_mix}")
+        check_platform(loaded.model.config, loaded.platform, platform, str(existing[-1][1]), f"--data_mix {cfg.data_mix}")
         model, start_step, extra = loaded.model, loaded.step, loaded.extra
         print(f"resuming from {existing[-1][1]} (step {start_step})")
     elif cfg.init_checkpoint:
         loaded = load_tokenizer_checkpoint(cfg.init_checkpoint)
-        ActionChunkTokenizer(loaded.model, loaded.statistics, loaded.platform, source=cfg.init_checkpoint).check_platform(
-            platform, where=f"--data_mix {cfg.data_mix}")
+        check_platform(loaded.model.config, loaded.platform, platform, cfg.init_checkpoint, f"--data_mix {cfg.data_mix}")
         model = loaded.model
         model.config.chunk_len = platform.chunk_len
     else:
@@ -327,6 +325,7 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
             window.add(vals, out["codes"])
             if cfg.restart_every and step % cfg.restart_every == 0:
                 restarted += model.vq.restart_dead_codes(torch.cat(list(recent)), generator=gen)
+                recent.clear()  # the pool, like the usage window, covers the steps since the last restart
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.num_steps:
                 now = time.perf_counter()
