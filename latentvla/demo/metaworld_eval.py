@@ -23,7 +23,7 @@ import numpy as np
 
 from latentvla.demo.tasks import get_task
 from latentvla.errors import LatentVLAError
-from latentvla.utils.atomic import atomic_write_json
+from latentvla.utils.atomic import atomic_write_json, atomic_write_text
 
 # Demo episodes use seeds base + i, evaluation base + EVAL_SEED_OFFSET + i: disjoint by construction.
 SEEDS_PER_RUN = 1_000_000
@@ -126,6 +126,9 @@ def evaluate(make_policy: Callable[[Any], Any], tasks: Sequence[str], episodes_p
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "episodes.jsonl"
     done = _read_done(log_path)
+    if log_path.is_file() and not log_path.read_bytes().endswith(b"\n") and log_path.stat().st_size:
+        # an interrupted run left a torn last line: keep only the complete records before appending
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in done.values()))
     total = len(tasks) * episodes_per_task
     bar = tqdm(total=total, desc=f"eval {label}", unit="ep", disable=not progress,
                initial=sum(1 for (t, e) in done if t in tasks and e < episodes_per_task))
