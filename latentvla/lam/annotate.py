@@ -124,9 +124,10 @@ class Annotator:
                     progress.update(1)
 
         for offset, rec in iter_records(shard):
-            imgs = decode_example(rec, [image_path]).get(image_path, [])
+            imgs = decode_example(rec, [image_path]).get(image_path)
             if not isinstance(imgs, list):
-                raise LatentVLAError(f"{shard} (record at offset {offset}): {image_path} is not an image feature")
+                raise LatentVLAError(f"{shard} (record at offset {offset}): no image feature {image_path!r} "
+                                     "(choose the camera with --image_key)")
             pending.append((rec, imgs))
             frames += len(imgs)
             if frames >= self.flush_frames:
@@ -236,6 +237,24 @@ def annotate_builder(src: TFDSBuilderDir, out: Path, image_key: str, labeler, *,
     print(f"wrote {out} ({total} episodes; new keys {LATENT_IDX} {[labeler.num_codes]}, "
           f"{LATENT_Z} {[labeler.num_codes, labeler.latent_dim]})")
     return out
+
+
+def annotate_shard_file(shard: Path, out_path: Path, labeler, image_key: str = DEFAULT_IMAGE_KEY,
+                        overwrite: bool = False) -> Path:
+    """Annotate one shard file into `out_path` (the paper's `latent.py FILE.tfrecord` workflow)."""
+    shard, out_path = Path(shard), Path(out_path)
+    if not shard.is_file():
+        raise LatentVLAError(f"{shard}: TFRecord shard not found")
+    if out_path.exists() and not overwrite:
+        print(f"{out_path}: already annotated; skipping (pass --overwrite to redo it)")
+        return out_path
+    image_path = image_key if image_key.startswith("steps/") else f"steps/{image_key}"
+    if (shard.parent / "features.json").is_file() and (shard.parent / "dataset_info.json").is_file():
+        image_path = _check_source(TFDSBuilderDir(shard.parent), image_key)
+    with tqdm(desc=f"annotate {shard.name}", unit="ep", dynamic_ncols=True) as bar:
+        write_records(out_path, Annotator(labeler).annotated_records(shard, image_path, bar))
+    print(f"wrote {out_path}")
+    return out_path
 
 
 def run_annotate(cfg: AnnotateConfig) -> list[Path]:
