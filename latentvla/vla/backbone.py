@@ -188,6 +188,8 @@ def load_backbone(cfg: VLAConfig, device: torch.device):
     ext = NewTokenEmbedding(lm.embed_tokens, ids.first_new, ids.num_new, out_w).to(device)
     lm.embed_tokens = ext
     if cfg.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.to(device), tokenizer, ids

@@ -1,0 +1,145 @@
+"""Policy checkpoints and `VLAPolicy` (method.md §6)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from latentvla.data.dataset import VLADataset
+from latentvla.errors import LatentVLAError
+from latentvla.robots import get_platform, normalize, unnormalize
+from latentvla.vla.checkpoint import load_policy_model, save_policy_checkpoint
+from latentvla.vla.configuration_vla import VLAConfig
+from latentvla.vla.modeling_vla import LatentVLA
+from latentvla.vla.policy import VLAPolicy
+
+LIBERO = get_platform("libero")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_vlm_dir, vla_data_root, tmp_path_factory):
+    """A la_tok model trained for a few steps (no tokenizer needed later) and its checkpoint."""
+    from latentvla.lam.action_tokenizer import ActionChunkTokenizer, ActionTokenizerModel
+    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
+
+    torch.manual_seed(0)
+    tok = ActionChunkTokenizer(ActionTokenizerModel(ActionTokenizerConfig(hidden_dim=32, codebook_size=32, num_heads=2,
+                                                                          ffn_dim=64, decoder_hidden_dim=32)))
+    cfg = VLAConfig(vla_id="la_tok", vlm_path=str(tiny_vlm_dir), default_image_size=64, codebook_size=32)
+    model = LatentVLA.from_config(cfg, LIBERO, action_tokenizer=tok, device="cpu")
+    ds = VLADataset(vla_data_root, "libero_goal", image_size=64, image_aug=False, progress=False)
+    batch = model.processor.collate([ds[i] for i in (0, 3, 15)])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(5):
+        out = model(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    ckpt = tmp_path_factory.mktemp("policy") / "step_5"
+    save_policy_checkpoint(ckpt, model, {"max_steps": 5, "vla_id": "la_tok"}, ds.statistics)
+    return model.eval(), ckpt, ds
+
+
+def test_checkpoint_layout_and_reload(trained):
+    model, ckpt, ds = trained
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "dataset_statistics.json", "versions.json"}
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["vla"]["vla_id"] == "la_tok" and cfg["platform"]["name"] == "libero" and cfg["train"]["max_steps"] == 5
+    size = (ckpt / "model.safetensors").stat().st_size
+    assert size < 4 * sum(p.numel() for p in model.parameters() if p.requires_grad) + 100_000  # no frozen backbone
+    loaded, _, stats = load_policy_model(ckpt)
+    assert stats == ds.statistics
+    batch = model.processor.collate([ds[2], ds[7]])
+    torch.testing.assert_close(loaded.predict_actions(batch), model.predict_actions(batch))
+
+
+def test_policy_predicts_robot_units_with_normalized_proprio(trained):
+    model, ckpt, ds = trained
+    policy = VLAPolicy.from_pretrained(ckpt, device="cpu")
+    assert policy.unnorm_key == "libero_goal_no_noops" and policy.chunk_len == 8
+    stats = ds.statistics["libero_goal_no_noops"]
+    s = ds[6]
+    raw_proprio = unnormalize(s["proprio"], stats["proprio"], LIBERO.proprio_norm_mask, LIBERO.normalization)
+    chunk = policy.predict_action(list(s["images"]), s["instruction"], raw_proprio)
+    assert chunk.shape == (8, 7) and chunk.dtype == np.float32
+    # same as the training-path forward on the normalized sample, then un-normalized
+    ref = model.predict_actions(model.processor.collate([s]))[0].numpy()
+    np.testing.assert_allclose(chunk, unnormalize(ref, stats["action"], LIBERO.action_norm_mask, LIBERO.normalization),
+                               atol=1e-4)
+    np.testing.assert_allclose(normalize(chunk[:, :6], {k: v[:6] for k, v in stats["action"].items()}, [True] * 6,
+                                         LIBERO.normalization), np.clip(ref[:, :6], -1, 1), atol=1e-3)
+    # batched == single
+    batched = policy.predict_action([list(s["images"]), list(ds[9]["images"])], [s["instruction"], "push the plate"],
+                                    [raw_proprio, raw_proprio])
+    assert batched.shape == (2, 8, 7)
+    np.testing.assert_allclose(batched[0], chunk, atol=1e-4)
+    with pytest.raises(LatentVLAError, match="proprio"):
+        policy.predict_action(list(s["images"]), s["instruction"], None)
+    with pytest.raises(LatentVLAError, match="5 dims.*expects 8"):
+        policy.predict_action(list(s["images"]), s["instruction"], np.zeros(5))
+
+
+def test_select_action_and_reset(trained):
+    _, ckpt, ds = trained
+    policy = VLAPolicy.from_pretrained(ckpt, device="cpu", num_open_loop_steps=3)
+    s = ds[1]
+    obs = {"images": s["images"], "instruction": s["instruction"], "proprio": np.zeros(8, np.float32)}
+    chunk = policy.predict_action_chunk(obs)
+    acts = [policy.select_action(obs) for _ in range(4)]
+    np.testing.assert_allclose(np.stack(acts[:3]), chunk[:3], atol=1e-5)
+    np.testing.assert_allclose(acts[3], chunk[0], atol=1e-5)  # re-planned after 3 open-loop steps
+    policy.reset()
+    np.testing.assert_allclose(policy.select_action(obs), chunk[0], atol=1e-5)
+    with pytest.raises(LatentVLAError, match="instruction"):
+        policy.predict_action_chunk({"images": s["images"]})
+
+
+def test_unnorm_key_and_version_checks(trained, tmp_path):
+    import shutil
+
+    model, ckpt, ds = trained
+    mix = tmp_path / "mix"
+    shutil.copytree(ckpt, mix)
+    stats = ds.statistics["libero_goal_no_noops"]
+    (mix / "dataset_statistics.json").write_text(json.dumps({"libero_goal_no_noops": stats, "libero_10_no_noops": stats}))
+    with pytest.raises(LatentVLAError, match="several datasets.*libero_10_no_noops, libero_goal_no_noops"):
+        VLAPolicy.from_pretrained(mix, device="cpu")
+    with pytest.raises(LatentVLAError, match="'bridge' not in.*available: libero_10_no_noops"):
+        VLAPolicy.from_pretrained(mix, device="cpu", unnorm_key="bridge")
+    assert VLAPolicy.from_pretrained(mix, device="cpu", unnorm_key="libero_10_no_noops").unnorm_key == "libero_10_no_noops"
+    versions = json.loads((mix / "versions.json").read_text())
+    versions["transformers"] = "4.0.0"
+    (mix / "versions.json").write_text(json.dumps(versions))
+    with pytest.warns(UserWarning, match="transformers 4.0.0"):
+        load_policy_model(mix)
+
+
+def test_checkpoint_errors(trained, tmp_path):
+    _, ckpt, _ = trained
+    with pytest.raises(LatentVLAError, match="not found"):
+        load_policy_model(tmp_path / "missing")
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["vla"]["vlm_path"] = str(tmp_path / "moved")
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LatentVLAError, match="pass vlm_path"):
+        load_policy_model(bad)
+    cfg["vla"]["vlm_path"] = json.loads((ckpt / "config.json").read_text())["vla"]["vlm_path"]
+    cfg["vla"]["vla_id"] = "la_direct"  # has pooling weights la_tok lacks
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LatentVLAError, match="do not match"):
+        load_policy_model(bad)
