@@ -1,0 +1,179 @@
+"""Options of `latentvla train` (and `exp/train_vla.py`): the paper's flags plus ours.
+
+Every flag of method.md §7 is accepted with the paper's name; defaults work for all five
+variants (no variant needs an extra flag to run). Light module: no torch import.
+
+Cheap checks that need nothing but the values themselves live in `TrainConfig.validate()`
+(called by the CLI right after parsing); checks that look at files (dataset, backbone dir,
+tokenizer checkpoint) live in `latentvla.train.preflight` and also run before any heavy work.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from latentvla.config import arg
+from latentvla.errors import LatentVLAError
+
+# Kept in sync with latentvla.vla.configuration_vla.VLA_IDS (checked by a test).
+VLA_IDS = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
+SCHEDULERS = ("constant", "linear-warmup+cosine-decay", "step-decay")
+# Per-step keys written by `latentvla lam annotate` that the image-LAM variants read.
+LATENT_KEYS = {
+    "baseline": (),
+    "la_align": ("latent_idx", "latent_z"),
+    "la_direct": ("latent_idx", "latent_z"),
+    "la_cond": ("latent_idx", "latent_z"),
+    "la_tok": (),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Train a VLA policy (baseline, la_align, la_direct, la_cond, la_tok)."""
+
+    # --- run -----------------------------------------------------------------------------------
+    seed: int = arg(42, "Random seed (model init, data order, augmentation).")
+    run_root_dir: str = arg("runs", "Directory under which the run directory <run_id>/ is created.")
+    run_id: Optional[str] = arg(None, "Name of the run directory (default: derived from vla_id, data_mix, batch, lr, seed).")
+    run_id_note: Optional[str] = arg(None, "Extra text appended to the derived run id.")
+    save_checkpoint: bool = arg(True, "Write checkpoints (every --save_step and at the end).")
+    save_step: int = arg(5000, "Save a checkpoint every this many optimizer steps.")
+    keep_checkpoints: int = arg(3, "Keep only the newest N complete checkpoints (0 = keep all).")
+    resume: bool = arg(False, "Continue from the newest complete checkpoint in the run directory.")
+    from_pretrained: bool = arg(False, "Warm-start the trainable weights from --pretrained_checkpoint (weights only).")
+    pretrained_checkpoint: Optional[str] = arg(None, "A checkpoint directory written by `latentvla train` to warm-start from.")
+    merge_lora: bool = arg(False, "At the end, also export merged full weights (backbone with LoRA folded in) for deployment.")
+
+    # --- model ---------------------------------------------------------------------------------
+    vla_id: str = arg("baseline", "Variant: " + ", ".join(VLA_IDS) + ".")
+    vlm_path: str = arg("", "Local Qwen3-VL directory (Hugging Face layout) used as the backbone.")
+    vlm_model_id: Optional[str] = arg(None, "Name of the backbone, recorded in the run config (e.g. Qwen3-VL-2B-Instruct).")
+    default_image_size: int = arg(224, "Image side length fed to the backbone (multiple of 32).")
+    use_pro_version: bool = arg(False, "Rotary positions in the action head (VLA-Adapter-Pro style).")
+    num_images_in_input: Optional[int] = arg(None, "Cameras per sample (default: the platform's; 1 with --use_wrist_image False).")
+    lora_rank: int = arg(64, "LoRA rank on the backbone's linear layers.")
+    lora_alpha: float = arg(16.0, "LoRA alpha.")
+    lora_dropout: float = arg(0.0, "LoRA dropout.")
+    head_layers: Optional[int] = arg(None, "Number of last LLM layers read by the action head (default: VLA config's).")
+    align_layer: Optional[int] = arg(None, "la_align: LLM layer whose action-query states are aligned (default: 2/3 of depth).")
+    gradient_checkpointing: bool = arg(False, "Recompute backbone activations in backward to save memory.")
+    attn_implementation: Optional[str] = arg(None, "Backbone attention kernel (default: flash_attention_2 on GPU if installed, else sdpa).")
+    token_loss_weight: float = arg(1.0, "Weight of the code cross-entropy (la_direct, la_cond, la_tok).")
+    latent_loss_weight: float = arg(1.0, "Weight of the alignment loss (la_align).")
+    action_tokenizer_ckpt: Optional[str] = arg(None, "la_tok: action tokenizer checkpoint (from `latentvla lam train-tokenizer`).")
+    codebook_size: Optional[int] = arg(None, "la_tok: action tokenizer codebook size M (checked against the checkpoint; default: read from it).")
+    use_latent: Optional[bool] = arg(None, "Accepted for compatibility; whether latent labels are used follows from --vla_id.")
+    type: Optional[str] = arg(None, "Accepted for compatibility (the paper scripts' latent type); --vla_id decides the variant.")
+
+    # --- data ----------------------------------------------------------------------------------
+    data_root_dir: str = arg("", "Directory holding <name>/<version>/ RLDS (TFDS) builder directories.")
+    data_mix: str = arg("libero_goal", "Mixture name, dataset name, or JSON list of names, e.g. '[\"libero_goal\"]'.")
+    dataset_registry: Optional[str] = arg(None, "YAML/JSON file registering your own datasets/mixtures.")
+    robot: Optional[str] = arg(None, "Robot platform override (default: the dataset registry entry decides).")
+    shuffle_buffer_size: int = arg(256000, "Accepted for compatibility and ignored: sampling is uniform over all transitions.")
+    image_aug: bool = arg(True, "Random crop + color jitter on training images.")
+    window_size: Optional[int] = arg(None, "Action chunk length; must equal the platform's chunk length (default: it).")
+    use_wrist_image: bool = arg(True, "Feed the wrist camera(s) too.")
+    use_proprio: bool = arg(True, "Feed the proprioceptive state.")
+    num_workers: int = arg(2, "DataLoader worker processes per rank.")
+
+    # --- optimisation --------------------------------------------------------------------------
+    epochs: int = arg(1, "Passes over the data; bounds training when --max_steps is not given.")
+    max_steps: Optional[int] = arg(None, "Number of optimizer steps (wins over --epochs).")
+    global_batch_size: Optional[int] = arg(None, "Samples per optimizer step over all ranks (default: per_device x world); gradient accumulation makes up the rest.")
+    per_device_batch_size: int = arg(8, "Samples per forward pass on each rank.")
+    learning_rate: float = arg(2e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = arg(0.0, "AdamW weight decay.")
+    max_grad_norm: float = arg(1.0, "Clip the global gradient norm to this (0 = no clipping).")
+    lr_scheduler_type: str = arg("constant", "Schedule: " + ", ".join(SCHEDULERS) + ".")
+    warmup_ratio: float = arg(0.0, "Fraction of steps with linear warm-up (linear-warmup+cosine-decay; also honoured by the others).")
+    lr_decay_steps: list[int] = arg([], "step-decay: steps at which the lr is multiplied by --lr_decay_gamma (default: 80% of training).")
+    lr_decay_gamma: float = arg(0.1, "step-decay: multiplicative factor.")
+    strategy: Literal["ddp", "fsdp"] = arg("ddp", "Multi-process strategy under torchrun: DDP or FSDP2 (fully_shard).")
+    precision: Literal["auto", "bf16", "fp32"] = arg("auto", "auto = bf16 autocast on GPU, fp32 on CPU.")
+    device: Optional[str] = arg(None, "cuda or cpu (default: cuda when available).")
+
+    # --- validation and logging ----------------------------------------------------------------
+    use_val: bool = arg(False, "Periodically compute validation L1 on held-out episodes.")
+    val_step: int = arg(1000, "Validate every this many steps (with --use_val).")
+    val_fraction: float = arg(0.05, "Fraction of episodes held out for --use_val when the dataset has no 'val' split.")
+    val_batches: int = arg(20, "Batches per validation pass.")
+    log_step: int = arg(1, "Write a metrics.jsonl record every this many steps.")
+    use_wandb: bool = arg(False, "Log to Weights & Biases (needs `pip install latentvla[wandb]`).")
+    wandb_project: str = arg("latentvla", "W&B project.")
+    wandb_entity: Optional[str] = arg(None, "W&B entity (team or user).")
+    use_tensorboard: bool = arg(False, "Also log to TensorBoard under <run_dir>/tensorboard.")
+    progress: bool = arg(True, "Show a progress bar (rank 0).")
+
+    def validate(self) -> None:
+        """Checks that need only the values (raise LatentVLAError naming the flag)."""
+        if self.vla_id not in VLA_IDS:
+            raise LatentVLAError(f"--vla_id {self.vla_id!r} is unknown; expected one of: {', '.join(VLA_IDS)}")
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise LatentVLAError(f"--lr_scheduler_type {self.lr_scheduler_type!r} is unknown; expected one of: {', '.join(SCHEDULERS)}")
+        positive = {"per_device_batch_size": self.per_device_batch_size, "save_step": self.save_step,
+                    "log_step": self.log_step, "val_step": self.val_step, "val_batches": self.val_batches,
+                    "default_image_size": self.default_image_size, "epochs": self.epochs}
+        if self.max_steps is not None:
+            positive["max_steps"] = self.max_steps
+        if self.global_batch_size is not None:
+            positive["global_batch_size"] = self.global_batch_size
+        for name, value in positive.items():
+            if value < 1:
+                raise LatentVLAError(f"--{name} must be >= 1, got {value}")
+        if self.default_image_size % 32:
+            raise LatentVLAError(f"--default_image_size must be a multiple of 32, got {self.default_image_size}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise LatentVLAError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LatentVLAError(f"--val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("learning_rate", "max_grad_norm", "weight_decay", "token_loss_weight", "latent_loss_weight"):
+            if getattr(self, name) < 0:
+                raise LatentVLAError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.keep_checkpoints < 0:
+            raise LatentVLAError("--num_workers and --keep_checkpoints must be >= 0")
+        if self.window_size is not None and self.window_size < 1:
+            raise LatentVLAError(f"--window_size must be >= 1, got {self.window_size}")
+        if self.from_pretrained and not self.pretrained_checkpoint:
+            raise LatentVLAError("--from_pretrained True needs --pretrained_checkpoint DIR (a checkpoint written by latentvla train)")
+        if not self.vlm_path:
+            raise LatentVLAError("--vlm_path is required: a local Qwen3-VL directory (config.json + weights + tokenizer)")
+        if not self.data_root_dir:
+            raise LatentVLAError("--data_root_dir is required: the directory holding <name>/<version>/ dataset dirs")
+        world = world_size_from_env()
+        self.accumulation_steps(world)  # raises when not divisible
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each rank; error when the sizes do not divide."""
+        per_step = self.per_device_batch_size * world_size
+        if self.global_batch_size is None:
+            return 1
+        if self.global_batch_size % per_step:
+            raise LatentVLAError(
+                f"--global_batch_size {self.global_batch_size} is not divisible by --per_device_batch_size "
+                f"{self.per_device_batch_size} x world size {world_size} = {per_step}; choose a multiple of {per_step}")
+        return self.global_batch_size // per_step
+
+    def default_run_id(self) -> str:
+        try:
+            import json
+
+            mix = json.loads(self.data_mix)
+            mix = "+".join(mix) if isinstance(mix, list) else str(mix)
+        except ValueError:
+            mix = self.data_mix
+        batch = self.global_batch_size or f"{self.per_device_batch_size}x"
+        rid = f"{self.vla_id}+{mix}+b{batch}+lr{self.learning_rate:g}+s{self.seed}"
+        if self.run_id_note:
+            rid += f"--{self.run_id_note}"
+        return "".join(c if c.isalnum() or c in "+-_.=" else "_" for c in rid)
+
+
+def world_size_from_env() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1

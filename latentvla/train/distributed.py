@@ -1,0 +1,158 @@
+"""Process-group setup and model wrapping for single-process, DDP and FSDP2 training.
+
+`torchrun` sets RANK / WORLD_SIZE / LOCAL_RANK; with WORLD_SIZE > 1 we join a process group
+(nccl on GPU, gloo on CPU). `wrap_model` returns the module to call forward on:
+  - world 1: the model itself;
+  - ddp: `DistributedDataParallel` (gradients averaged over ranks in backward);
+  - fsdp: the model sharded in place with `torch.distributed.fsdp.fully_shard` (FSDP2), one
+    unit per transformer block (`model.fsdp_units()` when the model defines it, else the
+    classes in `_no_split_modules` of Hugging Face sub-models), then the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str | None = None) -> DistInfo:
+    """Join the torchrun process group when there is more than one process; pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
+                                **({"device_id": dev} if use_cuda else {}))
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (identity without a process group)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= dist.get_world_size()
+    return values
+
+
+def all_reduce_min(value: torch.Tensor) -> torch.Tensor:
+    """Minimum over ranks (identity without a process group)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
+
+
+def _fsdp_units(model: nn.Module) -> list[nn.Module]:
+    units = getattr(model, "fsdp_units", None)
+    if callable(units):
+        return list(units())
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    found = [m for m in model.modules() if type(m).__name__ in names and m is not model]
+    return found[::-1]  # children before the blocks that contain them
+
+
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", mixed_bf16: bool = False) -> nn.Module:
+    """The module to run forward/backward on (see module doc)."""
+    if not info.distributed:
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
+        kwargs: dict[str, Any] = {"mesh": mesh}
+        if mixed_bf16:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for unit in _fsdp_units(model):
+            if any(True for _ in unit.parameters()):
+                fully_shard(unit, **kwargs)
+        fully_shard(model, **kwargs)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [info.local_rank] if info.device.type == "cuda" else None
+    # Some trainable parameters may not take part in every forward (e.g. new token rows of
+    # another variant); find_unused_parameters keeps DDP from hanging on them.
+    return DDP(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+@contextlib.contextmanager
+def no_grad_sync(wrapped: nn.Module, skip: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on accumulation micro-batches (DDP no_sync / FSDP2)."""
+    if not skip:
+        yield
+        return
+    if hasattr(wrapped, "no_sync"):  # DDP
+        with wrapped.no_sync():
+            yield
+        return
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+        return
+    yield
