@@ -50,6 +50,8 @@ def read_checkpoint_info(ckpt_dir: str) -> dict:
         "num_images_in_input": num_images,
         "use_pro_version": _find(cfg, "use_pro_version"),
         "data_mix": _find(cfg, "data_mix"),
+        "image_aug": _find(cfg, "image_aug"),
+        "image_size": _find(cfg, "default_image_size") or _find(cfg, "image_size"),
     }
 
 

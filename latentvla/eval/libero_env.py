@@ -195,6 +195,20 @@ class LiberoSuite:
         return len(self.tasks)
 
 
+def prepare_policy_image(image: np.ndarray, size: int | None, center_crop: bool) -> np.ndarray:
+    """Resize (and center-crop) exactly as the training pipeline made its images.
+
+    Training images come from `latentvla.data.transforms.process_image` (Lanczos resize; with
+    image_aug a random crop of area 0.9), so evaluation uses the same function with no crop, or
+    with its deterministic center crop for policies trained with augmentation.
+    """
+    if size is None and not center_crop:
+        return image
+    from latentvla.data.transforms import center_crop_params, process_image
+
+    return process_image(image, size or image.shape[0], center_crop_params() if center_crop else None)
+
+
 def libero_proprio(obs: dict) -> np.ndarray:
     """End-effector position (3) + axis-angle (3) + gripper qpos (2), float32 [8]."""
     return np.concatenate([
@@ -210,9 +224,11 @@ class LiberoTaskEnv:
     action_dim = ACTION_DIM
 
     def __init__(self, libero: SimpleNamespace, task: LiberoTask, image_size: int = 256,
-                 num_images: int = 2):
+                 num_images: int = 2, policy_image_size: int | None = None, center_crop: bool = False):
         self.task = task
         self.num_images = num_images
+        self.policy_image_size = policy_image_size
+        self.center_crop = center_crop
         self.init_states = load_init_states(task.init_states_file)
         try:
             self.env = libero.OffScreenRenderEnv(bddl_file_name=task.bddl_file, camera_heights=image_size,
@@ -238,7 +254,8 @@ class LiberoTaskEnv:
 
     def policy_inputs(self, obs: dict) -> tuple[list[np.ndarray], np.ndarray]:
         images = [flip_image(obs["agentview_image"]), flip_image(obs["robot0_eye_in_hand_image"])]
-        return images[: self.num_images], libero_proprio(obs)
+        images = [prepare_policy_image(im, self.policy_image_size, self.center_crop) for im in images[: self.num_images]]
+        return images, libero_proprio(obs)
 
     def to_env_action(self, action: np.ndarray) -> np.ndarray:
         return convert_actions_to_env(action, GRIPPER_DIM, binarize=True)

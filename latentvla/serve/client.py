@@ -3,12 +3,13 @@
     client = PolicyClient("127.0.0.1", 8000, token=None)
     actions = client.predict_action([agent_img, wrist_img], "open the drawer", proprio)  # [P, D]
 
-`.platform`, `.chunk_len`, `.num_images`, `.use_proprio` come from the server's metadata. An
+`.platform`, `.chunk_len`, `.num_images`, `.use_proprio`, `.image_size`, `.center_crop` come from the server's metadata. An
 error reply raises `LatentVLAError` with the server's message (the connection stays usable).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Sequence
 
@@ -28,9 +29,10 @@ class PolicyClient:
         self.address = f"{host}:{port}"
         host_part = f"[{host}]" if ":" in host else host
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        extra = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}  # websockets >= 16
         try:
             self._ws = connect(f"ws://{host_part}:{port}", additional_headers=headers, max_size=MAX_MESSAGE_BYTES,
-                               compression=None, proxy=None, open_timeout=timeout)
+                               compression=None, proxy=None, open_timeout=timeout, **extra)
         except InvalidStatus as e:
             code = e.response.status_code
             hint = " (missing or wrong token: pass --token or set LATENTVLA_TOKEN)" if code == 401 else ""
@@ -46,6 +48,8 @@ class PolicyClient:
         self.chunk_len = int(meta["chunk_len"])
         self.num_images = int(meta["num_images"])
         self.use_proprio = bool(meta["use_proprio"])
+        self.image_size = None if meta.get("image_size") is None else int(meta["image_size"])
+        self.center_crop = bool(meta.get("center_crop", False))
 
     def send_raw(self, payload: bytes | str) -> dict:
         """Send one frame as is and return the decoded reply (for tests and debugging)."""

@@ -26,35 +26,27 @@ log = logging.getLogger("latentvla.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _policy_facts(policy: Any) -> tuple[Any, int, bool]:
-    platform = getattr(policy, "platform", None)
-    if platform is None:
-        raise LatentVLAError("the served policy has no .platform")
-    num_images = None
-    use_proprio = None
-    for obj in (policy, getattr(policy, "config", None), getattr(policy, "cfg", None)):
-        if obj is None:
-            continue
-        if num_images is None:
-            num_images = getattr(obj, "num_images", None) or getattr(obj, "num_images_in_input", None)
-            if num_images is None and getattr(obj, "use_wrist_image", None) is not None:
-                num_images = 2 if obj.use_wrist_image else 1
-        if use_proprio is None:
-            use_proprio = getattr(obj, "use_proprio", None)
-    return platform, int(num_images or platform.num_cameras), bool(use_proprio if use_proprio is not None else True)
-
-
 class PolicyServer:
     """Answer `predict_action` requests for one policy (see module doc)."""
 
-    def __init__(self, policy: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None):
+    def __init__(self, policy: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+                 center_crop: bool = False):
+        from latentvla.eval.policies import policy_input_spec
+
         self.policy = policy
         self.host, self.port, self.token = host, port, token or None
-        self.platform, self.num_images, self.use_proprio = _policy_facts(policy)
+        self.platform = getattr(policy, "platform", None)
+        if self.platform is None:
+            raise LatentVLAError("the served policy has no .platform")
+        spec = policy_input_spec(policy)
+        self.num_images, self.use_proprio = spec.num_images, spec.use_proprio
+        # image_size / center_crop tell clients how training images were made, so they can prepare
+        # observations the same way (and send smaller frames).
         self.metadata = {
             "type": "metadata", "server": "latentvla", "platform": self.platform.to_dict(),
             "chunk_len": int(getattr(policy, "chunk_len", self.platform.chunk_len)),
             "num_images": self.num_images, "use_proprio": self.use_proprio,
+            "image_size": spec.image_size, "center_crop": bool(center_crop),
         }
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -134,7 +126,12 @@ def run_server(cfg) -> int:
     token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
     policy = build_policy(PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, platform=cfg.robot,
                                      device=cfg.device, unnorm_key=cfg.unnorm_key))
-    server = PolicyServer(policy, host=cfg.host, port=cfg.port, token=token)
+    center_crop = False
+    if cfg.policy == "vla":
+        from latentvla.eval.checkpoint_info import read_checkpoint_info
+
+        center_crop = bool(read_checkpoint_info(cfg.pretrained_checkpoint).get("image_aug"))
+    server = PolicyServer(policy, host=cfg.host, port=cfg.port, token=token, center_crop=center_crop)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if cfg.host not in LOOPBACK and token is None:
         log.warning(f"serving on {cfg.host} without a token: anyone who can reach this port can query the policy")
