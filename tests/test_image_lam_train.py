@@ -87,3 +87,36 @@ def test_different_size_and_stage_errors(setup, capsys):
     assert cli_main(_argv(setup, "other", "--max_steps", "1", "--stage_one_ckpt", str(ckpt))) == 2
     assert "expected stage 1" in capsys.readouterr().err
     assert not (setup / "runs" / "other" / "checkpoints").exists()
+
+
+def _write_tiny_t5(out: Path) -> Path:
+    """A tiny random T5 encoder + word-level tokenizer, loaded through the same path as t5-base."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    words = ["<pad>", "</s>", "<unk>"] + "pick up the black bowl and place it on plate open top drawer".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(out)
+    torch.manual_seed(0)
+    T5EncoderModel(T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(out)
+    return out
+
+
+def test_stage_one_then_stage_two(setup, capsys):
+    from safetensors.torch import load_file
+
+    t5 = _write_tiny_t5(setup / "t5")
+    assert cli_main(_argv(setup, "s1", "--stage", "2", "--max_steps", "1", "--t5_path", str(t5), "--stage", "1",
+                          "--log_every", "1")) == 0
+    s1 = setup / "runs" / "s1" / "checkpoints" / "step_1"
+    w1 = load_file(str(s1 / "model.safetensors"))
+    assert "lang_proj.weight" in w1 and "vq_action.codebook.weight" not in w1
+    assert not any(k.startswith("text_encoder.") for k in w1)  # frozen T5 is not copied
+    assert cli_main(_argv(setup, "s2", "--max_steps", "2", "--stage_one_ckpt", str(s1), "--log_every", "1")) == 0
+    assert "carried action_latent, vq.codebook.weight" in capsys.readouterr().out
+    w2 = load_file(str(setup / "runs" / "s2" / "checkpoints" / "step_2" / "model.safetensors"))
+    torch.testing.assert_close(w2["vq.codebook.weight"], w1["vq.codebook.weight"])  # carried, frozen in stage 2
+    assert not torch.equal(w2["action_latent"], w1["action_latent"])  # carried, then trained
+    assert cli_main(_argv(setup, "s3", "--max_steps", "1", "--stage", "1")) == 2
+    assert "needs --t5_path" in capsys.readouterr().err
