@@ -31,6 +31,8 @@ COMMANDS: dict[str, Command] = {
                         "Write a tiny random Qwen3-VL checkpoint directory (Hugging Face layout) for tests and demos."),
     "tiny-dino": Command("latentvla.lam.configuration_tiny_dino:TinyDinoConfig", "latentvla.lam.tiny_dino:write_tiny_dino",
                          "Write a tiny random DINOv2-with-registers checkpoint directory (for the image LAM)."),
+    "train": Command("latentvla.train.configuration_train:TrainConfig", "latentvla.train.run:train",
+                     "Train a VLA policy (baseline, la_align, la_direct, la_cond, la_tok); torchrun for DDP / FSDP2."),
     "robots": Command("latentvla.robots:RobotsConfig", "latentvla.robots:print_platforms",
                       "List the built-in robot platforms (chunk length, action/proprio dims, normalization)."),
     "data stats": Command("latentvla.data.configuration_data:DataStatsConfig", "latentvla.data.commands:data_stats",

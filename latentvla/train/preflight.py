@@ -1,0 +1,151 @@
+"""Checks of `latentvla train`'s inputs that run before any heavy work (no backbone, no images).
+
+Each failure is one `LatentVLAError` naming the flag / file and what was expected:
+  - `--vlm_path` not a Qwen3-VL directory;
+  - `--data_mix` unknown (the registry lists the known names) or its directory missing;
+  - `--robot` disagreeing with the dataset's registered platform;
+  - `--window_size` != the platform's chunk length;
+  - la_align / la_direct / la_cond on a dataset without `latent_idx` / `latent_z` step keys
+    (neither the dataset nor its annotated `<dir>_latent` sibling has them);
+  - la_tok without `--action_tokenizer_ckpt`, or with one whose codebook / action dim / chunk
+    length does not fit `--codebook_size` and the platform;
+  - `--pretrained_checkpoint` that is not a checkpoint directory.
+(`TrainConfig.validate()` already covered unknown `--vla_id` and batch-size divisibility.)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latentvla.errors import LatentVLAError
+from latentvla.robots import Platform
+from latentvla.train.configuration_train import LATENT_KEYS, TrainConfig
+
+
+@dataclass
+class PreflightResult:
+    platform: Platform
+    dataset_names: list[str]
+    latent_codes_per_step: int | None = None
+    latent_dim: int | None = None
+    action_tokenizer: Any = None  # loaded on CPU for la_tok
+    notes: list[str] = field(default_factory=list)
+
+
+def check_vlm_dir(vlm_path: str) -> None:
+    p = Path(vlm_path)
+    if not p.is_dir():
+        raise LatentVLAError(f"--vlm_path {vlm_path!r}: directory not found (expected a local Qwen3-VL directory "
+                             "with config.json, weights and tokenizer; `latentvla tiny-vlm DIR` writes a tiny one)")
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise LatentVLAError(f"--vlm_path {vlm_path}: no config.json (not a Hugging Face model directory)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise LatentVLAError(f"{cfg_file}: invalid JSON ({e})") from None
+    model_type = str(cfg.get("model_type", ""))
+    archs = [str(a) for a in cfg.get("architectures") or []]
+    if model_type != "qwen3_vl" and not any(a.startswith("Qwen3VL") for a in archs):
+        raise LatentVLAError(f"--vlm_path {vlm_path}: config.json has model_type {model_type!r} "
+                             f"(architectures {archs}); expected a Qwen3-VL model (model_type 'qwen3_vl')")
+
+
+def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> tuple[int | None, int | None]:
+    from latentvla.data.registry import latent_sibling
+    from latentvla.data.tfds import TFDSBuilderDir
+
+    shapes: dict[str, tuple] = {}
+    for r in resolved:
+        candidates = [r] + ([s] if (s := latent_sibling(r)) is not None else [])
+        found = None
+        for c in candidates:
+            specs = TFDSBuilderDir(c.path).specs
+            if all(f"steps/{k}" in specs for k in keys):
+                found = specs
+                break
+        if found is None:
+            raise LatentVLAError(
+                f"--vla_id {vla_id} needs image-LAM latent labels (step keys {', '.join(keys)}) but dataset "
+                f"{r.name!r} ({r.path}) has none, nor has {r.path.parent.name}_latent/{r.path.name}; annotate it with "
+                "`latentvla lam annotate` or train baseline / la_tok, which need no labels")
+        for k in keys:
+            shapes.setdefault(k, tuple(found[f"steps/{k}"].shape))
+            if tuple(found[f"steps/{k}"].shape) != shapes[k]:
+                raise LatentVLAError(f"--data_mix: datasets disagree on the shape of {k} "
+                                     f"({shapes[k]} vs {tuple(found[f'steps/{k}'].shape)} in {r.name!r})")
+    idx, z = shapes.get("latent_idx"), shapes.get("latent_z")
+    c = idx[0] if idx else (z[0] if z else None)
+    return c, (z[-1] if z else None)
+
+
+def load_action_tokenizer(cfg: TrainConfig, platform: Platform):
+    if not cfg.action_tokenizer_ckpt:
+        raise LatentVLAError("--vla_id la_tok needs --action_tokenizer_ckpt (a checkpoint written by "
+                             "`latentvla lam action-train`, or the paper's tokenizer_step_N.pt)")
+    path = Path(cfg.action_tokenizer_ckpt)
+    if not path.exists():
+        raise LatentVLAError(f"--action_tokenizer_ckpt {path}: not found")
+    from latentvla.lam.action_tokenizer import ActionChunkTokenizer
+
+    try:
+        tok = ActionChunkTokenizer.from_checkpoint(path, device="cpu")
+    except LatentVLAError as e:
+        raise LatentVLAError(f"--action_tokenizer_ckpt: {e}") from None
+    except Exception as e:  # a file that is not a tokenizer checkpoint at all
+        raise LatentVLAError(f"--action_tokenizer_ckpt {path}: cannot load an action tokenizer ({type(e).__name__}: {e})") from None
+    if cfg.codebook_size is not None and int(tok.codebook_size) != cfg.codebook_size:
+        raise LatentVLAError(f"--action_tokenizer_ckpt {path}: codebook size {tok.codebook_size} != --codebook_size "
+                             f"{cfg.codebook_size}")
+    try:
+        tok.check_platform(platform, where=f"--data_mix {cfg.data_mix}")
+    except LatentVLAError as e:
+        raise LatentVLAError(f"--action_tokenizer_ckpt: {e}") from None
+    return tok
+
+
+def check_pretrained(path: str) -> None:
+    p = Path(path)
+    if not (p / "model.safetensors").is_file() or not (p / "config.json").is_file():
+        raise LatentVLAError(f"--pretrained_checkpoint {path}: expected a checkpoint directory written by latentvla "
+                             "train (model.safetensors + config.json), e.g. <run>/checkpoints/step_N")
+
+
+def preflight(cfg: TrainConfig) -> PreflightResult:
+    """All file-level checks; cheap (reads JSON metadata and, for la_tok, the small tokenizer)."""
+    from latentvla.data.registry import resolve_data_mix
+
+    cfg.validate()
+    check_vlm_dir(cfg.vlm_path)
+    resolved = resolve_data_mix(cfg.data_root_dir, cfg.data_mix, cfg.dataset_registry)
+    platforms = sorted({r.entry.platform_name for r in resolved})
+    if len(platforms) > 1:
+        raise LatentVLAError(f"--data_mix {cfg.data_mix}: datasets use different platforms ({', '.join(platforms)}); "
+                             "one run trains one platform")
+    platform = resolved[0].entry.platform
+    if cfg.robot is not None and cfg.robot != platform.name:
+        raise LatentVLAError(f"--robot {cfg.robot!r}: dataset {resolved[0].name!r} is registered with platform "
+                             f"{platform.name!r}; register it with platform {cfg.robot!r} in a --dataset_registry file "
+                             "to train it as that robot")
+    if cfg.window_size is not None and cfg.window_size != platform.chunk_len:
+        raise LatentVLAError(f"--window_size {cfg.window_size} does not match the chunk length {platform.chunk_len} "
+                             f"of platform {platform.name!r} (dataset {resolved[0].name!r}); use --window_size "
+                             f"{platform.chunk_len} or leave it out")
+    res = PreflightResult(platform, [r.name for r in resolved])
+    keys = LATENT_KEYS[cfg.vla_id]
+    if keys:
+        res.latent_codes_per_step, res.latent_dim = _latent_shapes(resolved, keys, cfg.vla_id)
+    if cfg.vla_id == "la_tok":
+        res.action_tokenizer = load_action_tokenizer(cfg, platform)
+    elif cfg.action_tokenizer_ckpt:
+        res.notes.append(f"--action_tokenizer_ckpt is only used by la_tok; ignored for {cfg.vla_id}")
+    if cfg.pretrained_checkpoint:
+        check_pretrained(cfg.pretrained_checkpoint)
+    if cfg.use_latent is not None and cfg.use_latent != bool(keys or cfg.vla_id == "la_tok"):
+        res.notes.append(f"--use_latent {cfg.use_latent} ignored: --vla_id {cfg.vla_id} decides which labels are used")
+    if cfg.shuffle_buffer_size != 256000:
+        res.notes.append("--shuffle_buffer_size ignored: sampling is a seeded permutation over all transitions")
+    return res

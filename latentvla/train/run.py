@@ -1,0 +1,218 @@
+"""`latentvla train`: wire the VLA model and the data into the generic `Trainer`.
+
+    latentvla train --vla_id la_align --vlm_path QWEN3VL_DIR --data_root_dir DATA --data_mix '["libero_goal"]' ...
+    torchrun --nproc_per_node N exp/train_vla.py <same flags>      # DDP (default) or --strategy fsdp
+
+Order: option checks and file checks (`preflight`) first — every bad input fails in seconds —
+then the process group, the model (backbone + LoRA + head), the datasets and the loop.
+
+Run directory `<run_root_dir>/<run_id>/`: `config.yaml` (resolved options + derived values),
+`dataset_statistics.json`, `metrics.jsonl`, `checkpoints/step_<N>/` (a policy checkpoint that
+`VLAPolicy.from_pretrained` loads, plus `training_state.pt`), `checkpoints/latest`, and with
+`--merge_lora True` `merged/` (full backbone weights with LoRA folded in, plus head/strategy).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from latentvla.config import config_to_dict
+from latentvla.errors import LatentVLAError
+from latentvla.train.configuration_train import TrainConfig
+from latentvla.train.preflight import PreflightResult, preflight
+
+
+class _WeightsView:
+    """What `save_policy_checkpoint` reads from a model, with weights gathered by the trainer
+    (full tensors even when the live model is sharded by FSDP)."""
+
+    def __init__(self, model, state: dict):
+        self.cfg, self.platform, self._state = model.cfg, model.platform, state
+
+    def trainable_state_dict(self) -> dict:
+        return self._state
+
+
+def build_vla_config(cfg: TrainConfig, pre: PreflightResult):
+    import dataclasses
+
+    from latentvla.vla.configuration_vla import VLAConfig
+
+    names = {f.name for f in dataclasses.fields(VLAConfig)}
+    values: dict[str, Any] = {}
+    for name in names & {f.name for f in dataclasses.fields(TrainConfig)}:
+        v = getattr(cfg, name)
+        if v is not None:
+            values[name] = v
+    if pre.action_tokenizer is not None:
+        values["codebook_size"] = int(pre.action_tokenizer.codebook_size)
+    if pre.latent_codes_per_step is not None:
+        values["latent_codes_per_step"] = pre.latent_codes_per_step
+    if pre.latent_dim is not None:
+        values["latent_dim"] = pre.latent_dim
+    vcfg = VLAConfig(**values)
+    vcfg.validate()
+    return vcfg
+
+
+def _datasets(cfg: TrainConfig, extra_keys: tuple[str, ...], is_main: bool):
+    from latentvla.data.dataset import VLADataset
+    from latentvla.train.holdout import EpisodeSubset, has_val_split, split_episodes
+
+    common = dict(image_size=cfg.default_image_size, use_wrist_image=cfg.use_wrist_image, use_proprio=cfg.use_proprio,
+                  window_size=cfg.window_size, extra_keys=extra_keys, seed=cfg.seed,
+                  dataset_registry=cfg.dataset_registry, progress=is_main)
+    train = VLADataset(cfg.data_root_dir, cfg.data_mix, train=True, image_aug=cfg.image_aug, split="train", **common)
+    if not cfg.use_val:
+        return train, train, None
+    if has_val_split(train):
+        val = VLADataset(cfg.data_root_dir, cfg.data_mix, train=False, image_aug=False, split="val", **common)
+        return train, train, val
+    train_eps, val_eps = split_episodes(train, cfg.val_fraction, cfg.seed)
+    plain = VLADataset(cfg.data_root_dir, cfg.data_mix, train=False, image_aug=False, split="train", **common)
+    return train, EpisodeSubset(train, train_eps), EpisodeSubset(plain, val_eps)
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    from latentvla.train.checkpointing import CheckpointManager
+
+    run_dir = Path(cfg.run_root_dir) / (cfg.run_id or cfg.default_run_id())
+    manager = CheckpointManager(run_dir / "checkpoints", cfg.keep_checkpoints)
+    latest = manager.latest()
+    if cfg.resume:
+        return run_dir, latest
+    if latest is not None:
+        raise LatentVLAError(f"run directory {run_dir} already holds checkpoints (newest {latest.name}); pass "
+                             "--resume True to continue it, or choose another --run_id / --run_root_dir")
+    return run_dir, None
+
+
+def train(cfg: TrainConfig, callbacks: list | None = None) -> int:
+    """Run training; `callbacks(step, record)` run after every step (tests use them)."""
+    pre = preflight(cfg)  # cheap; before any process group, backbone or image
+    import torch
+
+    from latentvla.train import distributed as D
+
+    info = D.setup_distributed(cfg.device)
+    try:
+        if info.is_main:
+            for note in pre.notes:
+                print(f"[latentvla train] note: {note}")
+        return _train(cfg, pre, info, D, callbacks or [])
+    finally:
+        D.teardown_distributed()
+
+
+def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> int:
+    from safetensors.torch import load_file
+
+    from latentvla.data.sampler import GlobalSampler
+    from latentvla.train.loggers import build_loggers
+    from latentvla.train.trainer import LoopSettings, Trainer
+    from latentvla.utils.atomic import atomic_write_json, atomic_write_text
+    from latentvla.utils.seeding import seed_everything
+    from latentvla.vla.checkpoint import save_policy_checkpoint
+    from latentvla.vla.modeling_vla import LatentVLA
+
+    run_dir, resume_from = _prepare_run_dir(cfg)
+    accumulation = cfg.accumulation_steps(info.world_size)
+    vcfg = build_vla_config(cfg, pre)
+    seed_everything(cfg.seed)
+    tok = pre.action_tokenizer.to(info.device) if pre.action_tokenizer is not None else None
+    model = LatentVLA.from_config(vcfg, pre.platform, action_tokenizer=tok, device=info.device)
+    if cfg.pretrained_checkpoint and resume_from is None:
+        path = Path(cfg.pretrained_checkpoint) / "model.safetensors"
+        model.load_trainable_state_dict(load_file(str(path)), source=f"--pretrained_checkpoint {path}")
+    base_ds, train_ds, val_ds = _datasets(cfg, tuple(model.required_sample_keys()), info.is_main)
+    statistics = base_ds.statistics
+    resolved = {
+        **config_to_dict(cfg),
+        "derived": {"run_dir": str(run_dir), "world_size": info.world_size, "accumulation_steps": accumulation,
+                    "global_batch_size": cfg.per_device_batch_size * info.world_size * accumulation,
+                    "platform": pre.platform.to_dict(), "vla": config_to_dict(vcfg), "datasets": pre.dataset_names,
+                    "device": str(info.device), "train_transitions": len(train_ds),
+                    "val_transitions": len(val_ds) if val_ds is not None else 0},
+    }
+    if info.is_main:
+        import yaml
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_json(run_dir / "dataset_statistics.json", statistics)
+    train_config = config_to_dict(cfg)
+
+    def save_weights(directory: Path, state: dict) -> None:
+        tmp = directory / "_policy"
+        save_policy_checkpoint(tmp, _WeightsView(model, state), train_config=train_config, statistics=statistics)
+        for f in tmp.iterdir():
+            os.replace(f, directory / f.name)
+        tmp.rmdir()
+
+    def load_weights(directory: Path, m) -> None:
+        m.load_trainable_state_dict(load_file(str(directory / "model.safetensors")), source=str(directory))
+
+    on_gpu = info.device.type == "cuda"
+    settings = LoopSettings(
+        per_device_batch_size=cfg.per_device_batch_size, accumulation_steps=accumulation, max_steps=cfg.max_steps,
+        epochs=cfg.epochs, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
+        lr_decay_steps=list(cfg.lr_decay_steps), lr_decay_gamma=cfg.lr_decay_gamma,
+        save_step=cfg.save_step if cfg.save_checkpoint else None, keep_checkpoints=cfg.keep_checkpoints,
+        log_step=cfg.log_step, num_workers=cfg.num_workers, seed=cfg.seed, strategy=cfg.strategy,
+        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu), progress=cfg.progress,
+        val_step=cfg.val_step, val_batches=cfg.val_batches)
+    sampler = GlobalSampler(train_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+    val_sampler = GlobalSampler(val_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size) if val_ds is not None else None
+    logger = None
+    if info.is_main:
+        resume_step = None
+        if resume_from is not None:
+            resume_step = int(resume_from.name.split("_")[-1])
+        logger = build_loggers(run_dir, resume_step=resume_step, run_name=run_dir.name, config=resolved,
+                               use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
+                               use_tensorboard=cfg.use_tensorboard)
+        where = f"resuming from {resume_from}" if resume_from else "from scratch"
+        print(f"[latentvla train] {cfg.vla_id} on {', '.join(pre.dataset_names)} ({pre.platform.name}), "
+              f"{info.world_size} process(es) x {cfg.per_device_batch_size} x {accumulation} accumulation, "
+              f"{where}; run dir {run_dir}")
+    try:
+        trainer = Trainer(model, train_ds, sampler, settings, info=info, collate_fn=model.processor.collate,
+                          run_dir=run_dir, logger=logger, save_weights=save_weights, load_weights=load_weights,
+                          val_dataset=val_ds, val_sampler=val_sampler, resume_from=resume_from,
+                          callbacks=callbacks)
+        trainer.fit()
+        if cfg.merge_lora and trainer.ckpt is not None:
+            _export_merged(cfg, trainer, model, info, run_dir)
+    finally:
+        if logger is not None:
+            logger.close()
+    return 0
+
+
+def _export_merged(cfg: TrainConfig, trainer, model, info, run_dir: Path) -> None:
+    """`merged/`: full weights for deployment (rank 0; a sharded model is reloaded from its checkpoint)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from latentvla.train import distributed as D
+    from latentvla.utils.atomic import atomic_directory
+
+    latest = trainer.ckpt.latest()
+    if info.is_main and latest is not None:
+        src = model
+        if info.distributed and cfg.strategy == "fsdp":
+            from latentvla.vla.checkpoint import load_policy_model
+
+            src, _, _ = load_policy_model(latest, device="cpu")
+        merged = {k: v.detach().cpu().contiguous() for k, v in src.merged_state_dict().items()}
+        with atomic_directory(run_dir / "merged", overwrite=True) as tmp:
+            save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "latentvla-merged"})
+            for name in ("config.json", "dataset_statistics.json", "versions.json"):
+                if (latest / name).is_file():
+                    shutil.copy2(latest / name, tmp / name)
+        print(f"[latentvla train] merged weights written to {run_dir / 'merged'}")
+    D.barrier()
