@@ -90,7 +90,7 @@ class TrainConfig:
     max_grad_norm: float = arg(1.0, "Clip the global gradient norm to this (0 = no clipping).")
     lr_scheduler_type: str = arg("constant", "Schedule: " + ", ".join(SCHEDULERS) + ".")
     warmup_ratio: float = arg(0.0, "Fraction of steps with linear warm-up (linear-warmup+cosine-decay; also honoured by the others).")
-    lr_decay_steps: list[int] = arg([], "step-decay: steps at which the lr is multiplied by --lr_decay_gamma (default: 80% of training).")
+    lr_decay_steps: list[int] = arg([], "step-decay: steps at which the lr is multiplied by --lr_decay_gamma (default: at 80 percent of training).")
     lr_decay_gamma: float = arg(0.1, "step-decay: multiplicative factor.")
     strategy: Literal["ddp", "fsdp"] = arg("ddp", "Multi-process strategy under torchrun: DDP or FSDP2 (fully_shard).")
     precision: Literal["auto", "bf16", "fp32"] = arg("auto", "auto = bf16 autocast on GPU, fp32 on CPU.")
