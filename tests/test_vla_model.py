@@ -72,12 +72,16 @@ def test_each_variant_forward_backward_with_defaults(tiny_vlm_dir, vla_data_root
     assert expected <= set(out["metrics"])
     out["loss"].backward()
     named = dict(model.named_parameters())
+    unused = [n for n, p in named.items() if p.requires_grad and p.grad is None]
+    assert not unused, unused  # DDP without find_unused_parameters needs every trainable parameter used
     assert any("lora_B" in n and p.grad is not None and p.grad.abs().sum() > 0 for n, p in named.items())
     assert named["action_head.proj.weight"].grad.abs().sum() > 0
     rows = model.token_rows
     assert rows.new_rows.requires_grad and rows.new_rows.grad.abs().sum() > 0
     if vla_id in ("la_direct", "la_cond", "la_tok"):
         assert rows.new_output_rows.grad.abs().sum() > 0  # code output rows are trained
+    else:
+        assert not rows.new_output_rows.requires_grad
     frozen = [n for n, p in named.items() if not p.requires_grad]
     assert any("embed_tokens.base.weight" in n for n in frozen)
 

@@ -157,9 +157,17 @@ def load_backbone(cfg: VLAConfig, device: torch.device):
     path = check_vlm_dir(cfg.vlm_path)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    attn = resolve_attn_implementation(cfg, device)
     try:
-        model = Qwen3VLForConditionalGeneration.from_pretrained(
-            path, dtype=resolve_dtype(cfg, device), attn_implementation=resolve_attn_implementation(cfg, device))
+        try:
+            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(cfg, device),
+                                                                    attn_implementation=attn)
+        except (ImportError, ValueError) as e:
+            if attn != "flash_attention_2":
+                raise
+            print(f"[latentvla] flash_attention_2 failed to load ({e}); falling back to sdpa")
+            model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(cfg, device),
+                                                                    attn_implementation="sdpa")
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as e:
         raise LatentVLAError(f"vlm_path {path}: cannot load a Qwen3-VL model ({type(e).__name__}: {e})") from None

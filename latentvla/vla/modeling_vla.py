@@ -43,6 +43,7 @@ class LatentVLA(nn.Module):
             raise LatentVLAError(f"head_layers {cfg.head_layers} exceeds the backbone's {self.num_layers} LLM layers")
         P, D = platform.chunk_len, platform.action_dim
         self.strategy = build_strategy(cfg, ids, P, self.llm_dim, self.num_layers)
+        self.token_rows.new_output_rows.requires_grad_(self.strategy.predicts_codes)
         hd = cfg.head_dim or self.llm_dim
         heads = cfg.head_num_heads
         while hd % heads or (hd // heads) % 2:  # tiny widths: fall back to fewer heads

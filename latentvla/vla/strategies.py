@@ -87,6 +87,7 @@ def code_cross_entropy(ctx: ForwardContext, slot_token: int, vocab: tuple[int, .
 class Strategy(nn.Module):
     name = "?"
     required_sample_keys: tuple[str, ...] = ()
+    predicts_codes = False  # False: the new tokens' output rows stay frozen (DDP needs every trainable param used)
 
     def __init__(self, cfg, ids: SpecialTokenIds, chunk_len: int, llm_dim: int, num_layers: int):
         super().__init__()
@@ -140,6 +141,7 @@ class _ImageLatentCodes(Strategy):
     """Shared by la_direct / la_cond: C·P `<|latent_query|>` code slots, CE over the K `<ACT_i>` rows."""
 
     required_sample_keys = ("latent_idx",)
+    predicts_codes = True
 
     @property
     def C(self) -> int:
@@ -187,6 +189,8 @@ class CondStrategy(_ImageLatentCodes):
 
 @register_strategy("la_tok")
 class TokStrategy(Strategy):
+    predicts_codes = True
+
     def slot_ids(self):
         return [self.ids.latent_query] * self.P
 
