@@ -121,23 +121,29 @@ class EMAVectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _set_codes(self, which: torch.Tensor, vectors: torch.Tensor, weight: float) -> None:
+        which = which.to(self.embedding.device)
+        vectors = vectors.to(self.embedding.device, self.embedding.dtype)
         self.embedding.data[which] = vectors
         self.ema_w[which] = vectors * weight
         self.cluster_size[which] = weight
 
+    def _sample(self, z: torch.Tensor, count: int, generator: torch.Generator | None, replace: bool) -> torch.Tensor:
+        """`count` rows of z (any device) plus 1% noise; random numbers drawn on CPU (seeded)."""
+        flat = z.detach().reshape(-1, self.dim).float().cpu()
+        n = flat.shape[0]
+        if n == 0:
+            raise ValueError("no encoder outputs to sample codes from")
+        pick = torch.randperm(n, generator=generator)[:count] if not replace else torch.randint(n, (count,), generator=generator)
+        noise = torch.randn(count, self.dim, generator=generator) * 0.01 * flat.std().clamp(min=1e-6)
+        return flat[pick] + noise
+
     @torch.no_grad()
     def init_from_data(self, z: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Set every code to an encoder output (k-means++-style spread is not needed: a random
-        sample plus a little noise when there are fewer vectors than codes)."""
-        flat = z.detach().reshape(-1, self.dim).float()
-        n = flat.shape[0]
-        if n >= self.codebook_size:
-            pick = torch.randperm(n, generator=generator)[: self.codebook_size]
-        else:
-            pick = torch.randint(n, (self.codebook_size,), generator=generator)
-        noise = torch.randn(self.codebook_size, self.dim, generator=generator) * 0.01 * flat.std()
-        weight = max(n / self.codebook_size, 1e-3)
-        self._set_codes(torch.arange(self.codebook_size), flat[pick] + noise.to(flat), weight)
+        """Set every code to an encoder output (plus a little noise): all codes start where the data
+        is. Sampled with replacement when there are fewer vectors than codes."""
+        n = z.numel() // self.dim
+        vectors = self._sample(z, self.codebook_size, generator, replace=n < self.codebook_size)
+        self._set_codes(torch.arange(self.codebook_size), vectors, max(n / self.codebook_size, 1e-3))
         self.usage.zero_()
 
     @torch.no_grad()
@@ -148,12 +154,9 @@ class EMAVectorQuantizer(nn.Module):
         self.usage.zero_()
         if dead.numel() == 0:
             return 0
-        flat = z.detach().reshape(-1, self.dim).float()
-        pick = torch.randint(flat.shape[0], (dead.numel(),), generator=generator)
-        noise = torch.randn(dead.numel(), self.dim, generator=generator) * 0.01 * flat.std()
         live = self.cluster_size[self.cluster_size > self.eps]
         weight = float(live.mean()) if live.numel() else 1.0
-        self._set_codes(dead, (flat[pick] + noise).to(self.embedding.dtype), weight)
+        self._set_codes(dead, self._sample(z, dead.numel(), generator, replace=True), weight)
         return int(dead.numel())
 
 

@@ -283,8 +283,7 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
         init = fixed_batches(dataset, cfg.seed + 1, cfg.batch_size, cfg.init_batches)
         with torch.no_grad():
             z = torch.cat([model.encoder(b["actions"].to(device)) for b in init])
-        model.vq.init_from_data(z.cpu(), generator=gen)
-        model.vq.to(device)
+        model.vq.init_from_data(z, generator=gen)
 
     chunk_stream = ChunkStream(dataset, cfg.seed, cfg.batch_size, cfg.num_workers, consumed=consumed)
     stream = iter(chunk_stream)
@@ -312,6 +311,9 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
                 check_batch(x, platform, cfg.data_mix)
             out = model(x, mask_ratio=cfg.mask_ratio, commitment_weight=cfg.commitment_weight,
                         mask_loss_weight=cfg.mask_loss_weight, generator=gen)
+            if not torch.isfinite(out["loss"]):
+                raise LatentVLAError(f"step {step + 1}: the loss is {float(out['loss'])} (NaN/inf actions in --data_mix "
+                                     f"{cfg.data_mix}, or training diverged: lower --learning_rate)")
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             if cfg.grad_clip:
