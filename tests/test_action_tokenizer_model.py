@@ -97,6 +97,8 @@ def test_api_encode_decode_shapes_and_inputs():
     # batch entries are independent
     assert torch.equal(tok.encode(torch.cat([x, _chunks(3, seed=5)]))[:4], codes)
     assert (tok.codebook_size, tok.action_dim, tok.chunk_len) == (256, 7, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast does not change the codes
+        assert torch.equal(tok.encode(x), codes) and tok.decode(codes).dtype == torch.float32
 
 
 def test_api_errors():

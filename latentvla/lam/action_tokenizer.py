@@ -299,7 +299,10 @@ class ActionChunkTokenizer:
         self._check_shape(x.shape[1], x.shape[2], "the actions")
         if not torch.isfinite(x).all():
             raise LatentVLAError(f"{self.source}: encode got NaN/inf actions")
-        codes = self.model.vq.nearest(self.model.encoder(x))
+        # fp32 regardless of a caller's autocast (la_tok trains under bf16 autocast): the codes must
+        # be the ones the tokenizer was trained to produce.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            codes = self.model.vq.nearest(self.model.encoder(x))
         return codes[0] if single else codes
 
     @torch.no_grad()
@@ -311,4 +314,5 @@ class ActionChunkTokenizer:
         if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.codebook_size):
             raise LatentVLAError(f"{self.source}: codes must be in [0, {self.codebook_size}), got range "
                                  f"[{int(c.min())}, {int(c.max())}]")
-        return self.model.decoder(self.model.vq.lookup(c)).float()
+        with torch.autocast(device_type=c.device.type, enabled=False):
+            return self.model.decoder(self.model.vq.lookup(c)).float()

@@ -80,7 +80,7 @@ class ActionTrainConfig:
     log_every: int = arg(100, "Log metrics (over the last N steps) every N steps.")
     keep_last: Optional[int] = arg(None, "Keep only the newest N checkpoints (None = keep all).")
     resume: bool = arg(False, "Continue from the newest tokenizer_step_{N}.pt in results_dir.")
-    init_checkpoint: Optional[str] = arg(None, "Start from these weights (ours or the paper's .pt); a new optimizer.")
+    init_checkpoint: Optional[str] = arg(None, "Start from these weights (ours or the paper's .pt; sizes come from it); a new optimizer.")
     seed: int = arg(42, "Seed of weights, sampling and masking.")
     device: str = arg("auto", "auto (cuda when present), cpu, cuda, cuda:N.")
     num_workers: int = arg(0, "DataLoader worker processes.")
