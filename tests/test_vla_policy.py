@@ -143,3 +143,36 @@ def test_checkpoint_errors(trained, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LatentVLAError, match="do not match"):
         load_policy_model(bad)
+
+
+def test_recorded_episode_round_trip_in_robot_units(tiny_vlm_dir, vla_data_root, tmp_path):
+    """Recorded raw observation -> policy (proprio normalized inside) -> un-normalized chunk -> env
+    convention; equals the recorded raw actions, gripper sign included, after overfitting them."""
+    from latentvla.data.tfds import TFDSBuilderDir
+    from latentvla.eval.transforms import convert_actions_to_env
+
+    torch.manual_seed(0)
+    model = LatentVLA.from_config(VLAConfig(vlm_path=str(tiny_vlm_dir), default_image_size=64), LIBERO, device="cpu")
+    ds = VLADataset(vla_data_root, "libero_goal", image_size=64, image_aug=False, progress=False)
+    idx = [0, 2, 4]  # episode 0, steps 0, 2, 4 (no padding)
+    batch = model.processor.collate([ds[i] for i in idx])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(200):
+        out = model(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert out["metrics"]["l1"] < 0.05
+    save_policy_checkpoint(tmp_path / "ckpt", model, {}, ds.statistics)
+    policy = VLAPolicy.from_pretrained(tmp_path / "ckpt", device="cpu")
+    stats = ds.statistics["libero_goal_no_noops"]
+    episode = TFDSBuilderDir(ds.resolved[0].path).read_episode(0, keys=["action"])
+    for i in idx:
+        s = ds[i]
+        raw_proprio = unnormalize(s["proprio"], stats["proprio"], LIBERO.proprio_norm_mask, LIBERO.normalization)
+        chunk = convert_actions_to_env(policy.predict_action(list(s["images"]), s["instruction"], raw_proprio),
+                                       LIBERO.gripper_dim)
+        recorded = episode["action"][s["step"]: s["step"] + 8]
+        span = np.asarray(stats["action"]["q99"]) - np.asarray(stats["action"]["q01"])
+        np.testing.assert_allclose(chunk[:, :6], recorded[:, :6], atol=0.1 * float(span[:6].max()))
+        assert np.array_equal(np.sign(chunk[:, 6]), np.sign(recorded[:, 6]))  # -1 open, +1 close

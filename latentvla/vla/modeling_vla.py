@@ -183,7 +183,9 @@ class LatentVLA(nn.Module):
 
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
         """Full weights with LoRA folded in and the new token rows written into a resized vocabulary:
-        `backbone.*` keys in the Hugging Face Qwen3-VL layout, plus the head/strategy modules."""
+        `backbone.*` keys in the Hugging Face Qwen3-VL layout, plus the head/strategy modules.
+        The embedding and lm_head rows of the new tokens differ after training, so a backbone with
+        `tie_word_embeddings=True` (Qwen3-VL-2B) must be re-loaded untied to use both."""
         from peft.tuners.lora import LoraLayer
 
         rows = self.token_rows
