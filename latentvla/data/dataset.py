@@ -15,6 +15,8 @@ Sample (index i = (dataset, episode, step t)):
   "latent_idx" int64 [P, C], "latent_z" float32 [P, C, Z] (only if in extra_keys; padded by
       repeating the last step). Any other per-step key of the dataset can be requested the same way.
   "dataset_name" str, "episode" int, "step" int
+`resample`: "lanczos" (default, data.md §4) or "bicubic"/"bilinear" (antialiased torch uint8 kernels,
+several times faster on few cores); inference must resize the same way (`transforms.process_image`).
 
 Annotated data: with extra_keys, a dataset whose directory lacks them is replaced by its sibling
 `<dir>_latent/<version>` when that exists (`latentvla lam annotate` output); `--data_mix
@@ -162,12 +164,14 @@ class _MixDataset(_TorchDataset):
     def instruction(self, d: int, e: int) -> str:
         return self.indexes[d].instructions[e].strip().lower()
 
+    resample = "lanczos"
+
     def image(self, d: int, e: int, t: int, camera: int, size: int, params) -> np.ndarray:
         idx = self.indexes[d]
         start, end = idx.image_spans[int(idx.ep_start[e]) + t, camera]
         data = self._read(idx.shard_path(e), int(start), int(end))
         try:
-            return process_image(data, size, params)
+            return process_image(data, size, params, self.resample)
         except ImageDecodeError as err:
             raise LatentVLAError(f"dataset {idx.name!r} ({idx.shard_path(e)}) episode {e} step {t} camera "
                                  f"{idx.camera_keys[camera]!r}: {err}") from None
@@ -206,11 +210,19 @@ class _MixDataset(_TorchDataset):
         return {"dataset_name": self.resolved[d].name, "episode": e, "step": t}
 
 
+def _check_resample(resample: str) -> str:
+    from latentvla.data.transforms import RESAMPLE_CHOICES
+
+    if resample not in RESAMPLE_CHOICES:
+        raise LatentVLAError(f"resample must be one of {', '.join(RESAMPLE_CHOICES)}, got {resample!r}")
+    return resample
+
+
 class VLADataset(_MixDataset):
     def __init__(self, data_root_dir, data_mix, *, image_size: int = 224, train: bool = True, image_aug: bool = True,
                  use_wrist_image: bool = True, use_proprio: bool = True, window_size: int | None = None,
                  extra_keys: Sequence[str] = (), seed: int = 42, split: str = "train", dataset_registry=None,
-                 progress: bool = True):
+                 progress: bool = True, resample: str = "lanczos"):
         if int(image_size) < 8:
             raise LatentVLAError(f"image_size must be >= 8, got {image_size}")
         super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry,
@@ -221,6 +233,7 @@ class VLADataset(_MixDataset):
                                  f"{self.platform.name!r} (dataset {self.resolved[0].name!r}); use --window_size {P}")
         self.chunk_len = P
         self.image_size = int(image_size)
+        self.resample = _check_resample(resample)
         self.train, self.image_aug = bool(train), bool(image_aug)
         self.use_wrist_image, self.use_proprio = bool(use_wrist_image), bool(use_proprio)
         ncam = min(self.platform.num_cameras, len(self.indexes[0].camera_keys))
@@ -271,11 +284,13 @@ class ActionChunkDataset(_MixDataset):
 
 class FramePairDataset(_MixDataset):
     def __init__(self, data_root_dir, data_mix, *, pair_offset: int = 32, image_size: int = 224, train: bool = True,
-                 image_aug: bool = False, seed: int = 42, split: str = "train", dataset_registry=None, progress: bool = True):
+                 image_aug: bool = False, seed: int = 42, split: str = "train", dataset_registry=None, progress: bool = True,
+                 resample: str = "lanczos"):
         if int(pair_offset) < 1:
             raise LatentVLAError(f"pair_offset must be >= 1, got {pair_offset}")
         super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry, progress=progress)
         self.pair_offset, self.image_size = int(pair_offset), int(image_size)
+        self.resample = _check_resample(resample)
         self.train, self.image_aug = bool(train), bool(image_aug)
 
     def __getitem__(self, i) -> dict[str, Any]:

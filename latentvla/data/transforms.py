@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageStat
+from PIL import Image
 
 from latentvla.errors import LatentVLAError
 
@@ -77,19 +77,28 @@ def center_crop_params(crop_area: float = 0.9) -> AugmentParams:
     return AugmentParams(crop=(o, o, o + s, o + s))
 
 
-def decode_image(data: bytes, min_size: int | None = None) -> Image.Image:
-    """Encoded JPEG/PNG bytes -> RGB PIL image (optionally DCT-downscaled, never below min_size)."""
+def decode_array(data: bytes, min_size: int | None = None) -> np.ndarray | Image.Image:
+    """Decode to a uint8 [H, W, 3] array (simplejpeg) or an RGB PIL image (other formats / no simplejpeg)."""
     try:
         if _simplejpeg is not None and data[:2] == b"\xff\xd8":
-            kw = {"min_height": min_size, "min_width": min_size} if min_size else {}
-            arr = _simplejpeg.decode_jpeg(data, colorspace="RGB", **kw)
-            return Image.fromarray(arr)
+            kw = {}
+            if min_size:
+                h, w = _simplejpeg.decode_jpeg_header(data)[:2]
+                if min(h, w) >= 2 * min_size:  # only then can the DCT scale; otherwise it just costs time
+                    kw = {"min_height": min_size, "min_width": min_size}
+            return _simplejpeg.decode_jpeg(data, colorspace="RGB", **kw)
         img = Image.open(io.BytesIO(data))
         if min_size and img.format == "JPEG":
             img.draft("RGB", (min_size, min_size))
         return img.convert("RGB")
     except Exception as e:  # corrupt / unknown bytes
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes, starts {bytes(data[:4]).hex()}): {e}") from None
+
+
+def decode_image(data: bytes, min_size: int | None = None) -> Image.Image:
+    """Encoded JPEG/PNG bytes -> RGB PIL image (DCT-downscaled when >= 2x min_size, never below it)."""
+    out = decode_array(data, min_size)
+    return Image.fromarray(out) if isinstance(out, np.ndarray) else out
 
 
 def color_matrix(params: AugmentParams, channel_mean: np.ndarray) -> tuple[float, ...]:
@@ -108,23 +117,59 @@ def color_matrix(params: AugmentParams, channel_mean: np.ndarray) -> tuple[float
     return tuple(float(v) for row in np.concatenate([M, off[:, None]], 1) for v in row)
 
 
-def process_image(image: bytes | np.ndarray | Image.Image, size: int, params: AugmentParams | None = None) -> np.ndarray:
-    """Decode (if bytes), crop+resize (Lanczos) to size x size, colour-jitter; uint8 [S, S, 3]."""
+RESAMPLE_CHOICES = ("lanczos", "bicubic", "bilinear")
+
+
+def _resize_torch(arr: np.ndarray, box: tuple[int, int, int, int], size: int, mode: str) -> np.ndarray:
+    """Antialiased bicubic/bilinear resize of an integer crop with torch's uint8 channels-last kernels."""
+    import torch
+    import torch.nn.functional as F
+
+    x0, y0, x1, y1 = box
+    t = torch.from_numpy(arr).permute(2, 0, 1)[None, :, y0:y1, x0:x1].contiguous(memory_format=torch.channels_last)
+    out = F.interpolate(t, size=(size, size), mode=mode, antialias=True)
+    return out[0].permute(1, 2, 0).numpy()
+
+
+def process_image(image: bytes | np.ndarray | Image.Image, size: int, params: AugmentParams | None = None,
+                  resample: str = "lanczos") -> np.ndarray:
+    """Decode (if bytes), crop + resize to size x size, colour-jitter; uint8 [S, S, 3].
+
+    `resample`: "lanczos" (default; PIL, sub-pixel crop box) or "bicubic" / "bilinear" (antialiased, torch
+    uint8 kernels, integer crop box; several times faster). Use the same choice at inference.
+    """
+    if resample not in RESAMPLE_CHOICES:
+        raise LatentVLAError(f"resample must be one of {', '.join(RESAMPLE_CHOICES)}, got {resample!r}")
     if isinstance(image, (bytes, bytearray, memoryview)):
-        img = decode_image(bytes(image), min_size=size)
+        src = decode_array(bytes(image), min_size=size)
     elif isinstance(image, np.ndarray):
-        img = Image.fromarray(np.asarray(image, np.uint8))
+        src = np.asarray(image, np.uint8)
     else:
-        img = image.convert("RGB")
-    W, H = img.size
+        src = image.convert("RGB")
+    W, H = src.size if isinstance(src, Image.Image) else (src.shape[1], src.shape[0])
+    box = (0.0, 0.0, float(W), float(H))
     if params is not None and params.crop != (0.0, 0.0, 1.0, 1.0):
         x0, y0, x1, y1 = params.crop
         box = (x0 * W, y0 * H, x1 * W, y1 * H)
-        img = img.resize((size, size), Image.LANCZOS, box=box)
-    elif (W, H) != (size, size):
-        img = img.resize((size, size), Image.LANCZOS)
-    if params is not None and not params.is_identity_color:
-        mean = np.asarray(ImageStat.Stat(img).mean[:3])
+    need_color = params is not None and not params.is_identity_color
+    resize = box != (0.0, 0.0, float(W), float(H)) or (W, H) != (size, size)
+    if resample == "lanczos":
+        img = src if isinstance(src, Image.Image) else Image.fromarray(src)
+        if need_color:  # contrast pivots on the crop's channel means; a strided subsample is plenty
+            a = np.asarray(img)
+            mean = a[int(box[1]):int(math.ceil(box[3])):4, int(box[0]):int(math.ceil(box[2])):4].reshape(-1, 3).mean(0)
+        if resize:
+            img = img.resize((size, size), Image.LANCZOS, box=box)
+    else:
+        arr = np.asarray(src, np.uint8)
+        ib = tuple(int(round(v)) for v in box)
+        if need_color:
+            mean = arr[ib[1]:ib[3]:4, ib[0]:ib[2]:4].reshape(-1, 3).mean(0)
+        out = _resize_torch(arr, ib, size, resample) if resize else arr
+        if not need_color:
+            return np.ascontiguousarray(out)
+        img = Image.fromarray(np.ascontiguousarray(out))
+    if need_color:
         img = img.convert("RGB", color_matrix(params, mean))
     return np.asarray(img, dtype=np.uint8)
 

@@ -1,0 +1,224 @@
+"""Data loader throughput: VLADataset + GlobalSampler + DataLoader vs the pure JPEG-decode bound.
+
+Writes a LIBERO-shaped RLDS dataset (default 40 episodes x 100 steps, 2 x 256^2 JPEG per step,
+8-dim proprio, 7-dim actions), then measures training samples/s (224^2, augmentation on, action
+chunk + proprio, default collate) and the peak RSS of the loader process tree for 0/1/2 DataLoader
+workers, the JPEG decode bound for the same images (simplejpeg and PIL, one process), and, for
+reference, the naive path that parses the whole episode record for each sample.
+
+    python benchmarks/data_loader.py [--episodes 40 --steps 100 --samples 1500 --batch_size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from latentvla.data.synthetic import write_synthetic_dataset  # noqa: E402
+
+
+def scene_fn(size: int):
+    """Textured frames (JPEG size close to real LIBERO frames, ~10-20 KB at 256^2)."""
+    cache: dict[tuple[int, str], np.ndarray] = {}
+
+    def fn(e: int, t: int, camera: str, past_actions: np.ndarray) -> np.ndarray:
+        key = (e, camera)
+        if key not in cache:
+            rng = np.random.default_rng([e, len(camera)])
+            low = rng.uniform(0, 255, (size // 16, size // 16, 3))
+            bg = np.kron(low, np.ones((16, 16, 1)))
+            yy, xx = np.mgrid[0:size, 0:size] / size
+            bg = 0.6 * bg + 80 * np.sin(8 * xx + 3 * e)[..., None] + 60 * yy[..., None]
+            cache[key] = np.clip(bg + rng.normal(0, 6, bg.shape), 0, 255).astype(np.uint8)
+        img = cache[key].copy()
+        pos = past_actions[:, :2].sum(0) * 0.02 if len(past_actions) else np.zeros(2)
+        cx, cy = (np.clip(0.5 + pos, 0.1, 0.9) * size).astype(int)
+        r = size // 10
+        img[max(cy - r, 0):cy + r, max(cx - r, 0):cx + r] = (230, 40, 40)
+        return img
+
+    return fn
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and its children."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def decode_bound(ds, indices, backend: str) -> float:
+    """Images/s for decoding exactly the camera images of the given samples (one process)."""
+    from PIL import Image
+    import io
+
+    blobs = []
+    for i in indices:
+        d, e, t = ds.locate(i)
+        idx = ds.indexes[d]
+        for c in range(ds.num_cameras):
+            s, en = idx.image_spans[int(idx.ep_start[e]) + t, c]
+            blobs.append(ds._read(idx.shard_path(e), int(s), int(en)))
+    t0 = time.process_time()
+    if backend == "simplejpeg":
+        import simplejpeg
+
+        for b in blobs:
+            simplejpeg.decode_jpeg(b, colorspace="RGB")
+    else:
+        for b in blobs:
+            Image.open(io.BytesIO(b)).convert("RGB").load()
+    return len(blobs) / (time.process_time() - t0)  # CPU time: robust to other load on the machine
+
+
+def naive_rate(ds, indices) -> float:
+    """Samples/s when every sample parses its whole episode record (no byte-range index)."""
+    from latentvla.data.example import decode_example
+    from latentvla.data.tfrecord import read_record_at
+    from latentvla.data.transforms import process_image, sample_augment_params
+
+    t0 = time.process_time()
+    for i in indices:
+        d, e, t = ds.locate(i)
+        idx = ds.indexes[d]
+        rec = decode_example(read_record_at(idx.shard_path(e), int(idx.ep_offset[e])))
+        p = sample_augment_params(np.random.default_rng(int(i)))
+        for cam in ("steps/observation/image", "steps/observation/wrist_image"):
+            process_image(rec[cam][t], ds.image_size, p)
+    return len(indices) / (time.process_time() - t0)
+
+
+def tree_cpu_seconds() -> float:
+    """User+system CPU seconds of this process and its live children (DataLoader workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for c in me.children(recursive=True):
+        try:
+            total += sum(c.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+def loader_rate(ds, workers: int, samples: int, batch_size: int, seed: int, resample: str = "lanczos") -> tuple[float, float, float]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from latentvla.data.sampler import GlobalSampler
+
+    torch.set_num_threads(1)
+    ds.resample = resample
+    sampler = GlobalSampler(ds, seed=seed)
+    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        persistent_workers=False, prefetch_factor=4 if workers else None, drop_last=True)
+    warm = 2
+    n_batches = min(samples, len(ds)) // batch_size - warm  # one epoch at most
+    with PeakRSS() as mem:
+        it = iter(loader)
+        for _ in range(warm):
+            next(it)
+        c0, t0 = tree_cpu_seconds(), time.perf_counter()
+        for _ in range(n_batches):
+            next(it)
+        dt = time.perf_counter() - t0
+        cpu = tree_cpu_seconds() - c0
+        del it
+    n = n_batches * batch_size
+    return n / dt, n / cpu, mem.peak / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=1500, help="timed samples per configuration")
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--image_size", type=int, default=224)
+    ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--out_dir", default=None, help="keep the dataset here (default: a temp dir, removed)")
+    args = ap.parse_args()
+
+    from latentvla.data.dataset import VLADataset
+
+    root = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="latentvla_bench_"))
+    try:
+        t0 = time.perf_counter()
+        if not (root / "libero_goal_no_noops").exists():
+            write_synthetic_dataset(root, "libero_goal_no_noops", num_episodes=args.episodes, steps=args.steps,
+                                    image_size=256, image_fn=scene_fn(256))
+        t_write = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ds = VLADataset(root, "libero_goal", image_size=args.image_size, image_aug=True, train=True, progress=False)
+        t_index = time.perf_counter() - t0
+        shard_bytes = sum(p.stat().st_size for p in (root / "libero_goal_no_noops" / "1.0.0").glob("*.tfrecord-*"))
+        rng = np.random.default_rng(0)
+        probe = rng.choice(len(ds), size=min(len(ds), 600), replace=False)
+        sj = decode_bound(ds, probe, "simplejpeg")
+        pil = decode_bound(ds, probe, "pil")
+        naive = naive_rate(ds, probe[:150])
+        load = os.getloadavg()[0]
+        print(f"dataset: {args.episodes} episodes x {args.steps} steps, 2 x 256^2 JPEG/step, {shard_bytes / 2**20:.1f} MiB "
+              f"(write {t_write:.1f} s, first index+statistics pass {t_index:.2f} s); samples at {args.image_size}^2, "
+              f"augmentation on, batch {args.batch_size}, {os.cpu_count()} CPUs, load average {load:.1f} at start")
+        print("samples/CPU-s = samples per second of CPU time of the loader process tree (robust to other load);\n"
+              "% of bound compares that with the one-core JPEG decode bound; wall samples/s is what training sees.")
+        print(f"{'configuration':<50} {'wall samples/s':>14} {'samples/CPU-s':>13} {'% of bound':>10} {'peak RSS MiB':>12}")
+        bound = sj / 2
+        print(f"{'JPEG decode bound, simplejpeg (2 images/sample)':<50} {'-':>14} {bound:>13.0f} {100:>9.0f}% {'-':>12}")
+        print(f"{'JPEG decode bound, PIL (2 images/sample)':<50} {'-':>14} {pil / 2:>13.0f} {100 * pil / 2 / bound:>9.0f}% {'-':>12}")
+        print(f"{'naive: parse whole episode per sample (lanczos)':<50} {'-':>14} {naive:>13.0f} {100 * naive / bound:>9.0f}% {'-':>12}")
+        for w in [int(x) for x in args.workers.split(",")]:
+            for resample in ("lanczos", "bicubic"):
+                rate, per_cpu, rss = loader_rate(ds, w, args.samples, args.batch_size, seed=0, resample=resample)
+                print(f"{f'VLADataset + DataLoader, {w} worker(s), {resample}':<50} {rate:>14.0f} {per_cpu:>13.0f} "
+                      f"{100 * per_cpu / bound:>9.0f}% {rss:>12.0f}")
+    finally:
+        if not args.out_dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
