@@ -33,9 +33,14 @@ def trained(tiny_vlm_dir, vla_data_root, tmp_path_factory):
     from latentvla.lam.action_tokenizer import ActionChunkTokenizer, ActionTokenizerModel
     from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
 
+    from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
+
     torch.manual_seed(0)
-    tok = ActionChunkTokenizer(ActionTokenizerModel(ActionTokenizerConfig(hidden_dim=32, codebook_size=32, num_heads=2,
-                                                                          ffn_dim=64, decoder_hidden_dim=32)))
+    tok_model = ActionTokenizerModel(ActionTokenizerConfig(hidden_dim=32, codebook_size=32, num_heads=2, ffn_dim=64,
+                                                           decoder_hidden_dim=32))
+    tok_path = save_tokenizer_checkpoint(tmp_path_factory.mktemp("tok") / "tokenizer_step_1.pt", tok_model, step=1,
+                                         statistics={}, platform=LIBERO.to_dict())
+    tok = ActionChunkTokenizer.from_checkpoint(tok_path)  # the real loading path la_tok training uses
     cfg = VLAConfig(vla_id="la_tok", vlm_path=str(tiny_vlm_dir), default_image_size=64, codebook_size=32)
     model = LatentVLA.from_config(cfg, LIBERO, action_tokenizer=tok, device="cpu")
     ds = VLADataset(vla_data_root, "libero_goal", image_size=64, image_aug=False, progress=False)
