@@ -104,7 +104,7 @@ def test_libero_goal_episode_with_tiny_vla(tmp_path, monkeypatch, tiny_vla_check
 
 def _eval_argv(out: Path, logs: Path, *extra: str) -> list[str]:
     return ["eval", "libero", "--policy", "zero", "--task_suite_name", "libero_goal", "--task_ids", "[3]",
-            "--num_trials_per_task", "3", "--max_steps", "25", "--num_steps_wait", "0", "--env_image_size", "64",
+            "--num_trials_per_task", "2", "--max_steps", "8", "--num_steps_wait", "0", "--env_image_size", "64",
             "--output_dir", str(out), "--log_dir", str(logs), *extra]
 
 
@@ -127,7 +127,7 @@ def test_killed_evaluation_resumes_without_rerunning_finished_episodes(tmp_path)
         if proc.poll() is None:
             proc.kill()
     before = jsonl.read_text().splitlines()
-    assert 1 <= len(before) < 3, "the run finished before it could be killed"
+    assert len(before) == 1, "the run finished before it could be killed"
     assert not (out / "summary.json").exists()
 
     # other settings in the same output dir are refused, not mixed
@@ -136,11 +136,11 @@ def test_killed_evaluation_resumes_without_rerunning_finished_episodes(tmp_path)
     assert main(_eval_argv(out, logs)) == 0
     after = jsonl.read_text().splitlines()
     assert after[: len(before)] == before  # finished episodes untouched (not re-run)
-    assert sorted(json.loads(line)["trial"] for line in after) == [0, 1, 2]
+    assert sorted(json.loads(line)["trial"] for line in after) == [0, 1]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["episodes"] == 3 and summary["complete"] and summary["success_rate"] == 0.0
+    assert summary["episodes"] == 2 and summary["complete"] and summary["success_rate"] == 0.0
     log_text = "".join(p.read_text() for p in logs.glob("*.log"))
-    assert f"resuming: {len(before)} of 3 episodes already done" in log_text
+    assert "resuming: 1 of 2 episodes already done" in log_text
 
 
 def test_policy_server_drives_the_evaluator(tmp_path, monkeypatch):
