@@ -94,7 +94,7 @@ class ActionTrainConfig:
     restart_every: int = arg(200, "Restart codes unused during the last N steps (0 = never).")
     init_batches: int = arg(8, "Batches whose encoder outputs initialise the codebook (0 = random init).")
     grad_clip: Optional[float] = arg(1.0, "Clip the gradient norm (None = no clipping).")
-    eval_batches: int = arg(8, "Batches drawn with a fixed seed for the final report's metrics.")
+    eval_batches: int = arg(32, "Batches drawn with a fixed seed for the final report's metrics.")
     run_name: Optional[str] = arg(None, "Run name for W&B / SwanLab (default: the results_dir name).")
     use_wandb: bool = arg(False, "Also log to Weights & Biases (SwanLab: set ENABLE_SWANLAB=1).")
     wandb_project: str = arg("latentvla", "W&B / SwanLab project.")
