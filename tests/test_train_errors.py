@@ -1,0 +1,122 @@
+"""`latentvla train`: every bad input is one clear error (exit 2) before any heavy work — nothing
+is written to the run root, no backbone is loaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latentvla.cli import main
+from latentvla.train.configuration_train import VLA_IDS, TrainConfig
+
+
+def test_vla_ids_match_the_model():
+    from latentvla.vla.configuration_vla import VLA_IDS as MODEL_IDS
+
+    assert VLA_IDS == MODEL_IDS
+
+
+@pytest.fixture(scope="module")
+def plain_data_root(tmp_path_factory) -> Path:
+    """Unannotated LIBERO-layout data with no `_latent` sibling."""
+    from latentvla.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("plain_data")
+    write_synthetic_dataset(root, "libero_goal_no_noops", num_episodes=2, steps=9, image_size=32)
+    return root
+
+
+@pytest.fixture(scope="module")
+def wrong_tokenizer(tmp_path_factory) -> Path:
+    """An action tokenizer checkpoint for 4-dim actions (LIBERO has 7)."""
+    import torch
+
+    from latentvla.lam.action_tokenizer import ActionTokenizerModel
+    from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
+    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
+
+    torch.manual_seed(0)
+    cfg = ActionTokenizerConfig(action_dim=4, chunk_len=8, hidden_dim=16, codebook_size=8, num_heads=2, ffn_dim=32,
+                                decoder_hidden_dim=16)
+    return save_tokenizer_checkpoint(tmp_path_factory.mktemp("tok") / "tokenizer_step_1.pt", ActionTokenizerModel(cfg),
+                                     step=1, statistics={}, platform=None)
+
+
+def _run(capsys, tmp_path, vlm, data, *extra) -> str:
+    runs = tmp_path / "runs"
+    argv = ["train", "--vlm_path", str(vlm), "--data_root_dir", str(data), "--data_mix", '["libero_goal"]',
+            "--run_root_dir", str(runs), "--max_steps", "1", *map(str, extra)]
+    assert main(argv) == 2
+    assert not runs.exists(), "the error must come before anything is written"
+    err = capsys.readouterr().err
+    assert err.startswith("latentvla train: error:") and "Traceback" not in err
+    return err
+
+
+def test_unknown_vla_id_lists_the_ids(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--vla_id", "la_magic")
+    assert "la_magic" in err and all(v in err for v in VLA_IDS)
+
+
+def test_global_batch_not_divisible(capsys, tmp_path, tiny_vlm_dir, plain_data_root, monkeypatch):
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--global_batch_size", "6", "--per_device_batch_size", "4")
+    assert "--global_batch_size 6" in err and "multiple of 4" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # 8 = 2 per device x 2 ranks x 2 accumulation is fine; 6 is not
+    TrainConfig(vlm_path="x", data_root_dir="y", global_batch_size=8, per_device_batch_size=2).validate()
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--global_batch_size", "6", "--per_device_batch_size", "2")
+    assert "world size 2" in err
+
+
+def test_window_size_must_equal_chunk_length(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--window_size", "5")
+    assert "--window_size 5" in err and "chunk length 8" in err and "libero" in err
+
+
+@pytest.mark.parametrize("vla_id", ["la_align", "la_direct", "la_cond"])
+def test_latent_variant_needs_annotated_data(capsys, tmp_path, tiny_vlm_dir, plain_data_root, vla_id):
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--vla_id", vla_id)
+    assert "latent_idx" in err and "libero_goal_no_noops" in err and "lam annotate" in err
+
+
+def test_la_tok_tokenizer_checks(capsys, tmp_path, tiny_vlm_dir, plain_data_root, wrong_tokenizer):
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--vla_id", "la_tok")
+    assert "--action_tokenizer_ckpt" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--vla_id", "la_tok", "--action_tokenizer_ckpt",
+               tmp_path / "missing.pt")
+    assert "missing.pt" in err and "not found" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--vla_id", "la_tok", "--action_tokenizer_ckpt",
+               wrong_tokenizer)
+    assert "--action_tokenizer_ckpt" in err and "4" in err and "7" in err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--vla_id", "la_tok", "--action_tokenizer_ckpt", junk)
+    assert "junk.pt" in err
+
+
+def test_vlm_path_must_be_qwen3vl(capsys, tmp_path, plain_data_root):
+    err = _run(capsys, tmp_path, tmp_path / "nope", plain_data_root)
+    assert "--vlm_path" in err and "not found" in err
+    other = tmp_path / "llama"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    err = _run(capsys, tmp_path, other, plain_data_root)
+    assert "'llama'" in err and "qwen3_vl" in err
+
+
+def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--data_mix", "libero_nope")
+    assert "libero_nope" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, tmp_path / "no_data")
+    assert "--data_root_dir" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--robot", "aloha")
+    assert "--robot 'aloha'" in err and "libero" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True")
+    assert "--pretrained_checkpoint" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--pretrained_checkpoint", tmp_path)
+    assert "--pretrained_checkpoint" in err and "model.safetensors" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--lr_scheduler_type", "cosine")
+    assert "linear-warmup+cosine-decay" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--default_image_size", "100")
+    assert "multiple of 32" in err
