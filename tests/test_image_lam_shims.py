@@ -6,6 +6,7 @@ import runpy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from latentvla.cli import main as cli_main
@@ -13,6 +14,17 @@ from latentvla.data.tfds import TFDSBuilderDir
 from latentvla.data.tfrecord import iter_records
 
 SHIMS = Path(__file__).resolve().parent.parent / "data_preprocess" / "image_based_lam"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is faster and immune to a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _shim(name: str):

@@ -13,6 +13,16 @@ from latentvla.cli import main as cli_main
 
 DIRS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is faster and immune to a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 def _action(e, t, T, rng):
     """Piecewise-constant moves in 4 directions: the frame change of a pair depends on the action."""
