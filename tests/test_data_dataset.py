@@ -195,3 +195,38 @@ def test_fast_resample_option(root):
     assert np.abs(a - b).mean() < 4  # both antialiased resizes of the same image
     with pytest.raises(LatentVLAError, match="resample must be one of"):
         VLADataset(root, "libero_goal", resample="nearest", progress=False)
+
+
+def test_statistics_cache_reused_and_no_image_decoding(root, monkeypatch):
+    import latentvla.data.index as index_mod
+    import latentvla.data.transforms as transforms_mod
+
+    def no_decode(*a, **k):
+        raise AssertionError("statistics must not decode images")
+
+    monkeypatch.setattr(transforms_mod, "decode_array", no_decode)
+    (r,) = resolve_data_mix(root, "libero_goal")
+    first = load_or_compute_statistics(r, progress=False)
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("cached statistics/index must be reused")
+
+    monkeypatch.setattr(index_mod, "build_index", no_rebuild)
+    assert load_or_compute_statistics(r, progress=False) == first
+    ActionChunkDataset(root, "libero_goal", progress=False)  # index comes from the cache too
+
+
+def test_mixture_of_two_datasets(root):
+    write_synthetic_dataset(root, "libero_10_no_noops", num_episodes=2, steps=4, image_size=16)
+    ds = VLADataset(root, '[["libero_goal", 1.0], ["libero_10", 3.0]]', image_size=16, progress=False)
+    assert len(ds) == 27 + 8 and ds.dataset_weights == [1.0, 3.0]
+    assert sorted(ds.statistics) == ["libero_10_no_noops", "libero_goal_no_noops"]
+    assert ds[30]["dataset_name"] == "libero_10_no_noops"
+    order = list(GlobalSampler(ds, seed=0))
+    assert len(order) == 35 and sum(i >= 27 for i in order) > 8  # up-weighted dataset repeats
+    write_synthetic_dataset(root, "aloha_lift_pot", num_episodes=1, steps=3, image_size=16)
+    with pytest.raises(LatentVLAError, match="different platforms"):
+        VLADataset(root, '["libero_goal", "aloha_lift_pot"]', progress=False)
+    a = VLADataset(root, "aloha_lift_pot", image_size=16, progress=False)
+    s = a[0]
+    assert s["images"].shape == (3, 16, 16, 3) and s["actions"].shape == (25, 14) and s["proprio"].shape == (14,)
