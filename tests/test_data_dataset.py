@@ -230,3 +230,35 @@ def test_mixture_of_two_datasets(root):
     a = VLADataset(root, "aloha_lift_pot", image_size=16, progress=False)
     s = a[0]
     assert s["images"].shape == (3, 16, 16, 3) and s["actions"].shape == (25, 14) and s["proprio"].shape == (14,)
+
+
+def _ddp_worker(rank, world, init_file, root, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ds = VLADataset(root, "libero_goal", image_size=16, progress=False)  # rank 0 indexes, rank 1 waits
+        sampler = GlobalSampler(ds, seed=1, rank=rank, world_size=world)
+        out.put((rank, [int(i) for i in sampler], ds.statistics["libero_goal_no_noops"]["num_transitions"]))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_share_index_and_split_the_stream(tmp_path):
+    import multiprocessing as mp
+
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, "libero_goal_no_noops", num_episodes=2, steps=[7, 6], image_size=16)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, str(tmp_path / "init"), root, q)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(q.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    (r0, a, n0), (r1, b, n1) = results
+    assert n0 == n1 == 13 and len(a) == len(b) == 7 and set(a) | set(b) == set(range(13))
+    assert len(list((root / "libero_goal_no_noops" / "1.0.0" / ".latentvla_cache").glob("index-*.npz"))) == 1

@@ -261,7 +261,9 @@ def _dist_rank() -> tuple[int, bool]:
     return 0, False
 
 
-def load_or_build_index(resolved: ResolvedDataset, split: str = "train", progress: bool = True) -> DatasetIndex:
+def load_or_build_index(resolved: ResolvedDataset, split: str = "train", progress: bool = True, sync: bool = True) -> DatasetIndex:
+    """The cached index (built on first use). With torch.distributed initialised and `sync`, rank 0
+    builds while the others wait at a barrier — every rank must then make the same calls."""
     builder = TFDSBuilderDir(resolved.path)
     if split not in builder.split_names:
         raise LatentVLAError(f"{resolved.path / 'dataset_info.json'}: dataset {resolved.name!r} has no split {split!r}; "
@@ -270,6 +272,7 @@ def load_or_build_index(resolved: ResolvedDataset, split: str = "train", progres
         raise LatentVLAError(f"{resolved.path}: dataset {resolved.name!r} split {split!r} is empty (0 episodes)")
     path = cache_dir(builder) / f"index-{index_key(resolved, builder, split)}.npz"
     rank, distributed = _dist_rank()
+    distributed = distributed and sync
     if distributed and rank != 0:
         import torch.distributed as dist
 

@@ -69,7 +69,8 @@ def _one(resolved: ResolvedDataset, split: str, progress: bool) -> dict:
                 return stats
         except (OSError, json.JSONDecodeError):
             pass  # damaged cache: recompute
-    index = load_or_build_index(resolved, split, progress=progress)
+    # No barrier here: whether the statistics cache hits can differ between ranks.
+    index = load_or_build_index(resolved, split, progress=progress, sync=False)
     stats = statistics_from_index(index, resolved.entry.platform)
     try:
         atomic_write_json(path, stats)
