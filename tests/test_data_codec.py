@@ -148,3 +148,26 @@ def test_synthetic_dataset_layout(tmp_path):
     import io
 
     assert Image.open(io.BytesIO(ep["observation/image"][0])).size == (32, 32)
+
+
+_TFDS_CHECK = """
+import sys, numpy as np, tensorflow_datasets as tfds
+b = tfds.builder_from_directory(sys.argv[1])
+eps = list(tfds.as_numpy(b.as_dataset(split="train")))
+steps = [list(e["steps"]) for e in eps]
+print(len(eps), sorted(len(s) for s in steps), int(steps[0][0]["latent_idx"].sum() >= 0), steps[0][0]["latent_z"].shape)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("LATENTVLA_TFDS_PYTHON"),
+                    reason="set LATENTVLA_TFDS_PYTHON to a python with tensorflow-datasets (never in CI)")
+def test_tensorflow_datasets_loads_writer_output(tmp_path):
+    import os
+    import subprocess
+
+    feats = {"latent_idx": tensor_feature((4,), "int64"), "latent_z": tensor_feature((4, 128))}
+    p = write_synthetic_dataset(tmp_path, "libero_goal_no_noops_latent", num_episodes=3, steps=[3, 4, 5], image_size=16,
+                                layout="libero", extra_step_features=feats)
+    out = subprocess.run([os.environ["LATENTVLA_TFDS_PYTHON"], "-c", _TFDS_CHECK, str(p)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "3 [3, 4, 5] 1 (4, 128)"
