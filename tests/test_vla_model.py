@@ -119,6 +119,8 @@ def test_one_camera_and_no_proprio(tiny_vlm_dir, vla_data_root):
     assert "proprio" not in batch and int(batch["mm_token_type_ids"][0].sum()) == 4  # one 64² image = 4 tokens
     out = model(batch)
     out["loss"].backward()
+    with pytest.raises(LatentVLAError, match="predicts no codes"):
+        model.predict_codes(batch)
     with pytest.raises(LatentVLAError, match="camera"):
         model.processor.collate([{**dataset_for(vla_data_root, make_model(tiny_vlm_dir))[0]}])
 

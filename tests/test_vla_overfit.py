@@ -58,6 +58,13 @@ def test_variant_overfits_a_few_samples(tiny_vlm_dir, vla_data_root, vla_id):
     assert last["l1"] < 0.3 * first["l1"], (first, last)
     if "code_acc" in last:
         assert last["code_acc"] > first["code_acc"] and last["ce"] < first["ce"]
+        codes = model.eval().predict_codes(batch)
+        labels = (batch["latent_idx"].flatten(1) if vla_id != "la_tok"
+                  else model.action_tokenizer.encode(batch["actions"]))
+        assert codes.shape == labels.shape
+        assert (codes == labels).float().mean() >= last["code_acc"] - 0.1
+        if vla_id == "la_tok":
+            assert model.decode_predicted_tokens(batch).shape == (4, 8, 7)
     if "cosine" in last:
         assert last["cosine"] > first["cosine"] + 0.2
     model.eval()

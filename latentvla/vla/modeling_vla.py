@@ -164,6 +164,26 @@ class LatentVLA(nn.Module):
         batch = {k: v for k, v in batch.items() if k not in ("actions", "action_pad", "latent_idx", "latent_z")}
         return self._run(self._to_device(batch))[0]
 
+    @torch.no_grad()
+    def predict_codes(self, batch: dict) -> torch.Tensor:
+        """Top-1 codes at the code slots [B, n] (la_direct/la_cond: C·P image-LAM codes step-major;
+        la_tok: P action-tokenizer codes). For analysis only; actions never depend on it."""
+        spec = self.strategy.code_slots_spec()
+        if spec is None:
+            raise LatentVLAError(f"vla_id {self.cfg.vla_id} predicts no codes")
+        slot, n, vocab = spec
+        batch = {k: v for k, v in batch.items() if k not in ("actions", "action_pad", "latent_idx", "latent_z")}
+        _, ctx = self._run(self._to_device(batch))
+        states = ctx.gather(len(ctx.hidden_states) - 1, slot, n).float()
+        return (states @ self.token_rows.output_rows(list(vocab)).float().t()).argmax(-1)
+
+    @torch.no_grad()
+    def decode_predicted_tokens(self, batch: dict) -> torch.Tensor:
+        """la_tok `--decode_tokens`: predicted codes -> actions [B, P, D] through the tokenizer's decoder."""
+        if self.cfg.vla_id != "la_tok" or self.action_tokenizer is None:
+            raise LatentVLAError("decode_tokens needs vla_id la_tok and its action tokenizer")
+        return torch.as_tensor(self.action_tokenizer.decode(self.predict_codes(batch))).float()
+
     # ------------------------------------------------------------------ weights
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}

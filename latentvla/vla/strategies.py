@@ -102,6 +102,10 @@ class Strategy(nn.Module):
     def aux_loss(self, ctx: ForwardContext) -> tuple[torch.Tensor | None, dict]:
         return None, {}
 
+    def code_slots_spec(self) -> tuple[int, int, tuple[int, ...]] | None:
+        """(slot token id, number of code slots, code vocabulary ids), or None without code prediction."""
+        return None
+
     @staticmethod
     def step_valid(ctx: ForwardContext) -> torch.Tensor:
         return ~ctx.batch["action_pad"]
@@ -150,6 +154,9 @@ class _ImageLatentCodes(Strategy):
     def code_slots(self) -> list[int]:
         return [self.ids.latent_query] * (self.C * self.P)
 
+    def code_slots_spec(self):
+        return self.ids.latent_query, self.C * self.P, self.ids.act
+
     def aux_loss(self, ctx):
         idx = ctx.batch["latent_idx"]
         if idx.ndim != 3 or idx.shape[1:] != (self.P, self.C):
@@ -196,6 +203,9 @@ class TokStrategy(Strategy):
 
     def head_query_states(self, ctx):
         return [ctx.gather(i, self.ids.latent_query, self.P) for i in ctx.head_layer_indexes]
+
+    def code_slots_spec(self):
+        return self.ids.latent_query, self.P, self.ids.la
 
     def aux_loss(self, ctx):
         tok = ctx.action_tokenizer
