@@ -136,6 +136,11 @@ def test_episode_log_drops_truncated_tail_and_rejects_corruption(tmp_path):
     recs = log.load()
     assert [r["trial"] for r in recs] == [0, 1]
     assert log.path.read_text().endswith("\n") and len(log.path.read_text().splitlines()) == 2
+    with open(log.path, "a") as f:
+        f.write(json.dumps(_rec(0, 2, True)))  # complete JSON, killed before the newline
+    assert len(log.load()) == 3
+    log.append(_rec(0, 3, True))
+    assert [r["trial"] for r in log.load()] == [0, 1, 2, 3]
     log.path.write_text("not json\n" + json.dumps(_rec(0, 0, True)) + "\n")
     with pytest.raises(LatentVLAError, match="line 1"):
         log.load()

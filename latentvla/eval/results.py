@@ -58,7 +58,7 @@ class EpisodeLog:
             if missing:
                 raise LatentVLAError(f"{self.path}: line {i + 1} lacks key(s) {', '.join(missing)}")
             records.append(rec)
-        if truncated_tail:
+        if truncated_tail or (raw and not raw.endswith(b"\n")):  # keep the next append on its own line
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
         return records
 

@@ -1,0 +1,1 @@
+"""Policy server (`latentvla serve`) and its client: websocket + msgpack numpy (docs/evaluation.md)."""
