@@ -157,14 +157,14 @@ def process_image(image: bytes | np.ndarray | Image.Image, size: int, params: Au
         img = src if isinstance(src, Image.Image) else Image.fromarray(src)
         if need_color:  # contrast pivots on the crop's channel means; a strided subsample is plenty
             a = np.asarray(img)
-            mean = a[int(box[1]):int(math.ceil(box[3])):4, int(box[0]):int(math.ceil(box[2])):4].reshape(-1, 3).mean(0)
+            mean = a[int(box[1]):int(math.ceil(box[3])):8, int(box[0]):int(math.ceil(box[2])):8].reshape(-1, 3).mean(0)
         if resize:
             img = img.resize((size, size), Image.LANCZOS, box=box)
     else:
         arr = np.asarray(src, np.uint8)
         ib = tuple(int(round(v)) for v in box)
         if need_color:
-            mean = arr[ib[1]:ib[3]:4, ib[0]:ib[2]:4].reshape(-1, 3).mean(0)
+            mean = arr[ib[1]:ib[3]:8, ib[0]:ib[2]:8].reshape(-1, 3).mean(0)
         out = _resize_torch(arr, ib, size, resample) if resize else arr
         if not need_color:
             return np.ascontiguousarray(out)
