@@ -15,10 +15,10 @@ import torch
 from latentvla.cli import main
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.errors import LatentVLAError
-from latentvla.lam.action_tokenizer import ActionChunkTokenizer
+from latentvla.lam.action_tokenizer import ActionChunkTokenizer, ActionTokenizerModel
 from latentvla.lam.action_tokenizer_checkpoint import list_checkpoints, load_tokenizer_checkpoint
 from latentvla.lam.action_tokenizer_train import train_action_tokenizer
-from latentvla.lam.configuration_action_tokenizer import ActionTrainConfig
+from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig, ActionTrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,13 +134,12 @@ def test_errors(data_root, tmp_path):
 def test_paper_checkpoint_init_and_shim(data_root, tmp_path):
     """The paper's files (3 state dicts, no config) work as --init_checkpoint; action.sh takes its
     values from the environment and passes extra arguments through."""
-    src = tmp_path / "src"
-    train_action_tokenizer(_cfg(data_root, src, num_steps=10, save_every=10))
-    raw = torch.load(src / "tokenizer_step_10.pt", weights_only=True)
+    torch.manual_seed(0)
+    m = ActionTokenizerModel(ActionTokenizerConfig(hidden_dim=32, codebook_size=64, ffn_dim=256))
     paper = tmp_path / "paper_tokenizer_step_10.pt"
-    torch.save({k: raw[k] for k in ("encoder", "vq", "decoder")}, paper)
+    torch.save({"encoder": m.encoder.state_dict(), "vq": m.vq.state_dict(), "decoder": m.decoder.state_dict()}, paper)
     env = {**os.environ, "DATA_ROOT_DIR": str(data_root), "DATA_MIX": "libero_goal", "RESULTS_DIR": str(tmp_path / "sh"),
-           "NUM_STEPS": "5", "BATCH_SIZE": "4", "SAVE_EVERY": "5", "PYTHON": sys.executable}
+           "NUM_STEPS": "5", "BATCH_SIZE": "4", "SAVE_EVERY": "5", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(REPO / "data_preprocess/action_based_lam/action.sh"), "--init_checkpoint", str(paper),
                            "--log_every", "5", "--eval_batches", "1", "--device", "cpu"],
                           env=env, capture_output=True, text=True, timeout=120)
