@@ -8,13 +8,11 @@ from the codebook in fp32.
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from latentvla.errors import LatentVLAError
 from latentvla.lam.image_lam import ImageLatentActionModel
@@ -30,11 +28,10 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def decode_frame(data: bytes, size: int) -> np.ndarray:
-    """Encoded image → uint8 [size, size, 3] (Lanczos, as the training samples)."""
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.LANCZOS)
-    return np.asarray(img, dtype=np.uint8)
+    """Encoded image → uint8 [size, size, 3], exactly as the training samples (`process_image`, no augmentation)."""
+    from latentvla.data.transforms import process_image
+
+    return process_image(data, size)
 
 
 def pair_targets(num_steps: int, offset: int) -> np.ndarray:
