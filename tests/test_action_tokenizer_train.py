@@ -146,3 +146,11 @@ def test_paper_checkpoint_init_and_shim(data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     tok = ActionChunkTokenizer.from_checkpoint(tmp_path / "sh")
     assert tok.chunk_len == 8 and tok.codebook_size == 64 and tok.platform_name == "libero"
+
+
+def test_keep_last_prunes_old_checkpoints(data_root, tmp_path):
+    report = train_action_tokenizer(_cfg(data_root, tmp_path / "k", num_steps=20, save_every=5, keep_last=2))
+    assert [s for s, _ in list_checkpoints(tmp_path / "k")] == [15, 20]
+    assert report["checkpoint"].endswith("tokenizer_step_20.pt")
+    assert not [p for p in (tmp_path / "k").iterdir() if p.name.startswith(".")]  # no temp files left
+    assert {"config.json", "dataset_statistics.json", "metrics.jsonl", "report.json"} <= {p.name for p in (tmp_path / "k").iterdir()}
