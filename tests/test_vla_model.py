@@ -315,3 +315,25 @@ def test_bad_backbone_dir(tmp_path):
         LatentVLA.from_config(VLAConfig(vlm_path=str(tmp_path)), LIBERO)
     with pytest.raises(LatentVLAError, match="multiple of 32"):
         VLAConfig(default_image_size=100).validate()
+
+
+def test_collate_errors_are_clear(tiny_vlm_dir, vla_data_root):
+    model = make_model(tiny_vlm_dir)
+    ds = dataset_for(vla_data_root, model)
+    s = dict(ds[0])
+    with pytest.raises(LatentVLAError, match="empty"):
+        model.processor.collate([])
+    with pytest.raises(LatentVLAError, match="lacks 'instruction'"):
+        model.processor.collate([{k: v for k, v in s.items() if k != "instruction"}])
+    with pytest.raises(LatentVLAError, match="NaN"):
+        model.processor.collate([{**s, "proprio": np.full(8, np.nan, np.float32)}])
+    with pytest.raises(LatentVLAError, match="proprio has 0 dims.*use_proprio=False"):
+        model.processor.collate([{**s, "proprio": np.zeros(0, np.float32)}])
+    with pytest.raises(LatentVLAError, match="NaN/inf"):
+        model.processor.collate([{**s, "actions": np.full((8, 7), np.inf, np.float32)}])
+    with pytest.raises(LatentVLAError, match="some samples only"):
+        model.processor.collate([s, {k: v for k, v in s.items() if k != "actions"}])
+    with pytest.raises(LatentVLAError, match="uint8"):
+        model.processor.collate([{**s, "images": s["images"].astype(np.float32)}])
+    batch = model.processor.collate([{**s, "images": np.zeros((2, 100, 80, 3), np.uint8)}])  # resized to 64
+    assert int(batch["mm_token_type_ids"].sum()) == 8
