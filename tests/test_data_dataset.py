@@ -262,3 +262,11 @@ def test_distributed_ranks_share_index_and_split_the_stream(tmp_path):
     (r0, a, n0), (r1, b, n1) = results
     assert n0 == n1 == 13 and len(a) == len(b) == 7 and set(a) | set(b) == set(range(13))
     assert len(list((root / "libero_goal_no_noops" / "1.0.0" / ".latentvla_cache").glob("index-*.npz"))) == 1
+
+
+def test_png_images_and_metaworld_layout(tmp_path):
+    write_synthetic_dataset(tmp_path, "metaworld_demo", num_episodes=2, steps=5, image_size=20, encoding="png")
+    ds = VLADataset(tmp_path, "metaworld_demo", image_size=16, window_size=4, progress=False)
+    s = ds[3]
+    assert ds.platform.name == "metaworld" and s["images"].shape == (2, 16, 16, 3)
+    assert s["actions"].shape == (4, 4) and s["proprio"].shape == (4,)
