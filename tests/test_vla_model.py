@@ -337,3 +337,30 @@ def test_collate_errors_are_clear(tiny_vlm_dir, vla_data_root):
         model.processor.collate([{**s, "images": s["images"].astype(np.float32)}])
     batch = model.processor.collate([{**s, "images": np.zeros((2, 100, 80, 3), np.uint8)}])  # resized to 64
     assert int(batch["mm_token_type_ids"].sum()) == 8
+
+
+def test_a_sixth_variant_is_one_strategy_class(tiny_vlm_dir, vla_data_root):
+    from latentvla.vla.strategies import BaselineStrategy, register_strategy
+
+    @register_strategy("test_double_slots")
+    class DoubleSlots(BaselineStrategy):
+        """Two action-query slots per step, the head reads the second of each pair."""
+
+        def slot_ids(self):
+            return [self.ids.action_query] * (2 * self.P)
+
+        def head_query_states(self, ctx):
+            return [ctx.gather(i, self.ids.action_query, 2 * self.P)[:, 1::2] for i in ctx.head_layer_indexes]
+
+    try:
+        model = make_model(tiny_vlm_dir, "test_double_slots")
+        batch = batch_for(vla_data_root, model)
+        assert int((batch["input_ids"] == model.ids.action_query).sum(1)[0]) == 16
+        out = model(batch)
+        out["loss"].backward()
+        assert out["actions"].shape == (4, 8, 7)
+    finally:
+        from latentvla.vla.configuration_vla import EXTRA_VLA_IDS
+
+        STRATEGIES.pop("test_double_slots", None)
+        EXTRA_VLA_IDS.remove("test_double_slots")

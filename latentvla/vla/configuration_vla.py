@@ -18,6 +18,12 @@ from latentvla.config import arg
 from latentvla.errors import LatentVLAError
 
 VLA_IDS = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
+# Variants registered at runtime by `strategies.register_strategy` beyond the five built-ins.
+EXTRA_VLA_IDS: list[str] = []
+
+
+def known_vla_ids() -> tuple[str, ...]:
+    return VLA_IDS + tuple(i for i in EXTRA_VLA_IDS if i not in VLA_IDS)
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -52,8 +58,8 @@ class VLAConfig:
     dtype: str = arg("auto", "Backbone weight dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16, float32.")
 
     def validate(self) -> None:
-        if self.vla_id not in VLA_IDS:
-            raise LatentVLAError(f"vla_id {self.vla_id!r} is unknown; expected one of {', '.join(VLA_IDS)}")
+        if self.vla_id not in known_vla_ids():
+            raise LatentVLAError(f"vla_id {self.vla_id!r} is unknown; expected one of {', '.join(known_vla_ids())}")
         if self.default_image_size < 32 or self.default_image_size % 32:
             raise LatentVLAError(f"default_image_size must be a positive multiple of 32, got {self.default_image_size}")
         for name in ("codebook_size", "latent_codebook_size", "latent_codes_per_step", "latent_dim", "head_num_heads",

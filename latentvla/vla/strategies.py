@@ -3,7 +3,8 @@
 A strategy decides (1) the query slots appended to the prompt, (2) which slot states the action
 head reads (one [B, P, H] per head layer) and (3) its auxiliary loss + metrics. Everything else
 (backbone pass, head, L1) is shared in `LatentVLA`. Adding a variant = one subclass registered
-with `@register_strategy("name")` (and its name added to `VLA_IDS` for the CLI).
+with `@register_strategy("name")`; `VLAConfig(vla_id="name")` then accepts it (the training CLI
+lists the five built-in ids in `--vla_id`'s help).
 
 Code prediction (la_direct, la_cond, la_tok) multiplies the final-layer states AT THE CODE SLOTS
 by the output rows of the code tokens only: [B, n_slots, K] logits, never full-vocabulary logits.
@@ -27,8 +28,12 @@ STRATEGIES: dict[str, type["Strategy"]] = {}
 
 def register_strategy(name: str) -> Callable[[type["Strategy"]], type["Strategy"]]:
     def deco(cls):
+        from latentvla.vla.configuration_vla import EXTRA_VLA_IDS, VLA_IDS
+
         cls.name = name
         STRATEGIES[name] = cls
+        if name not in VLA_IDS and name not in EXTRA_VLA_IDS:
+            EXTRA_VLA_IDS.append(name)
         return cls
     return deco
 
