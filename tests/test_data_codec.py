@@ -171,3 +171,23 @@ def test_tensorflow_datasets_loads_writer_output(tmp_path):
     out = subprocess.run([os.environ["LATENTVLA_TFDS_PYTHON"], "-c", _TFDS_CHECK, str(p)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "3 [3, 4, 5] 1 (4, 128)"
+
+
+def test_legacy_features_json_layout():
+    legacy = {"type": "tensorflow_datasets.core.features.features_dict.FeaturesDict", "content": {
+        "steps": {"type": "tensorflow_datasets.core.features.dataset_feature.Dataset", "content": {"length": None, "feature": {
+            "type": "tensorflow_datasets.core.features.features_dict.FeaturesDict", "content": {
+                "action": {"type": "tensorflow_datasets.core.features.tensor_feature.Tensor", "content": {"shape": [7], "dtype": "float32"}},
+                "is_first": {"type": "tensorflow_datasets.core.features.tensor_feature.Tensor", "content": {"shape": [], "dtype": "bool"}},
+                "language_instruction": {"type": "tensorflow_datasets.core.features.text_feature.Text", "content": {}},
+                "observation": {"type": "tensorflow_datasets.core.features.features_dict.FeaturesDict", "content": {
+                    "image": {"type": "tensorflow_datasets.core.features.image_feature.Image",
+                              "content": {"shape": [128, 128, 3], "dtype": "uint8", "encoding_format": "jpeg"}}}}}}}}}}
+    flat = parse_features_json(legacy)
+    assert flat["steps/action"].shape == (7,) and flat["steps/action"].in_steps
+    assert flat["steps/is_first"].dtype == "bool" and flat["steps/language_instruction"].kind == "text"
+    assert flat["steps/observation/image"].shape == (128, 128, 3) and flat["steps/observation/image"].encoding == "jpeg"
+    bad = {"pythonClassName": "tensorflow_datasets.core.features.tensor_feature.Tensor",
+           "tensor": {"shape": {"dimensions": ["-1", "3"]}, "dtype": "float32", "encoding": "none"}}
+    with pytest.raises(LatentVLAError, match="variable-size shape"):
+        parse_features_json({"featuresDict": {"features": {"x": bad}}, "pythonClassName": "FeaturesDict"})

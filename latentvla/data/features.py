@@ -103,17 +103,60 @@ def _short_class(node: Mapping, where: str) -> str:
     raise LatentVLAError(f"{where}: feature node without pythonClassName")
 
 
-def _shape(node: Mapping) -> tuple[int, ...]:
-    dims = (node.get("shape") or {}).get("dimensions", [])
-    return tuple(int(d) for d in dims)
+def _shape(node: Mapping, where: str = "features.json") -> tuple[int, ...]:
+    dims = tuple(int(d) for d in (node.get("shape") or {}).get("dimensions", []))
+    if any(d < 0 for d in dims):
+        raise LatentVLAError(f"{where}: variable-size shape {list(dims)} is not supported (fixed shapes only)")
+    return dims
+
+
+def _dims(shape: Any) -> dict:
+    if isinstance(shape, Mapping):
+        return {"dimensions": [str(d) for d in shape.get("dimensions", [])]}
+    return {"dimensions": [str(-1 if d is None else d) for d in (shape or [])]}
+
+
+def legacy_to_proto_json(node: Any) -> Any:
+    """Convert the pre-4.7 TFDS layout `{"type": "...Class", "content": {...}}` to the current one."""
+    if not isinstance(node, Mapping) or "type" not in node or "pythonClassName" in node:
+        return node
+    cls = str(node["type"])
+    short = cls.rsplit(".", 1)[-1]
+    content = node.get("content") or {}
+    full = CLASS_NAMES.get(short, cls)
+    if short == "FeaturesDict":
+        feats = content.get("features", content) if isinstance(content, Mapping) else {}
+        return {"featuresDict": {"features": {k: legacy_to_proto_json(v) for k, v in feats.items()}}, "pythonClassName": full}
+    if short in ("Dataset", "Sequence"):
+        length = content.get("length")
+        return {"pythonClassName": full, "sequence": {"feature": legacy_to_proto_json(content.get("feature")),
+                                                       "length": str(-1 if length is None else length)}}
+    if short == "Image":
+        enc = content.get("encoding_format", content.get("encodingFormat")) or "png"
+        return {"pythonClassName": full, "image": {"shape": _dims(content.get("shape")), "dtype": content.get("dtype", "uint8"),
+                                                     "encodingFormat": enc}}
+    if short in ("Tensor", "Scalar"):
+        return {"pythonClassName": full, "tensor": {"shape": _dims(content.get("shape")), "dtype": content.get("dtype", "float32"),
+                                                      "encoding": content.get("encoding", "none")}}
+    if short == "Text":
+        return {"pythonClassName": full, "text": {}}
+    if short == "ClassLabel":
+        return {"pythonClassName": full, "classLabel": {"numClasses": str(content.get("num_classes", content.get("numClasses", 0)))}}
+    return {"pythonClassName": full}
 
 
 def parse_features_json(data: Mapping, source: str = "features.json") -> dict[str, FeatureSpec]:
-    """Flatten a features.json tree into {path: FeatureSpec} (order as in the file)."""
+    """Flatten a features.json tree into {path: FeatureSpec} (order as in the file).
+
+    Both the current layout (`pythonClassName` + typed sub-message) and the legacy one
+    (`{"type": ..., "content": ...}`, TFDS < 4.7) are accepted.
+    """
     out: dict[str, FeatureSpec] = {}
+    data = legacy_to_proto_json(data)
 
     def walk(node: Mapping, path: str, in_steps: bool) -> None:
         where = f"{source}: feature {path or '<root>'!r}"
+        node = legacy_to_proto_json(node)
         if not isinstance(node, Mapping):
             raise LatentVLAError(f"{where}: expected an object")
         cls = _short_class(node, where)
@@ -138,11 +181,12 @@ def parse_features_json(data: Mapping, source: str = "features.json") -> dict[st
             if enc not in ("none", ""):
                 raise LatentVLAError(f"{where}: tensor encoding {enc!r} is not supported (only 'none')")
             _check_dtype(dtype, where)
-            out[path] = FeatureSpec("scalar" if cls == "Scalar" else "tensor", _shape(t), dtype, "none", desc, in_steps)
+            out[path] = FeatureSpec("scalar" if cls == "Scalar" else "tensor", _shape(t, where), dtype, "none", desc, in_steps)
         elif cls == "Image":
             im = node.get("image") or {}
             enc = str(im.get("encodingFormat", "png") or "png")
-            out[path] = FeatureSpec("image", _shape(im), str(im.get("dtype", "uint8")), enc, desc, in_steps)
+            shape = tuple(int(d) for d in (im.get("shape") or {}).get("dimensions", []))  # -1 (any size) is fine for images
+            out[path] = FeatureSpec("image", shape, str(im.get("dtype", "uint8")), enc, desc, in_steps)
         elif cls == "Text":
             out[path] = FeatureSpec("text", (), "string", "none", desc, in_steps)
         elif cls == "ClassLabel":
