@@ -229,5 +229,5 @@ def decode_episode(raw: Mapping[str, Any], specs: Mapping[str, FeatureSpec], whe
     return ep
 
 
-# The writer lives in its own module (size); re-exported here so `from latentvla.data.tfds import TFDSWriter` works.
+# The writer lives in its own module (keeps files small); re-exported here so `from latentvla.data.tfds import TFDSWriter` works.
 from latentvla.data.tfds_writer import TFDSWriter, encode_episode, encode_image, write_tfds_dataset  # noqa: E402,F401
