@@ -251,13 +251,19 @@ class ImageLatentActionModel(nn.Module):
         x = torch.cat(parts, dim=1)[:, None]  # [B, 1, S, D]
         return self.decoder(x, lang, lang_mask)[:, 0, -feats_t.shape[1]:]
 
-    def forward(self, frames: torch.Tensor, instructions: list[str] | None = None) -> dict:
-        """frames float [B, 2, 3, H, W] in [0, 1] → codes, reconstruction and its target."""
+    def forward(self, frames: torch.Tensor, instructions: list[str] | None = None,
+                action_select: torch.Tensor | None = None) -> dict:
+        """frames float [B, 2, 3, H, W] in [0, 1] → codes, reconstruction and its target.
+
+        `action_select` (indices into the batch): also regress those pairs' action chunks from the mean
+        task-centric code (`out["action_pred"]` [n, k·D]); inside forward so DDP sees the head used.
+        """
         b = frames.shape[0]
         feats = self.dino_features(frames.flatten(0, 1)).view(b, 2, -1, self.config.dino_dim)
-        return self.forward_features(feats, instructions)
+        return self.forward_features(feats, instructions, action_select)
 
-    def forward_features(self, feats: torch.Tensor, instructions: list[str] | None = None) -> dict:
+    def forward_features(self, feats: torch.Tensor, instructions: list[str] | None = None,
+                         action_select: torch.Tensor | None = None) -> dict:
         lang = lang_mask = None
         if self.config.stage == 1:
             lang, lang_mask = self.encode_text(list(instructions or [""] * feats.shape[0]))
@@ -267,6 +273,10 @@ class ImageLatentActionModel(nn.Module):
         out = self.quantize(feats_in, lang, lang_mask)
         out["recon"] = self.decode(feats_in[:, 0], out, lang, lang_mask)
         out["target"] = feats[:, 1]
+        head = getattr(self, "action_decoder", None)
+        if action_select is not None and head is not None:
+            out["action_select"] = action_select
+            out["action_pred"] = head(out["z_q"][action_select].mean(dim=1))
         return out
 
     @torch.no_grad()

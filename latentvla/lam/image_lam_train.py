@@ -101,8 +101,16 @@ def build_model(cfg: ImageLAMTrainConfig, action_dim: int) -> ImageLatentActionM
 
 # ----------------------------------------------------------------------------- losses
 
-def compute_losses(model: ImageLatentActionModel, out: dict, actions: torch.Tensor, cfg: ImageLAMTrainConfig,
-                   gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+def pick_action_subset(batch_size: int, cfg: ImageLAMTrainConfig, gen: torch.Generator) -> torch.Tensor | None:
+    """Indices of the pairs that get the action loss this step (a random `--action_loss_fraction`)."""
+    if cfg.stage != 2 or cfg.action_loss_weight <= 0 or cfg.action_loss_fraction <= 0:
+        return None
+    n = max(1, int(round(cfg.action_loss_fraction * batch_size)))
+    return torch.randperm(batch_size, generator=gen)[:n]
+
+
+def compute_losses(model: ImageLatentActionModel, out: dict, actions: torch.Tensor,
+                   cfg: ImageLAMTrainConfig) -> tuple[torch.Tensor, dict]:
     recon = F.mse_loss(out["recon"].float(), out["target"].float())
     total = recon
     metrics = {"recon_loss": recon.detach()}
@@ -116,13 +124,9 @@ def compute_losses(model: ImageLatentActionModel, out: dict, actions: torch.Tens
         total = total + cb + cfg.commitment_weight * commit
         metrics[f"codebook_loss_{name}"] = cb.detach()
         metrics[f"commit_loss_{name}"] = commit.detach()
-    head = getattr(model, "action_decoder", None)
-    if head is not None and cfg.action_loss_weight > 0 and cfg.action_loss_fraction > 0:
-        b = actions.shape[0]
-        n = max(1, int(round(cfg.action_loss_fraction * b)))
-        sel = torch.randperm(b, generator=gen)[:n].to(actions.device)
-        pred = head(out["z_q"][sel].mean(dim=1)).float()
-        target = actions[sel].reshape(n, -1).float()
+    if "action_pred" in out:
+        pred = out["action_pred"].float()
+        target = actions[out["action_select"].to(actions.device)].reshape(pred.shape[0], -1).float()
         if pred.shape != target.shape:
             raise LatentVLAError(f"action chunk of the pair has {target.shape[1]} values, the action head predicts "
                                  f"{pred.shape[1]} (pair_offset × action_dim)")
@@ -210,7 +214,8 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
 
     cfg.validate()
     rank, world, local_rank = _init_distributed()
-    device = pick_device(cfg.device if cfg.device or world == 1 else f"cuda:{local_rank}")
+    default = f"cuda:{local_rank}" if world > 1 and torch.cuda.is_available() else None
+    device = pick_device(cfg.device or default)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     seed_everything(cfg.seed + rank)
@@ -238,7 +243,8 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
         opt.load_state_dict(start_state["optimizer"])
         scaler.load_state_dict(start_state["scaler"])
         consumed = int(start_state["consumed"])
-        print(f"resuming {run_dir} from {ckpt.name}")
+        if rank == 0:
+            print(f"resuming {run_dir} from {ckpt.name}")
     elif done:
         raise LatentVLAError(f"{run_dir} already holds checkpoints; pass --resume True or another --run_id")
     if step >= cfg.max_steps:
@@ -276,9 +282,10 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
     for batch in stream:
         frames = batch["frames"].to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255.0)
         actions = batch["actions"].to(device, non_blocking=True)
+        select = pick_action_subset(frames.shape[0], cfg, gen)
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            out = ddp_model(frames, batch.get("instruction"))
-            loss, metrics = compute_losses(model, out, actions, cfg, gen)
+            out = ddp_model(frames, batch.get("instruction"), select.to(device) if select is not None else None)
+            loss, metrics = compute_losses(model, out, actions, cfg)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
