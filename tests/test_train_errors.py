@@ -120,3 +120,21 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     assert "linear-warmup+cosine-decay" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--default_image_size", "100")
     assert "multiple of 32" in err
+
+
+def test_missing_logger_backend_or_device(capsys, tmp_path, tiny_vlm_dir, plain_data_root, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("wandb") is None:
+        err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--use_wandb", "True")
+        assert "wandb" in err and "pip install" in err
+    if importlib.util.find_spec("swanlab") is None:
+        monkeypatch.setenv("ENABLE_SWANLAB", "1")
+        err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root)
+        assert "swanlab" in err
+        monkeypatch.delenv("ENABLE_SWANLAB")
+    if not torch.cuda.is_available():
+        err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--device", "cuda")
+        assert "CUDA" in err

@@ -114,6 +114,26 @@ def check_pretrained(path: str) -> None:
                              "train (model.safetensors + config.json), e.g. <run>/checkpoints/step_N")
 
 
+def _check_backends(cfg: TrainConfig) -> None:
+    """Requested loggers installed, requested device present (else the error would come after loading)."""
+    import importlib.util
+
+    from latentvla.train.loggers import swanlab_enabled
+
+    wanted = [("wandb", "--use_wandb True", cfg.use_wandb), ("swanlab", "ENABLE_SWANLAB=1", swanlab_enabled()),
+              ("tensorboard", "--use_tensorboard True", cfg.use_tensorboard)]
+    for module, why, on in wanted:
+        if on and importlib.util.find_spec(module) is None:
+            raise LatentVLAError(f"{why} needs the {module} package: pip install 'latentvla[{module}]'")
+    if cfg.device is not None:
+        import torch
+
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise LatentVLAError(f"--device {cfg.device}: no CUDA device is available (use --device cpu or leave it out)")
+        if not (cfg.device.startswith("cuda") or cfg.device == "cpu"):
+            raise LatentVLAError(f"--device {cfg.device!r}: expected cuda, cuda:N or cpu")
+
+
 def preflight(cfg: TrainConfig) -> PreflightResult:
     """All file-level checks; cheap (reads JSON metadata and, for la_tok, the small tokenizer)."""
     from latentvla.data.registry import resolve_data_mix
@@ -144,6 +164,7 @@ def preflight(cfg: TrainConfig) -> PreflightResult:
         res.notes.append(f"--action_tokenizer_ckpt is only used by la_tok; ignored for {cfg.vla_id}")
     if cfg.pretrained_checkpoint:
         check_pretrained(cfg.pretrained_checkpoint)
+    _check_backends(cfg)
     if cfg.use_latent is not None and cfg.use_latent != bool(keys or cfg.vla_id == "la_tok"):
         res.notes.append(f"--use_latent {cfg.use_latent} ignored: --vla_id {cfg.vla_id} decides which labels are used")
     if cfg.shuffle_buffer_size != 256000:

@@ -157,6 +157,11 @@ class Trainer:
         if resume_from is not None:
             load_weights(Path(resume_from), model)  # before wrapping: FSDP shards what is loaded
             start = torch.load(Path(resume_from) / TRAINING_STATE, map_location="cpu", weights_only=False)
+            if int(start.get("world_size", 1)) != info.world_size:
+                raise LatentVLAError(
+                    f"{resume_from} was written by {start.get('world_size')} process(es); resume it with the same "
+                    f"number (now {info.world_size}) so the data stream continues exactly, or warm-start from it with "
+                    "--from_pretrained True --pretrained_checkpoint DIR in a new run")
         self.wrapped = D.wrap_model(model, info, settings.strategy, mixed_bf16=self.autocast)
         self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
         if not self.params:
@@ -197,12 +202,7 @@ class Trainer:
             self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.step = int(st["step"])
-        rngs = st.get("rng", [])
-        if len(rngs) == self.info.world_size:
-            _set_rng_state(rngs[self.info.rank])
-        elif self.info.is_main:
-            print(f"[latentvla train] note: checkpoint was written by {len(rngs)} process(es), now {self.info.world_size}; "
-                  "RNG state not restored (data order is)")
+        _set_rng_state(st["rng"][self.info.rank])
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Full (unsharded) trainable weights on CPU; a collective under FSDP (all ranks call it)."""
