@@ -142,3 +142,14 @@ def test_undecodable_image_bytes(capsys, tmp_path):
         ds[10]
     rc, _, err = cli(capsys, "data", "inspect", "--data_root_dir", str(tmp_path / "dst"), "--data_mix", "libero_goal", "--episode", "1")
     assert rc == 2 and "episode 1 step 4" in err and "cannot decode image" in err
+
+
+def test_too_few_cameras_for_platform(tmp_path):
+    _root(tmp_path)
+    reg = tmp_path / "reg.yaml"
+    reg.write_text("datasets:\n  - {name: libero_goal_no_noops, platform: libero, image_keys: [image], "
+                   "proprio_keys: ['state'], action_standardization: libero_gripper}\n")
+    with pytest.raises(LatentVLAError, match="lists 1 camera.*platform 'libero' uses 2.*use_wrist_image False"):
+        VLADataset(tmp_path, "libero_goal_no_noops", dataset_registry=reg, progress=False)
+    ds = VLADataset(tmp_path, "libero_goal_no_noops", dataset_registry=reg, use_wrist_image=False, image_size=16, progress=False)
+    assert ds[0]["images"].shape == (1, 16, 16, 3)

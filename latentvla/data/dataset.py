@@ -236,8 +236,14 @@ class VLADataset(_MixDataset):
         self.resample = _check_resample(resample)
         self.train, self.image_aug = bool(train), bool(image_aug)
         self.use_wrist_image, self.use_proprio = bool(use_wrist_image), bool(use_proprio)
-        ncam = min(self.platform.num_cameras, len(self.indexes[0].camera_keys))
-        self.num_cameras = ncam if self.use_wrist_image else 1
+        if self.use_wrist_image:
+            for r, ix in zip(self.resolved, self.indexes):
+                if len(ix.camera_keys) < self.platform.num_cameras:
+                    raise LatentVLAError(
+                        f"dataset {r.name!r}: its registry entry lists {len(ix.camera_keys)} camera(s) {ix.camera_keys} but "
+                        f"platform {self.platform.name!r} uses {self.platform.num_cameras}; add image_keys or pass "
+                        f"--use_wrist_image False")
+        self.num_cameras = self.platform.num_cameras if self.use_wrist_image else 1
 
     def __getitem__(self, i) -> dict[str, Any]:
         d, e, t = self.locate(i)
