@@ -11,6 +11,8 @@ import torch
 from latentvla.cli import main as cli_main
 from latentvla.errors import LatentVLAError
 
+from image_lam_helpers import hf_to_original_dino, univla_lightning_ckpt  # noqa: E402  (tests/ helper)
+
 TINY = dict(model_dim=32, enc_blocks=1, dec_blocks=1, num_heads=2, latent_dim=16, codebook_size=8, num_codes=4,
             dino_dim=32, num_patches=16, image_size=56, pair_offset=4, action_dim=7)
 
@@ -40,35 +42,6 @@ def tiny_model(dino_dir: Path, **over):
 
     torch.manual_seed(0)
     return ImageLatentActionModel(ImageLAMConfig(**{**TINY, **over}), dino=load_dino(dino_dir)).eval()
-
-
-def hf_to_original_dino(sd: dict, layers: int) -> dict:
-    """Inverse of the loader's mapping: transformers names → original torch-hub DINOv2 names."""
-    out = {"cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
-           "register_tokens": sd["embeddings.register_tokens"], "mask_token": sd["embeddings.mask_token"],
-           "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
-           "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
-           "norm.weight": sd["layernorm.weight"], "norm.bias": sd["layernorm.bias"]}
-    for i in range(layers):
-        h, o = f"encoder.layer.{i}.", f"blocks.{i}."
-        for kind in ("weight", "bias"):
-            out[o + f"attn.qkv.{kind}"] = torch.cat([sd[h + f"attention.{p}_proj.{kind}"] for p in "qkv"])
-            out[o + f"attn.proj.{kind}"] = sd[h + f"attention.o_proj.{kind}"]
-            for n in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
-                out[o + f"{n}.{kind}"] = sd[h + f"{n}.{kind}"]
-        out[o + "ls1.gamma"] = sd[h + "layer_scale1.lambda1"]
-        out[o + "ls2.gamma"] = sd[h + "layer_scale2.lambda1"]
-    return out
-
-
-def univla_lightning_ckpt(model, path: Path, layers: int, with_action_decoder: bool = False) -> Path:
-    """A Lightning checkpoint in UniVLA's layout (lam.<name>, dino_encoder.* original layout)."""
-    sd = {f"lam.{k}": v.clone() for k, v in model.lam_state_dict().items()
-          if with_action_decoder or not k.startswith("action_decoder.")}
-    dino = {k[len("model."):]: v for k, v in model.dino_encoder.state_dict().items()}
-    sd.update({f"lam.dino_encoder.{k}": v.clone() for k, v in hf_to_original_dino(dino, layers).items()})
-    torch.save({"state_dict": sd, "epoch": 0, "global_step": 10}, path)
-    return path
 
 
 def test_tiny_dino_loads_with_transformers(dino_dir):

@@ -39,7 +39,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lamtrain")
     write_synthetic_dataset(root / "data", name="libero_goal_no_noops", num_episodes=8, steps=24, image_size=56,
                             action_fn=_action)
-    assert cli_main(["tiny-dino", str(root / "dino"), "--num_layers", "1"]) == 0
+    # one head: UniVLA-layout (original DINOv2) weights imply 64-wide heads
+    assert cli_main(["tiny-dino", str(root / "dino"), "--num_layers", "1", "--num_heads", "1"]) == 0
     return root
 
 
@@ -130,3 +131,29 @@ def test_stage_one_then_stage_two(setup, capsys):
     assert not torch.equal(w2["action_latent"], w1["action_latent"])  # carried, then trained
     assert cli_main(_argv(setup, "s3", "--max_steps", "1", "--stage", "1")) == 2
     assert "needs --t5_path" in capsys.readouterr().err
+
+
+def test_post_train_univla_stage_two_checkpoint(setup, capsys):
+    """The paper's workflow: --lam_path UniVLA .ckpt (DINO inside, no action head), no --dino_path."""
+    from safetensors.torch import load_file
+
+    from image_lam_helpers import hf_to_original_dino, univla_lightning_ckpt
+    from latentvla.lam.configuration_image_lam import ImageLAMConfig
+    from latentvla.lam.dino import load_dino
+    from latentvla.lam.image_lam import ImageLatentActionModel
+
+    torch.manual_seed(1)
+    src = ImageLatentActionModel(ImageLAMConfig(model_dim=32, enc_blocks=1, dec_blocks=1, num_heads=2, latent_dim=16,
+                                                codebook_size=8, dino_dim=32, num_patches=16, image_size=56,
+                                                pair_offset=2), dino=load_dino(setup / "dino"))
+    ckpt = univla_lightning_ckpt(src, setup / "lam-stage-2.ckpt", layers=1)
+    argv = [a for a in _argv(setup, "post", "--max_steps", "2", "--lam_path", str(ckpt)) if a != str(setup / "dino")]
+    argv.remove("--dino_path")
+    assert cli_main(argv) == 0
+    assert "action-regression head starts from random initialisation" in capsys.readouterr().out
+    out = load_file(str(setup / "runs" / "post" / "checkpoints" / "step_2" / "model.safetensors"))
+    torch.testing.assert_close(out["vq.codebook.weight"], src.vq.codebook.weight)  # frozen in stage 2
+    dino = {k[len("dino_encoder.model."):]: v for k, v in out.items() if k.startswith("dino_encoder.model.")}
+    ref = {k[len("model."):]: v for k, v in src.dino_encoder.state_dict().items()}
+    for k, v in hf_to_original_dino(dino, 1).items():
+        torch.testing.assert_close(v, hf_to_original_dino(ref, 1)[k], msg=k)

@@ -107,9 +107,11 @@ def default_output_dir(src: TFDSBuilderDir) -> Path:
 # ----------------------------------------------------------------------------- annotation
 
 class Annotator:
-    def __init__(self, labeler, *, episodes_per_batch_frames: int | None = None):
+    """Streams a shard's records, labelling episodes in groups of about `labeler.batch_size` frames."""
+
+    def __init__(self, labeler):
         self.labeler = labeler
-        self.flush_frames = episodes_per_batch_frames or labeler.batch_size
+        self.flush_frames = labeler.batch_size
 
     def annotated_records(self, shard: Path, image_path: str, progress=None) -> Iterator[bytes]:
         """Records of `shard` with latent labels appended, in order."""

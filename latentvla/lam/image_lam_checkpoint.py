@@ -87,24 +87,12 @@ def load_image_lam(path: str | Path, *, dino_path: str | None = None, t5_path: s
             tensors = load_file(str(path / "model.safetensors"))
         except Exception as e:
             raise LatentVLAError(f"{path}/model.safetensors: cannot read ({e})") from None
-        if dino_path:
-            dino = load_dino(dino_path)
-        else:
-            dino = dino_from_config_dict(meta["dino"])
-            dsd = {k[len("dino_encoder."):]: v for k, v in tensors.items() if k.startswith("dino_encoder.")}
-            missing, unexpected = dino.load_state_dict(dsd, strict=False)
-            if missing:
-                raise LatentVLAError(f"{path}: checkpoint lacks DINO weights ({missing[:3]}); pass --dino_path")
+        dino = load_dino(dino_path) if dino_path else _stored_dino(path, meta, tensors)
         model = _build(cfg, dino, t5_path or meta.get("t5_path"), with_text_encoder)
         load_lam_weights(model, tensors, strict=strict, source=str(path))
         return model.float().eval(), {"step": int(meta.get("step", 0)), "source": str(path), "t5_path": meta.get("t5_path")}
     sd = read_lightning_state_dict(path)
-    if is_original_dino_state_dict(sd, "dino_encoder.") and not dino_path:
-        dino = dino_from_original(sd, "dino_encoder.", source=f"{path} (dino_encoder.*)")
-    elif dino_path:
-        dino = load_dino(dino_path)
-    else:
-        raise LatentVLAError(f"{path}: checkpoint carries no dino_encoder weights; pass --dino_path")
+    dino = load_dino(dino_path) if dino_path else _stored_dino(path, None, sd)
     # The public DINOv2 weights are stored at 518 px; UniVLA feeds 224 px frames (256 patches).
     native = int(dino.model.config.image_size)
     image_size = 224 if native == 518 else native
@@ -113,6 +101,30 @@ def load_image_lam(path: str | Path, *, dino_path: str | None = None, t5_path: s
     model = _build(cfg, dino, t5_path, with_text_encoder)
     load_lam_weights(model, rename_for_stage(sd, cfg.stage), strict=strict, source=str(path))
     return model.float().eval(), {"step": 0, "source": str(path), "t5_path": t5_path}
+
+
+def _stored_dino(path: Path, meta: dict | None, tensors: dict) -> DinoFeatures:
+    """The DINO backbone inside a checkpoint: ours (`meta` given, HF names) or UniVLA's (original layout)."""
+    if meta is None:
+        if not is_original_dino_state_dict(tensors, "dino_encoder."):
+            raise LatentVLAError(f"{path}: checkpoint carries no dino_encoder weights; pass --dino_path")
+        return dino_from_original(tensors, "dino_encoder.", source=f"{path} (dino_encoder.*)")
+    dino = dino_from_config_dict(meta["dino"])
+    dsd = {k[len("dino_encoder."):]: v for k, v in tensors.items() if k.startswith("dino_encoder.")}
+    missing = dino.load_state_dict(dsd, strict=False).missing_keys
+    if missing:
+        raise LatentVLAError(f"{path}: checkpoint lacks DINO weights ({missing[:3]}); pass --dino_path")
+    return dino
+
+
+def checkpoint_dino(path: str | Path) -> DinoFeatures:
+    """The frozen DINO stored in a LAM checkpoint of either format (for `--lam_path` without `--dino_path`)."""
+    path = Path(path)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        return _stored_dino(path, read_checkpoint_config(path), load_file(str(path / "model.safetensors")))
+    return _stored_dino(path, None, read_lightning_state_dict(path))
 
 
 def read_lam_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:

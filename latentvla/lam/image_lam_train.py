@@ -41,28 +41,10 @@ from latentvla.utils.seeding import seed_everything
 # ----------------------------------------------------------------------------- model set-up
 
 def _load_dino(cfg: ImageLAMTrainConfig):
-    from latentvla.lam.dino import dino_from_config_dict, dino_from_original, is_original_dino_state_dict, load_dino
+    from latentvla.lam.dino import load_dino
+    from latentvla.lam.image_lam_checkpoint import checkpoint_dino
 
-    if cfg.dino_path:
-        return load_dino(cfg.dino_path)
-    path = Path(cfg.lam_path)
-    if path.is_dir():
-        from safetensors.torch import load_file
-
-        from latentvla.lam.image_lam_checkpoint import read_checkpoint_config
-
-        dino = dino_from_config_dict(read_checkpoint_config(path)["dino"])
-        sd = {k[len("dino_encoder."):]: v for k, v in load_file(str(path / "model.safetensors")).items()
-              if k.startswith("dino_encoder.")}
-        if dino.load_state_dict(sd, strict=False).missing_keys:
-            raise LatentVLAError(f"--lam_path {path}: carries no DINO weights; pass --dino_path")
-        return dino
-    from latentvla.lam.univla_checkpoint import read_lightning_state_dict
-
-    sd = read_lightning_state_dict(path)
-    if not is_original_dino_state_dict(sd, "dino_encoder."):
-        raise LatentVLAError(f"--lam_path {path}: carries no dino_encoder weights; pass --dino_path")
-    return dino_from_original(sd, "dino_encoder.", source=f"--lam_path {path}")
+    return load_dino(cfg.dino_path) if cfg.dino_path else checkpoint_dino(cfg.lam_path)
 
 
 def build_model(cfg: ImageLAMTrainConfig, action_dim: int) -> ImageLatentActionModel:
