@@ -11,7 +11,7 @@ import torch
 from latentvla.cli import main as cli_main
 from latentvla.errors import LatentVLAError
 
-from image_lam_helpers import hf_to_original_dino, univla_lightning_ckpt  # noqa: E402  (tests/ helper)
+from image_lam_helpers import hf_to_original_dino, univla_lightning_ckpt  # tests/ helper module
 
 TINY = dict(model_dim=32, enc_blocks=1, dec_blocks=1, num_heads=2, latent_dim=16, codebook_size=8, num_codes=4,
             dino_dim=32, num_patches=16, image_size=56, pair_offset=4, action_dim=7)
