@@ -177,3 +177,19 @@ def test_libero_config_written_without_prompt_and_bad_suite(tmp_path, monkeypatc
     assert states.ndim == 2 and states.shape[0] >= 50
     with pytest.raises(LatentVLAError, match="unknown suite"):
         LiberoSuite("libero_100", libero)
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    from latentvla.cli import main
+
+    base = ["eval", "libero", "--output_dir", str(tmp_path / "o"), "--log_dir", str(tmp_path / "l")]
+    cases = {
+        "has tasks 0..9": ["--policy", "zero", "--task_ids", "[42]"],
+        "has only 50 fixed initial states": ["--policy", "zero", "--max_tasks", "1", "--num_trials_per_task", "51"],
+        "not a directory": ["--pretrained_checkpoint", str(tmp_path / "missing")],
+        "--pretrained_checkpoint DIR is required": [],
+        "expected HOST:PORT": ["--policy_server", "nowhere"],
+    }
+    for message, argv in cases.items():
+        assert main(base + argv) == 2, message
+        assert message in capsys.readouterr().err

@@ -23,7 +23,7 @@ from latentvla.errors import LatentVLAError
 from latentvla.eval.checkpoint_info import check_compat_flags, infer_policy_scope, read_checkpoint_info
 from latentvla.eval.configuration_eval import LiberoEvalConfig
 from latentvla.eval.libero_env import (ACTION_DIM, PROPRIO_DIM, LiberoSuite, LiberoTaskEnv, configure_rendering,
-                                       import_libero)
+                                       import_libero, load_init_states)
 from latentvla.eval.policies import PolicySpec, build_policy, policy_input_spec
 from latentvla.eval.results import (EpisodeLog, check_run_meta, episode_key, finished_keys, format_table, summarize,
                                     write_summary)
@@ -192,6 +192,11 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     libero = import_libero(backend)
     suite = LiberoSuite(cfg.task_suite_name, libero)
     task_ids = select_task_ids(cfg, suite.num_tasks)
+    for t in task_ids:  # fail before any env is built, not in the middle of the run
+        available = len(load_init_states(suite.tasks[t].init_states_file))
+        if cfg.num_trials_per_task > available:
+            raise LatentVLAError(f"--num_trials_per_task {cfg.num_trials_per_task}: task {t} of {suite.name} has only "
+                                 f"{available} fixed initial states")
     max_steps = cfg.max_steps or suite.max_steps
     episodes = [EpisodeSpec(suite=suite.name, task_id=t, task=suite.tasks[t].name,
                             instruction=suite.tasks[t].language, trial=k,
