@@ -200,3 +200,40 @@ def test_write_mp4(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["ep.mp4"]
     with pytest.raises(LatentVLAError, match="no frames"):
         write_mp4(tmp_path / "empty.mp4", [])
+
+
+def test_init_states_npz_and_legacy_torch_pickle_load_safely(tmp_path):
+    import torch
+
+    from latentvla.eval.libero_env import load_init_states
+
+    states = np.random.default_rng(0).normal(size=(3, 9))
+    np.savez(tmp_path / "task.pruned_init.npz", states=states)
+    assert np.array_equal(load_init_states(tmp_path / "task.pruned_init"), states)  # legacy name -> NPZ copy
+    torch.save(states, tmp_path / "legacy.pruned_init")  # a torch pickle of a numpy array
+    assert np.array_equal(load_init_states(tmp_path / "legacy.pruned_init"), states)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pruned_init")
+    with pytest.raises(LatentVLAError, match="cannot read LIBERO initial states"):
+        load_init_states(tmp_path / "evil.pruned_init")
+    with pytest.raises(LatentVLAError, match="not found"):
+        load_init_states(tmp_path / "missing.pruned_init")
+
+
+def test_configure_rendering_sets_both_variables(monkeypatch):
+    from latentvla.eval.libero_env import configure_rendering
+
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    assert configure_rendering("auto") == "osmesa"
+    import os
+
+    assert os.environ["PYOPENGL_PLATFORM"] == "osmesa"
+    with pytest.raises(LatentVLAError, match="MUJOCO_GL=osmesa is set"):
+        configure_rendering("egl")
+    with pytest.raises(LatentVLAError, match="expected auto, egl or osmesa"):
+        configure_rendering("glx")
