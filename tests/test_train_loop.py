@@ -123,6 +123,15 @@ def test_clipping_bounds_the_applied_gradient_norm(tmp_path):
     assert len(applied) == 4 and all(n <= 0.05 * (1 + 1e-4) for n in applied), applied
 
 
+def test_epochs_bound_training_without_max_steps(tmp_path):
+    ds = ToyDataset(n=40)
+    s = LoopSettings(per_device_batch_size=4, accumulation_steps=2, max_steps=None, epochs=2, progress=False)
+    tr = Trainer(ToyModel(), ds, ToySampler(40, 0), s, info=CPU)
+    assert tr.total_steps == 2 * (40 // 4) // 2
+    tr.fit()
+    assert tr.step == 10 and tr.stream.state_dict() == {"epoch": 1, "position": 40}  # two full passes
+
+
 def test_too_small_dataset_is_a_clear_error(tmp_path):
     ds = ToyDataset(n=3)
     with pytest.raises(LatentVLAError, match="per_device_batch_size"):

@@ -117,6 +117,10 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", mixed_bf
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        import warnings
+
+        # Our forward returns a dict of fresh tensors and never edits them in place.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         mesh = init_device_mesh(info.device.type, (info.world_size,))
         kwargs: dict[str, Any] = {"mesh": mesh}
         if mixed_bf16:
