@@ -179,3 +179,22 @@ def test_bad_inputs_are_clear_errors(assets, tmp_path, capsys):
 
         assert _annotate(data, assets / "lam") == 0
         _check_source(TFDSBuilderDir(data / "libero_goal_no_noops_latent" / "1.0.0"), "observation/image")
+
+
+def test_in_place_on_request(assets, tmp_path, capsys):
+    data = _fresh_data(assets, tmp_path)
+    src = data / "libero_goal_no_noops" / "1.0.0"
+    before = {k: v for k, v in TFDSBuilderDir(src).read_episode(2).items()}
+    assert _annotate(data, assets / "lam", "--in_place") == 0
+    b = TFDSBuilderDir(src)
+    assert b.name == "libero_goal_no_noops" and not (data / "libero_goal_no_noops_latent").exists()
+    ep = b.read_episode(2)
+    assert ep["latent_idx"].shape == (9, 4)
+    assert all(np.array_equal(np.asarray(before[k]), np.asarray(ep[k])) if not isinstance(before[k], list)
+               else before[k] == ep[k] for k in before)
+    capsys.readouterr()
+    assert _annotate(data, assets / "lam", "--in_place") == 0
+    assert "already annotated; skipping" in capsys.readouterr().out
+    assert _annotate(data, assets / "lam", "--in_place", "--overwrite") == 2
+    assert "already carries steps/latent_idx" in capsys.readouterr().err
+    assert not [p for p in src.parent.iterdir() if p.name.startswith(".")]

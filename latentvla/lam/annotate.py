@@ -3,9 +3,10 @@
 For every episode of every split (all shards), step t gets
 - `steps/latent_idx` int64 `[C]`: the task-centric code indices of the pair (t, min(t+k, T−1))
 - `steps/latent_z` float32 `[C, E]`: the corresponding code vectors
-into a new builder directory (default `<root>/<name>_latent/<version>`). Every original feature
-keeps its exact bytes: each output record is the input record with the two new entries appended
-to its `Features` map (valid protobuf; TFDS and our reader parse it as one Example).
+into a new builder directory (default `<root>/<name>_latent/<version>`; `--in_place` replaces the
+input once the annotated copy is complete). Every original feature keeps its exact bytes: each
+output record is the input record with the two new entries appended to its `Features` map (valid
+protobuf; TFDS and our reader parse it as one Example).
 
 Resumable and atomic: shards are written one by one (each atomically) into a hidden staging
 directory beside the output, `.<version>.annotating`, together with `annotate_job.json`; a rerun
@@ -168,12 +169,24 @@ def output_features(src: TFDSBuilderDir, num_codes: int, latent_dim: int) -> dic
     return features
 
 
+def is_annotated(out: Path) -> bool:
+    """`out` is a complete builder dir that carries the latent keys."""
+    try:
+        return LATENT_IDX in TFDSBuilderDir(out).specs
+    except LatentVLAError:
+        return False
+
+
 def annotate_builder(src: TFDSBuilderDir, out: Path, image_key: str, labeler, *, job: dict,
-                     overwrite: bool = False, splits: list[str] | None = None) -> Path:
+                     overwrite: bool = False, splits: list[str] | None = None, in_place: bool = False) -> Path:
     out = Path(out)
-    if out.resolve() == src.path.resolve():
-        raise LatentVLAError(f"{out}: the output must differ from the input (annotation writes a new dataset)")
-    if (out / "dataset_info.json").is_file() and not overwrite:
+    same = out.resolve() == src.path.resolve()
+    if same != in_place:
+        raise LatentVLAError(f"{out}: --in_place writes to the input itself" if in_place else
+                             f"{out}: the output must differ from the input (pass --in_place to replace the input)")
+    if in_place and splits and set(splits) != set(src.split_names):
+        raise LatentVLAError(f"--in_place annotates every split of {src.path}; drop --splits")
+    if not overwrite and (is_annotated(out) if in_place else (out / "dataset_info.json").is_file()):
         print(f"{out}: already annotated; skipping (pass --overwrite to redo it)")
         return out
     image_path = _check_source(src, image_key)
@@ -181,7 +194,7 @@ def annotate_builder(src: TFDSBuilderDir, out: Path, image_key: str, labeler, *,
     for s in splits:
         if s not in src.split_names:
             raise LatentVLAError(f"--splits: {src.path} has no split {s!r}; splits: {', '.join(src.split_names)}")
-    name = out.parent.name
+    name = src.name if in_place else out.parent.name
     staging = out.parent / f".{out.name}.annotating"
     job = {**job, "source": str(src.path.resolve()), "image_key": image_path, "splits": splits, "name": name}
     if staging.is_dir():
@@ -269,14 +282,15 @@ def run_annotate(cfg: AnnotateConfig) -> list[Path]:
         raise LatentVLAError("--output_dir names one dataset; --data_mix resolved to several (omit --output_dir)")
     pending = []
     for src, key in targets:
-        out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(src)
-        if (out / "dataset_info.json").is_file() and not cfg.overwrite:
+        out = src.path if cfg.in_place else Path(cfg.output_dir) if cfg.output_dir else default_output_dir(src)
+        if not cfg.overwrite and (is_annotated(out) if cfg.in_place else (out / "dataset_info.json").is_file()):
             print(f"{out}: already annotated; skipping (pass --overwrite to redo it)")
         else:
             _check_source(src, key)  # fail before loading the model
             pending.append((src, key, out))
     if not pending:
-        return [Path(cfg.output_dir) if cfg.output_dir else default_output_dir(s) for s, _ in targets]
+        return [s.path if cfg.in_place else Path(cfg.output_dir) if cfg.output_dir else default_output_dir(s)
+                for s, _ in targets]
     model, meta = load_image_lam(cfg.lam_ckpt, dino_path=cfg.dino_path, num_heads=cfg.num_heads,
                                  strict=not cfg.non_strict, with_text_encoder=False)
     labeler = LatentLabeler(model, pair_offset=cfg.pair_offset, batch_size=cfg.batch_size, device=cfg.device,
@@ -284,7 +298,7 @@ def run_annotate(cfg: AnnotateConfig) -> list[Path]:
     job = {"lam_ckpt": str(Path(cfg.lam_ckpt).resolve()), "lam_step": meta["step"], "pair_offset": cfg.pair_offset,
            "num_codes": labeler.num_codes, "latent_dim": labeler.latent_dim}
     try:
-        return [annotate_builder(src, out, key, labeler, job=job, overwrite=cfg.overwrite, splits=cfg.splits)
-                for src, key, out in pending]
+        return [annotate_builder(src, out, key, labeler, job=job, overwrite=cfg.overwrite, splits=cfg.splits,
+                                 in_place=cfg.in_place) for src, key, out in pending]
     finally:
         labeler.close()

@@ -145,6 +145,7 @@ class AnnotateConfig:
     num_heads: Optional[int] = arg(None, "Attention heads of a UniVLA .ckpt (not stored there; default 12).")
     non_strict: bool = arg(False, "Load the checkpoint even when keys are missing or unexpected (reported).")
     overwrite: bool = arg(False, "Replace an existing complete annotation.")
+    in_place: bool = arg(False, "Replace the input dataset by its annotated copy once that is complete.")
     splits: Optional[list[str]] = arg(None, "Splits to annotate (default: all).")
     device: Optional[str] = arg(None, "cpu, cuda, cuda:N (default: cuda when available).")
     mixed_precision: Literal["auto", "bf16", "no"] = arg("auto", "auto = bf16 on GPU, fp32 on CPU.")
@@ -156,5 +157,7 @@ class AnnotateConfig:
             raise LatentVLAError("give either --dataset_dir or --data_root_dir with --data_mix")
         if self.data_mix and not self.data_root_dir:
             raise LatentVLAError("--data_mix needs --data_root_dir")
+        if self.in_place and self.output_dir:
+            raise LatentVLAError("--in_place and --output_dir exclude each other")
         if self.pair_offset < 1 or self.batch_size < 1:
             raise LatentVLAError("--pair_offset and --batch_size must be >= 1")
