@@ -145,3 +145,22 @@ def test_our_checkpoint_round_trip(dino_dir, tmp_path):
     x = torch.rand(2, 2, 3, 56, 56)
     torch.testing.assert_close(model(x)["recon"], src(x)["recon"])
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp leftovers
+
+
+def test_univla_stage_one_checkpoint_names(dino_dir, tmp_path):
+    """Stage-1 files name the task-irrelevant branch to_codebook / action_up and carry T5 + lang_proj."""
+    from latentvla.lam.image_lam_checkpoint import load_image_lam, read_lam_tensors
+    from latentvla.lam.univla_checkpoint import stage_one_transfer
+
+    src = tiny_model(dino_dir, stage=1, text_dim=24)
+    sd = {}
+    for k, v in src.lam_state_dict().items():
+        k = k.replace("to_codebook_uncontrol.", "to_codebook.").replace("action_up_uncontrol.", "action_up.")
+        sd[f"lam.{k}"] = v
+    sd["lam.text_encoder.encoder.block.0.layer.0.SelfAttention.q.weight"] = torch.zeros(4, 4)
+    torch.save({"state_dict": sd}, tmp_path / "stage1.ckpt")
+    model, _ = load_image_lam(tmp_path / "stage1.ckpt", dino_path=dino_dir, num_heads=2, with_text_encoder=False)
+    assert model.config.stage == 1 and model.config.text_dim == 24
+    torch.testing.assert_close(model.to_codebook_uncontrol.weight, src.to_codebook_uncontrol.weight)
+    tensors, stage = read_lam_tensors(tmp_path / "stage1.ckpt")
+    assert stage == 1 and sorted(stage_one_transfer(tensors)) == ["action_latent", "vq.codebook.weight"]
