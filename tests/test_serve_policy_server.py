@@ -143,3 +143,22 @@ def test_serve_cli_answers_a_client(tmp_path):
         proc.wait(timeout=10)
     bad = subprocess.run([sys.executable, "-m", "latentvla.cli", "serve", "--policy", "vla"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--pretrained_checkpoint" in bad.stderr
+
+
+def test_server_prepares_images_as_training_did():
+    """Frames of any size are resized (and center-cropped) to the policy's training size on the server."""
+    from latentvla.data.transforms import center_crop_params, process_image
+
+    policy = _RecordingPolicy(get_platform("libero"), seed=0)
+    policy.image_size = 32
+    srv = PolicyServer(policy, port=0, center_crop=True).start()
+    try:
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            assert client.image_size == 32 and client.center_crop is True
+            frame = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+            client.predict_action([frame, frame], "x", np.zeros(8))
+            (img, _), _, _ = policy.last
+            assert img.shape == (32, 32, 3)
+            assert np.array_equal(img, process_image(frame, 32, center_crop_params()))
+    finally:
+        srv.stop()

@@ -29,7 +29,8 @@ class LiberoEvalConfig:
     num_steps_wait: int = arg(10, "No-op steps (gripper open) before the policy acts, so objects settle; not counted.")
     num_open_loop_steps: int | None = arg(None, "Actions of each predicted chunk executed before re-planning (default: chunk length).")
     center_crop: bool | None = arg(None, "Center-crop (area 0.9) observations as the deterministic twin of training's "
-                                   "random crop; default: on when the checkpoint was trained with image_aug.")
+                                   "random crop; default: on when the checkpoint was trained with image_aug. "
+                                   "With --policy_server the server prepares images itself.")
     env_image_size: int = arg(256, "Camera resolution rendered by the simulator (the protocol uses 256).")
     seed: int = arg(7, "Seed; every episode gets a seed derived from it, the suite, the task and the trial.")
     output_dir: str = arg("", "Results directory (default: eval_results/libero/<suite>-<checkpoint or policy>-seed<seed>).")

@@ -30,7 +30,7 @@ import numpy as np
 
 from latentvla.errors import LatentVLAError
 from latentvla.eval.rollout import EpisodeSpec
-from latentvla.eval.transforms import convert_actions_to_env, flip_image, quat_to_axis_angle
+from latentvla.eval.transforms import convert_actions_to_env, flip_image, prepare_policy_image, quat_to_axis_angle
 
 # Suite -> max policy steps per episode (the community's protocol; settle steps come on top).
 SUITE_MAX_STEPS = {
@@ -193,20 +193,6 @@ class LiberoSuite:
     @property
     def num_tasks(self) -> int:
         return len(self.tasks)
-
-
-def prepare_policy_image(image: np.ndarray, size: int | None, center_crop: bool) -> np.ndarray:
-    """Resize (and center-crop) exactly as the training pipeline made its images.
-
-    Training images come from `latentvla.data.transforms.process_image` (Lanczos resize; with
-    image_aug a random crop of area 0.9), so evaluation uses the same function with no crop, or
-    with its deterministic center crop for policies trained with augmentation.
-    """
-    if size is None and not center_crop:
-        return image
-    from latentvla.data.transforms import center_crop_params, process_image
-
-    return process_image(image, size or image.shape[0], center_crop_params() if center_crop else None)
 
 
 def libero_proprio(obs: dict) -> np.ndarray:

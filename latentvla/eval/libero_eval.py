@@ -179,9 +179,9 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
         policy_image_size = info.get("image_size")
     if cfg.num_images_in_input is not None and cfg.num_images_in_input != num_images:
         raise LatentVLAError(f"--num_images_in_input {cfg.num_images_in_input} does not match the policy ({num_images} images)")
-    center_crop = cfg.center_crop
-    if center_crop is None:
-        center_crop = bool(getattr(policy, "center_crop", False)) if cfg.policy_server else bool(info.get("image_aug"))
+    center_crop = bool(info.get("image_aug")) if cfg.center_crop is None else cfg.center_crop
+    if cfg.policy_server:  # the server prepares images itself (resize + its checkpoint's crop)
+        policy_image_size, center_crop = None, False
     chunk_len = getattr(policy, "chunk_len", None) if policy is not None else None
     if not in_process and cfg.policy_server and policy is not None:
         close = getattr(policy, "close", None)

@@ -1,7 +1,9 @@
 """`latentvla serve`: a policy behind a websocket, msgpack numpy on the wire (see `protocol`).
 
 The policy is loaded once; requests are answered one at a time (a lock around the model) in a
-thread so the event loop keeps accepting connections. A malformed request gets
+thread so the event loop keeps accepting connections. Images are resized (and center-cropped
+for checkpoints trained with image_aug) with the training pipeline's own function, so clients
+send camera frames as they are. A malformed request gets
 `{"ok": False, "error": ...}` and the connection stays open; so does a policy error. Binds to the
 loopback by default; with a token, the websocket handshake must carry
 `Authorization: Bearer <token>` or it is refused with HTTP 401.
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from latentvla.errors import LatentVLAError
+from latentvla.eval.transforms import prepare_policy_image
 from latentvla.serve.protocol import MAX_MESSAGE_BYTES, RequestError, packb, unpackb, validate_request
 
 log = logging.getLogger("latentvla.serve")
@@ -40,8 +43,8 @@ class PolicyServer:
             raise LatentVLAError("the served policy has no .platform")
         spec = policy_input_spec(policy)
         self.num_images, self.use_proprio = spec.num_images, spec.use_proprio
-        # image_size / center_crop tell clients how training images were made, so they can prepare
-        # observations the same way (and send smaller frames).
+        self.image_size, self.center_crop = spec.image_size, bool(center_crop)
+        # image_size / center_crop: how training images were made (the server applies it to requests).
         self.metadata = {
             "type": "metadata", "server": "latentvla", "platform": self.platform.to_dict(),
             "chunk_len": int(getattr(policy, "chunk_len", self.platform.chunk_len)),
@@ -63,6 +66,8 @@ class PolicyServer:
                 raise RequestError("expected a binary msgpack frame, got a text frame")
             msg = unpackb(message)
             images, instruction, proprio = validate_request(msg, self.platform, self.num_images, self.use_proprio)
+            # Clients send camera frames as they are; the server makes them as training did.
+            images = [prepare_policy_image(im, self.image_size, self.center_crop) for im in images]
             with self._lock:
                 actions = self.policy.predict_action(images, instruction, proprio)
             actions = np.asarray(actions, dtype=np.float32)
