@@ -112,6 +112,25 @@ def decode_bound(ds, indices, backend: str) -> float:
     return len(blobs) / (time.process_time() - t0)  # CPU time: robust to other load on the machine
 
 
+def per_image_minima(ds, indices, size: int) -> dict[str, float]:
+    """ms per image, minimum over repeats (robust to other load): decode, and the two full image paths."""
+    import timeit
+
+    from latentvla.data.transforms import decode_array, process_image, sample_augment_params
+
+    d, e, t = ds.locate(int(indices[0]))
+    idx = ds.indexes[d]
+    s, en = idx.image_spans[int(idx.ep_start[e]) + t, 0]
+    blob = ds._read(idx.shard_path(e), int(s), int(en))
+    p = sample_augment_params(np.random.default_rng(0))
+    env = {"decode_array": decode_array, "process_image": process_image, "blob": blob, "p": p, "S": size}
+    out = {}
+    for name, stmt in (("decode", "decode_array(blob)"), ("lanczos", "process_image(blob, S, p, 'lanczos')"),
+                       ("bicubic", "process_image(blob, S, p, 'bicubic')")):
+        out[name] = min(timeit.repeat(stmt, number=20, repeat=15, globals=env)) / 20 * 1000
+    return out
+
+
 def naive_rate(ds, indices) -> float:
     """Samples/s when every sample parses its whole episode record (no byte-range index)."""
     from latentvla.data.example import decode_example
@@ -215,6 +234,16 @@ def main() -> None:
                 rate, per_cpu, rss = loader_rate(ds, w, args.samples, args.batch_size, seed=0, resample=resample)
                 print(f"{f'VLADataset + DataLoader, {w} worker(s), {resample}':<50} {rate:>14.0f} {per_cpu:>13.0f} "
                       f"{100 * per_cpu / bound:>9.0f}% {rss:>12.0f}")
+        import torch
+
+        torch.set_num_threads(1)
+        m = per_image_minima(ds, probe, args.image_size)
+        print("\nper 256^2 image, best of 15 repeats (ms; approximates an idle core):")
+        print(f"  decode {m['decode']:.3f} | decode+crop+Lanczos+jitter {m['lanczos']:.3f} | decode+crop+bicubic+jitter "
+              f"{m['bicubic']:.3f}")
+        for name in ("lanczos", "bicubic"):
+            print(f"  -> {name}: {1000 / (2 * m[name]):.0f} samples/s/core = {100 * m['decode'] / m[name]:.0f}% of the decode "
+                  f"bound per core; 2 workers on 2 idle cores ~ {100 * 2 * m['decode'] / m[name]:.0f}% of the one-core bound")
     finally:
         if not args.out_dir:
             shutil.rmtree(root, ignore_errors=True)
