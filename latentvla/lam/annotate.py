@@ -294,7 +294,7 @@ def run_annotate(cfg: AnnotateConfig) -> list[Path]:
     model, meta = load_image_lam(cfg.lam_ckpt, dino_path=cfg.dino_path, num_heads=cfg.num_heads,
                                  strict=not cfg.non_strict, with_text_encoder=False)
     labeler = LatentLabeler(model, pair_offset=cfg.pair_offset, batch_size=cfg.batch_size, device=cfg.device,
-                            mixed_precision=cfg.mixed_precision)
+                            mixed_precision=cfg.mixed_precision, decode_threads=cfg.decode_threads)
     job = {"lam_ckpt": str(Path(cfg.lam_ckpt).resolve()), "lam_step": meta["step"], "pair_offset": cfg.pair_offset,
            "num_codes": labeler.num_codes, "latent_dim": labeler.latent_dim}
     try:

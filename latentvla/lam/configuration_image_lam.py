@@ -149,6 +149,7 @@ class AnnotateConfig:
     splits: Optional[list[str]] = arg(None, "Splits to annotate (default: all).")
     device: Optional[str] = arg(None, "cpu, cuda, cuda:N (default: cuda when available).")
     mixed_precision: Literal["auto", "bf16", "no"] = arg("auto", "auto = bf16 on GPU, fp32 on CPU.")
+    decode_threads: Optional[int] = arg(None, "JPEG decode threads (default: min(8, CPU count)).")
 
     def validate(self) -> None:
         if not self.lam_ckpt:

@@ -8,6 +8,7 @@ from the codebook in fp32.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -43,7 +44,7 @@ class LatentLabeler:
     """Turns lists of encoded episode frames into latent-action labels with a stage-2 LAM."""
 
     def __init__(self, model: ImageLatentActionModel, *, pair_offset: int, batch_size: int = 64,
-                 device: str | None = None, mixed_precision: str = "auto", decode_threads: int = 2):
+                 device: str | None = None, mixed_precision: str = "auto", decode_threads: int | None = None):
         if model.config.stage != 2:
             raise LatentVLAError("annotation needs a stage-2 LAM (task-centric codes); this checkpoint is stage 1")
         self.device = pick_device(device)
@@ -53,7 +54,8 @@ class LatentLabeler:
         self.image_size = int(model.config.image_size)
         use_bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        self._pool = ThreadPoolExecutor(max(1, decode_threads)) if decode_threads > 1 else None
+        threads = decode_threads if decode_threads is not None else min(8, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self.num_codes = model.config.num_codes
         self.latent_dim = model.config.latent_dim
 
