@@ -11,20 +11,7 @@ import torch
 from latentvla.cli import main as cli_main
 from latentvla.errors import LatentVLAError
 
-from image_lam_helpers import hf_to_original_dino, univla_lightning_ckpt  # tests/ helper module
-
-TINY = dict(model_dim=32, enc_blocks=1, dec_blocks=1, num_heads=2, latent_dim=16, codebook_size=8, num_codes=4,
-            dino_dim=32, num_patches=16, image_size=56, pair_offset=4, action_dim=7)
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from image_lam_helpers import TINY, hf_to_original_dino, one_torch_thread, univla_lightning_ckpt  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,15 @@ import runpy
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
 from latentvla.cli import main as cli_main
 from latentvla.data.tfds import TFDSBuilderDir
 from latentvla.data.tfrecord import iter_records
 
+from image_lam_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
 SHIMS = Path(__file__).resolve().parent.parent / "data_preprocess" / "image_based_lam"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _shim(name: str):

@@ -11,18 +11,9 @@ import torch
 
 from latentvla.cli import main as cli_main
 
+from image_lam_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
 DIRS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _action(e, t, T, rng):
     """Piecewise-constant moves in 4 directions: the frame change of a pair depends on the action."""

@@ -116,13 +116,7 @@ class LatentEncoder(nn.Module):
         self.transformer_blocks = nn.ModuleList(SpatioTemporalBlock(dim, heads, dropout) for _ in range(blocks))
 
     def forward(self, x: torch.Tensor, lang: torch.Tensor | None = None, lang_mask: torch.Tensor | None = None):
-        x = self.ffn(x)
-        s = x.shape[2]
-        x = x + sinusoidal_positions(s, x.shape[-1], x.device, x.dtype)
-        x, key_mask = _append_language(x, lang, lang_mask)
-        for block in self.transformer_blocks:
-            x = block(x, key_mask)
-        return x[:, :, :s]
+        return _run_blocks(self.ffn(x), self.transformer_blocks, lang, lang_mask)
 
 
 class LatentDecoder(nn.Module):
@@ -135,13 +129,17 @@ class LatentDecoder(nn.Module):
         self.out = nn.Linear(dim, out_dim)
 
     def forward(self, x: torch.Tensor, lang: torch.Tensor | None = None, lang_mask: torch.Tensor | None = None):
-        x = self.ffn(x)
-        s = x.shape[2]
-        x = x + sinusoidal_positions(s, x.shape[-1], x.device, x.dtype)
-        x, key_mask = _append_language(x, lang, lang_mask)
-        for block in self.transformer_blocks:
-            x = block(x, key_mask)
-        return self.out(x[:, :, :s])
+        return self.out(_run_blocks(self.ffn(x), self.transformer_blocks, lang, lang_mask))
+
+
+def _run_blocks(x: torch.Tensor, blocks: nn.ModuleList, lang, lang_mask) -> torch.Tensor:
+    """Add 1-D sinusoidal positions along the token axis, append language tokens, run the blocks."""
+    s = x.shape[2]
+    x = x + sinusoidal_positions(s, x.shape[-1], x.device, x.dtype)
+    x, key_mask = _append_language(x, lang, lang_mask)
+    for block in blocks:
+        x = block(x, key_mask)
+    return x[:, :, :s]
 
 
 def _append_language(x, lang, lang_mask):
