@@ -113,10 +113,12 @@ def test_killed_evaluation_resumes_without_rerunning_finished_episodes(tmp_path)
 
     out, logs = tmp_path / "out", tmp_path / "logs"
     jsonl = out / "episodes.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "latentvla.cli", *_eval_argv(out, logs)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    stderr_path = tmp_path / "first_run.err"
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "latentvla.cli", *_eval_argv(out, logs)],
+                                stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
             if jsonl.exists() and jsonl.read_text().count("\n") >= 1:
                 break
@@ -126,6 +128,7 @@ def test_killed_evaluation_resumes_without_rerunning_finished_episodes(tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert jsonl.exists(), f"first run wrote no episode; its stderr:\n{stderr_path.read_text()[-3000:]}"
     before = jsonl.read_text().splitlines()
     assert len(before) == 1, "the run finished before it could be killed"
     assert not (out / "summary.json").exists()
