@@ -248,15 +248,16 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
         from latentvla.train.loggers import JSONLLogger
 
         logger = JSONLLogger(run_dir / "metrics.jsonl", resume_step=step if start_state else None)
-    if start_state:
-        _set_rng_state(start_state["rng"][rank] if isinstance(start_state["rng"], list) else start_state["rng"])
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # action-loss subsets, code restarts
+    if start_state:
+        mine = start_state["ranks"][rank]  # same world size as saved (the sampler checks it too)
+        _set_rng_state(mine["rng"])
+        gen.set_state(mine["generator"])
     stream = FramePairStream(dataset, seed=cfg.seed, batch_size=cfg.batch_size, rank=rank, world_size=world,
                              num_workers=cfg.num_workers, consumed=consumed)
     book_size = model.config.codebook_size
     usage = torch.zeros(book_size, device=device)  # code counts since the last restart
     if start_state:
-        gen.set_state(start_state["generator"])
         usage.copy_(start_state["usage"].to(device))
     window = {"indices": [], "metrics": [], "t0": time.time()}
     ddp_model.train()
@@ -292,8 +293,7 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
             bar.set_postfix(recon=f"{rec['recon_loss']:.4f}", used=int(rec["codes_used"]), ppl=f"{rec['perplexity']:.2f}")
             window = {"indices": [], "metrics": [], "t0": time.time()}
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            extra = {"generator": gen.get_state(), "usage": usage.detach().cpu()}
-            _save(run_dir, model, opt, scaler, cfg, step, stream.consumed, rank, world, extra)
+            _save(run_dir, model, opt, scaler, cfg, step, stream.consumed, rank, world, gen, usage)
         if step >= cfg.max_steps:
             break
     bar.close()
@@ -316,18 +316,19 @@ def _summarize(window: dict, book_size: int, global_batch: int) -> dict:
     return rec
 
 
-def _save(run_dir: Path, model, opt, scaler, cfg, step: int, consumed: int, rank: int, world: int, extra: dict) -> None:
+def _save(run_dir: Path, model, opt, scaler, cfg, step: int, consumed: int, rank: int, world: int,
+          gen: torch.Generator, usage: torch.Tensor) -> None:
     from latentvla.lam.image_lam_checkpoint import save_lam_checkpoint
 
-    rng = _rng_state()
+    ranks = [{"rng": _rng_state(), "generator": gen.get_state()}]  # per-rank random state
     if world > 1:
         gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, rng)
-        rng = gathered
+        torch.distributed.all_gather_object(gathered, ranks[0])
+        ranks = gathered
     if rank != 0:
         return
     state = {"step": step, "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "consumed": consumed,
-             "rng": rng, **extra}
+             "ranks": ranks, "usage": usage.detach().cpu()}
     t5 = str(Path(cfg.t5_path).resolve()) if cfg.t5_path else None
     save_lam_checkpoint(run_dir / "checkpoints" / f"step_{step}", model, step=step, train=config_to_dict(cfg),
                         training_state=state, t5_path=t5)
