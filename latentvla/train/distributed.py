@@ -6,7 +6,8 @@
   - ddp: `DistributedDataParallel` (gradients averaged over ranks in backward);
   - fsdp: the model sharded in place with `torch.distributed.fsdp.fully_shard` (FSDP2), one
     unit per transformer block (`model.fsdp_units()` when the model defines it, else the
-    classes in `_no_split_modules` of Hugging Face sub-models), then the root.
+    classes in `_no_split_modules` of Hugging Face sub-models; bf16 parameters in compute when
+    mixed precision is on), then the root (parameters in their own dtype).
 """
 
 from __future__ import annotations
@@ -125,10 +126,13 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", mixed_bf
         kwargs: dict[str, Any] = {"mesh": mesh}
         if mixed_bf16:
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for unit in _fsdp_units(model):
-            if any(True for _ in unit.parameters()):
-                fully_shard(unit, **kwargs)
-        fully_shard(model, **kwargs)
+        units = [u for u in _fsdp_units(model) if any(True for _ in u.parameters())]
+        for unit in units:
+            fully_shard(unit, **kwargs)
+        # The root unit (embeddings, action head, projectors, strategy: modules whose methods are
+        # also called outside forward) keeps its parameters' own dtypes, as in single-process
+        # training; only the transformer blocks compute in bf16.
+        fully_shard(model, mesh=mesh)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -134,7 +134,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", settings.keep_checkpoints) if self.run_dir else None
         self.device_type = info.device.type
-        self.autocast = settings.bf16 and self.device_type == "cuda"
+        self.autocast = settings.bf16  # run.py: on by default on GPU; --precision bf16 also on CPU
 
         # Micro-batches per epoch: the same on every rank.
         per_rank = int(D.all_reduce_min(torch.tensor(float(len(sampler)))).item())
