@@ -171,3 +171,28 @@ def test_two_process_matches_one_process(tmp_path, tiny_vlm_dir, vla_data_root, 
     from latentvla.vla.policy import VLAPolicy
 
     assert VLAPolicy.from_pretrained(_run_dir(tmp_path / "two") / "checkpoints" / "step_3", device="cpu").chunk_len == 8
+
+
+def test_validation_uses_held_out_episodes(tmp_path, tiny_vlm_dir, vla_data_root):
+    from latentvla.data.dataset import VLADataset
+    from latentvla.data.sampler import SampleIndex
+    from latentvla.data.synthetic import write_synthetic_dataset
+    from latentvla.train.holdout import EpisodeSubset, has_val_split, split_episodes
+
+    base = VLADataset(vla_data_root, "libero_goal", image_size=32, image_aug=False, progress=False)
+    assert not has_val_split(base)
+    train_eps, val_eps = split_episodes(base, 0.3, seed=42)
+    assert len(val_eps[0]) == 1 and set(train_eps[0]) | set(val_eps[0]) == {0, 1, 2}
+    tr, va = EpisodeSubset(base, train_eps), EpisodeSubset(base, val_eps)
+    assert len(tr) + len(va) == len(base) and sum(tr.dataset_lengths) == len(tr)
+    assert {va[i]["episode"] for i in range(len(va))} == set(val_eps[0].tolist())
+    assert {tr[SampleIndex(i, 1)]["episode"] for i in range(0, len(tr), 3)} <= set(train_eps[0].tolist())
+    # A dataset with a 'val' split validates on it.
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, "libero_goal_no_noops", num_episodes=2, steps=9, image_size=32, val_episodes=1)
+    runs = tmp_path / "runs"
+    assert main(["train", *paper_flags(tiny_vlm_dir, root, runs, "baseline", use_val=True, val_step=2)]) == 0
+    run = _run_dir(runs)
+    recs = _records(run)
+    assert "val/l1" not in recs[0] and math.isfinite(recs[1]["val/l1"])
+    assert "val_transitions: 9" in (run / "config.yaml").read_text()
