@@ -89,7 +89,8 @@ def bar_plot(path: Path, rows: Sequence[dict], tasks: Sequence[str], title: str)
     x = np.arange(len(names))
     for gi, g in enumerate(groups):
         vals = [(r["success_rate"] if g == "overall" else r["per_task"].get(g)) for r in rows]
-        ax.bar(x + (gi - (len(groups) - 1) / 2) * width, [100 * (v or 0) for v in vals], width, label=g)
+        bars = ax.bar(x + (gi - (len(groups) - 1) / 2) * width, [100 * (v or 0) for v in vals], width, label=g)
+        ax.bar_label(bars, labels=["-" if v is None else f"{100 * v:.0f}" for v in vals], fontsize=7)  # 0 stays visible
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(0, 105)
