@@ -118,6 +118,8 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     assert "--pretrained_checkpoint" in err and "model.safetensors" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--lr_scheduler_type", "cosine")
     assert "linear-warmup+cosine-decay" in err
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--merge_lora", "True", "--save_checkpoint", "False")
+    assert "--merge_lora" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--default_image_size", "100")
     assert "multiple of 32" in err
 

@@ -137,6 +137,8 @@ class TrainConfig:
             raise LatentVLAError("--num_workers and --keep_checkpoints must be >= 0")
         if self.window_size is not None and self.window_size < 1:
             raise LatentVLAError(f"--window_size must be >= 1, got {self.window_size}")
+        if self.merge_lora and not self.save_checkpoint:
+            raise LatentVLAError("--merge_lora True exports the final checkpoint; it needs --save_checkpoint True")
         if self.from_pretrained and not self.pretrained_checkpoint:
             raise LatentVLAError("--from_pretrained True needs --pretrained_checkpoint DIR (a checkpoint written by latentvla train)")
         if not self.vlm_path:
