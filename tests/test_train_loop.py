@@ -169,3 +169,42 @@ def test_two_process_matches_one_process(tmp_path, strategy):
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-6)
     post = json.loads((tmp_path / strategy / "applied_norms.json").read_text())
     assert max(post) <= 0.3 * (1 + 1e-4)
+
+
+class _FakeBackend:
+    """Stands in for the wandb / swanlab packages (not installed in CI): records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def init(self, **kw):
+        self.calls.append(("init", kw))
+        return self
+
+    def log(self, metrics, step=None):
+        self.calls.append(("log", step, dict(metrics)))
+
+    def finish(self):
+        self.calls.append(("finish",))
+
+
+def test_use_wandb_means_wandb_and_swanlab_needs_its_env(tmp_path, monkeypatch):
+    """Pitfall 17: --use_wandb logs to W&B (project --wandb_project); SwanLab only with ENABLE_SWANLAB=1."""
+    from latentvla.train.loggers import build_loggers
+
+    wandb, swanlab = _FakeBackend(), _FakeBackend()
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.setitem(sys.modules, "swanlab", swanlab)
+    monkeypatch.delenv("ENABLE_SWANLAB", raising=False)
+    lg = build_loggers(tmp_path, resume_step=None, run_name="r", config={"a": 1}, use_wandb=True, wandb_project="proj")
+    lg.log(1, {"loss": 0.5})
+    lg.close()
+    assert wandb.calls[0][0] == "init" and wandb.calls[0][1]["project"] == "proj"
+    assert ("log", 1, {"loss": 0.5}) in wandb.calls and swanlab.calls == []
+    assert _records(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 0.5}]
+    monkeypatch.setenv("ENABLE_SWANLAB", "1")
+    lg = build_loggers(tmp_path, resume_step=1, run_name="r", config={}, use_wandb=False)
+    lg.log(2, {"loss": 0.25})
+    lg.close()
+    assert ("log", 2, {"loss": 0.25}) in swanlab.calls and len(wandb.calls) == 3
+    assert [r["step"] for r in _records(tmp_path / "metrics.jsonl")] == [1, 2]
