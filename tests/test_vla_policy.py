@@ -181,3 +181,20 @@ def test_recorded_episode_round_trip_in_robot_units(tiny_vlm_dir, vla_data_root,
         span = np.asarray(stats["action"]["q99"]) - np.asarray(stats["action"]["q01"])
         np.testing.assert_allclose(chunk[:, :6], recorded[:, :6], atol=0.1 * float(span[:6].max()))
         assert np.array_equal(np.sign(chunk[:, 6]), np.sign(recorded[:, 6]))  # -1 open, +1 close
+
+
+def test_raw_frames_are_prepared_like_training_images(trained):
+    """A raw camera frame of another size gets the training resize (and center crop after image_aug)."""
+    from latentvla.data.transforms import center_crop_params, process_image
+
+    _, ckpt, ds = trained
+    policy = VLAPolicy.from_pretrained(ckpt, device="cpu")
+    rng = np.random.default_rng(0)
+    raw = [rng.integers(0, 255, (96, 96, 3), dtype=np.uint8) for _ in range(2)]
+    proprio = np.zeros(8, np.float32)
+    for crop in (False, True):
+        policy.center_crop = crop
+        prepared = [process_image(im, 64, center_crop_params() if crop else None) for im in raw]
+        np.testing.assert_array_equal(policy.prepare_images(raw)[0], prepared[0])
+        np.testing.assert_allclose(policy.predict_action(raw, "open the drawer", proprio),
+                                   policy.predict_action(prepared, "open the drawer", proprio), atol=1e-6)

@@ -54,14 +54,37 @@ class VLAPolicy:
         if not 1 <= self.num_open_loop_steps <= self.chunk_len:
             raise LatentVLAError(f"num_open_loop_steps must be in [1, {self.chunk_len}], got {num_open_loop_steps}")
         self._queue: deque = deque()
+        # Trained with random crops: raw frames get the deterministic center crop (set by from_pretrained).
+        self.center_crop = False
+
+    def prepare_images(self, images: Any) -> list[np.ndarray]:
+        """Raw camera frames -> training-size images made exactly as training made them.
+
+        Frames already at the training size are taken as prepared (the evaluators and the policy
+        server prepare them with the same function); other sizes are resized with the training
+        pipeline's Lanczos resize, plus its center crop when the checkpoint trained with image_aug.
+        """
+        from latentvla.data.transforms import center_crop_params, process_image
+
+        size = self.model.processor.image_size
+        out = []
+        for im in images:
+            im = np.asarray(im)
+            if im.ndim == 3 and im.dtype == np.uint8 and im.shape[:2] != (size, size):
+                im = process_image(im, size, center_crop_params() if self.center_crop else None)
+            out.append(im)
+        return out
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | None = None, unnorm_key: str | None = None,
                         vlm_path: str | None = None, num_open_loop_steps: int | None = None) -> "VLAPolicy":
         from latentvla.vla.checkpoint import load_policy_model
 
-        model, _config, statistics = load_policy_model(directory, device=device, vlm_path=vlm_path)
-        return cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory))
+        model, config, statistics = load_policy_model(directory, device=device, vlm_path=vlm_path)
+        policy = cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory))
+        train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
+        policy.center_crop = bool(train_cfg.get("image_aug", False))
+        return policy
 
     @property
     def chunk_len(self) -> int:
@@ -100,6 +123,7 @@ class VLAPolicy:
             proprios = [self.normalize_proprio(p) for p in proprios]
         else:
             proprios = None
+        image_sets = [self.prepare_images(ims) for ims in image_sets]
         batch = self.model.processor.build(image_sets, instructions, proprios, where="observation")
         actions = self.model.predict_actions(batch).float().cpu().numpy()
         out = self.unnormalize_actions(actions)

@@ -57,9 +57,10 @@ class VLAProcessor:
             if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
                 raise LatentVLAError(f"{where}: images must be uint8 HxWx3, got {im.dtype} {tuple(im.shape)}")
             if im.shape[:2] != (self.image_size, self.image_size):
-                from PIL import Image
+                # The training pipeline's own resize (Lanczos), so raw camera frames match training images.
+                from latentvla.data.transforms import process_image
 
-                im = np.asarray(Image.fromarray(im).resize((self.image_size, self.image_size), Image.BILINEAR))
+                im = process_image(im, self.image_size)
             out.append(im)
         return out
 
