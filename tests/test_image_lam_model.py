@@ -151,3 +151,15 @@ def test_univla_stage_one_checkpoint_names(dino_dir, tmp_path):
     torch.testing.assert_close(model.to_codebook_uncontrol.weight, src.to_codebook_uncontrol.weight)
     tensors, stage = read_lam_tensors(tmp_path / "stage1.ckpt")
     assert stage == 1 and sorted(stage_one_transfer(tensors)) == ["action_latent", "vq.codebook.weight"]
+
+
+def test_action_head_of_another_robot_starts_fresh(dino_dir, capsys):
+    from latentvla.lam.univla_checkpoint import load_lam_weights
+
+    src = tiny_model(dino_dir, action_dim=14)  # e.g. a RoboTwin head
+    dst = tiny_model(dino_dir)
+    report = load_lam_weights(dst, src.lam_state_dict(), source="x")
+    assert report["fresh"] == ["action_decoder.2.bias", "action_decoder.2.weight"]
+    assert "action-regression head starts from random initialisation" in capsys.readouterr().out
+    torch.testing.assert_close(dst.action_decoder[0].weight, src.action_decoder[0].weight)
+    torch.testing.assert_close(dst.to_codebook.weight, src.to_codebook.weight)

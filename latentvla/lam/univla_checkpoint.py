@@ -8,7 +8,8 @@ is a prefix strip plus, for stage-1 files, the task-irrelevant branch's names (`
 
 Key checks: a shape mismatch is always an error (a checkpoint of another size); missing or
 unexpected keys are reported and are an error unless `non_strict`. The action-regression head
-(`action_decoder.*`) is optional: UniVLA's public stage-2 file has none, so it starts fresh.
+(`action_decoder.*`) is optional: UniVLA's public stage-2 file has none, and one for another action
+dim / pair offset does not fit; either way it starts fresh (with a note).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def load_lam_weights(model, sd: dict, *, strict: bool = True, source: str = "che
     """Copy `sd` (our names) into `model`'s LAM weights; returns {"missing", "unexpected", "fresh"}."""
     own = model.lam_state_dict()
     sd = {k: v for k, v in sd.items() if not k.startswith(SKIPPED_PREFIXES)}
+    # the action head depends on the robot (k × action dim): a different shape starts it fresh
+    sd = {k: v for k, v in sd.items()
+          if not (k.startswith(OPTIONAL_PREFIXES) and k in own and tuple(v.shape) != tuple(own[k].shape))}
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if mismatched:
