@@ -310,7 +310,7 @@ class Demo:
             "--image_aug", "False", "--max_steps", str(s.train_steps), "--per_device_batch_size", str(s.batch_size),
             "--learning_rate", str(s.learning_rate), "--lr_scheduler_type", "linear-warmup+cosine-decay",
             "--warmup_ratio", "0.05", "--lora_rank", str(s.lora_rank), "--lora_alpha", str(s.lora_rank),
-            "--save_step", str(s.train_steps), "--keep_checkpoints", "1", "--num_workers", str(self.cfg.num_workers),
+            "--save_step", str(max(1, s.train_steps // 4)), "--keep_checkpoints", "1", "--num_workers", str(self.cfg.num_workers),
             "--seed", str(self.cfg.seed), "--log_step", str(max(1, s.train_steps // 50)), "--wandb_project", "latentvla-demo",
             "--resume", str((run_dir / "checkpoints").is_dir()), *self.device_flags()]
         if variant == "la_tok":
