@@ -138,13 +138,12 @@ def test_too_small_dataset_is_a_clear_error(tmp_path):
         Trainer(ToyModel(), ds, ToySampler(3, 0), LoopSettings(per_device_batch_size=4, max_steps=1, progress=False), info=CPU)
 
 
-def _torchrun(tmp_path, strategy, max_norm):
-    out = tmp_path / strategy
+def _torchrun(out, strategy, max_norm, mode="", expect_ok=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(REPO / "tests" / "train_toy.py"), str(out), strategy, "16", "4", "6", str(max_norm)],
+                        str(REPO / "tests" / "train_toy.py"), str(out), strategy, "16", "4", "6", str(max_norm), mode],
                        capture_output=True, text=True, env=env, timeout=180)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (r.returncode == 0) == expect_ok, r.stdout[-3000:] + r.stderr[-3000:]
     return out
 
 
@@ -158,7 +157,7 @@ def test_two_process_matches_one_process(tmp_path, strategy):
     torch.set_num_threads(1)
     toy_main([str(tmp_path / "single"), "ddp", "16", "16", "6", "0.3"])
     single = _records(tmp_path / "single" / "metrics.jsonl")
-    multi = _records(_torchrun(tmp_path, strategy, 0.3) / "metrics.jsonl")
+    multi = _records(_torchrun(tmp_path / strategy, strategy, 0.3) / "metrics.jsonl")
     assert sum(r["grad_norm"] > 0.3 for r in single) >= 3
     for a, b in zip(single, multi, strict=True):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
@@ -169,6 +168,13 @@ def test_two_process_matches_one_process(tmp_path, strategy):
         torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-6)
     post = json.loads((tmp_path / strategy / "applied_norms.json").read_text())
     assert max(post) <= 0.3 * (1 + 1e-4)
+    if strategy == "fsdp":  # resume of a sharded run (gathered optimizer state re-sharded): crash after 5, resume at 4
+        _torchrun(tmp_path / "cut", strategy, 0.3, mode="5", expect_ok=False)
+        _torchrun(tmp_path / "cut", strategy, 0.3, mode="resume")
+        resumed = _records(tmp_path / "cut" / "metrics.jsonl")
+        assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+        for a, b in zip(multi, resumed):
+            assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
 
 
 class _FakeBackend:

@@ -3,7 +3,9 @@
 The model follows the trainer's contract `model(batch) -> {"loss", "metrics"}`; the sampler
 takes a disjoint strided slice of one seeded permutation per rank, as the real GlobalSampler.
 
-    torchrun --nproc_per_node 2 tests/train_toy.py OUT_DIR STRATEGY GLOBAL_BATCH PER_DEVICE MAX_STEPS [MAX_GRAD_NORM]
+    torchrun --nproc_per_node 2 tests/train_toy.py OUT_DIR STRATEGY GLOBAL_BATCH PER_DEVICE MAX_STEPS [MAX_GRAD_NORM [CRASH_AT|resume]]
+
+CRASH_AT = k: raise after step k (a crash); "resume": continue from the newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def main(argv):
 
     out, strategy, global_bs, per_dev, steps = argv[0], argv[1], int(argv[2]), int(argv[3]), int(argv[4])
     max_norm = float(argv[5]) if len(argv) > 5 else 1.0
+    mode = argv[6] if len(argv) > 6 else ""
     torch.set_num_threads(1)
     info = D.setup_distributed("cpu")
     torch.manual_seed(0)
@@ -76,9 +79,18 @@ def main(argv):
     sampler = ToySampler(len(ds), seed=3, rank=info.rank, world_size=info.world_size)
     s = LoopSettings(per_device_batch_size=per_dev, accumulation_steps=global_bs // (per_dev * info.world_size),
                      max_steps=steps, learning_rate=0.05, max_grad_norm=max_norm, strategy=strategy,
-                     lr_scheduler_type="linear-warmup+cosine-decay", warmup_ratio=0.2, save_step=steps, progress=False)
-    logger = JSONLLogger(Path(out) / "metrics.jsonl") if info.is_main else None
-    tr = Trainer(model, ds, sampler, s, info=info, run_dir=out, logger=logger)
+                     lr_scheduler_type="linear-warmup+cosine-decay", warmup_ratio=0.2, save_step=2, progress=False)
+    from latentvla.train.checkpointing import CheckpointManager
+
+    resume = CheckpointManager(Path(out) / "checkpoints").latest() if mode == "resume" else None
+    resume_step = int(resume.name.split("_")[-1]) if resume else None
+    logger = JSONLLogger(Path(out) / "metrics.jsonl", resume_step=resume_step) if info.is_main else None
+
+    def crash(step, rec):
+        if mode.isdigit() and step == int(mode):
+            raise RuntimeError(f"simulated crash after step {step}")
+
+    tr = Trainer(model, ds, sampler, s, info=info, run_dir=out, logger=logger, callbacks=[crash], resume_from=resume)
     applied = []  # global norm of the gradient the optimizer actually applies (after clipping)
 
     def record(opt, args, kwargs):
