@@ -198,3 +198,24 @@ def test_raw_frames_are_prepared_like_training_images(trained):
         np.testing.assert_array_equal(policy.prepare_images(raw)[0], prepared[0])
         np.testing.assert_allclose(policy.predict_action(raw, "open the drawer", proprio),
                                    policy.predict_action(prepared, "open the drawer", proprio), atol=1e-6)
+
+
+def test_run_dir_and_latest_pointer_resolve_to_the_newest_checkpoint(trained, tmp_path):
+    """What `latentvla train` prints (the run dir) or its `checkpoints/latest` pointer load like the step dir."""
+    import shutil
+
+    from latentvla.eval.checkpoint_info import read_checkpoint_info
+    from latentvla.vla.checkpoint import resolve_policy_dir
+
+    _, ckpt, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(ckpt, run / "checkpoints" / "step_5")
+    (run / "checkpoints" / "latest").write_text("step_5\n")
+    step = run / "checkpoints" / "step_5"
+    for given in (run, run / "checkpoints", run / "checkpoints" / "latest", step):
+        assert resolve_policy_dir(given) == step
+    assert read_checkpoint_info(str(run))["vla_id"] == "la_tok"
+    assert VLAPolicy.from_pretrained(run, device="cpu").chunk_len == 8
+    (run / "checkpoints" / "latest").write_text("step_9\n")
+    with pytest.raises(LatentVLAError, match="step_9.*not a complete policy checkpoint"):
+        resolve_policy_dir(run)

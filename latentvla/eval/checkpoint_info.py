@@ -27,6 +27,9 @@ def _find(cfg: Mapping[str, Any], key: str) -> Any:
 
 
 def read_checkpoint_info(ckpt_dir: str) -> dict:
+    from latentvla.vla.checkpoint import resolve_policy_dir  # light: no torch at import
+
+    ckpt_dir = str(resolve_policy_dir(ckpt_dir))  # a run dir / `latest` pointer -> its newest checkpoint
     path = Path(ckpt_dir) / "config.json"
     if not Path(ckpt_dir).is_dir():
         raise LatentVLAError(f"--pretrained_checkpoint {ckpt_dir}: not a directory")

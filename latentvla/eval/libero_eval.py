@@ -152,6 +152,10 @@ def select_task_ids(cfg: LiberoEvalConfig, num_tasks: int) -> list[int]:
 
 def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     cfg.validate()
+    if cfg.policy == "vla" and cfg.pretrained_checkpoint:  # a run dir / `latest` pointer -> the step dir it names
+        from latentvla.vla.checkpoint import resolve_policy_dir
+
+        cfg.pretrained_checkpoint = str(resolve_policy_dir(cfg.pretrained_checkpoint))
     token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
     backend = configure_rendering(cfg.render_backend)
     run_name = _run_name(cfg)

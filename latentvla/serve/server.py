@@ -88,11 +88,16 @@ class PolicyServer:
         return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
 
     async def _handler(self, ws) -> None:
-        await ws.send(packb(self.metadata))
+        from websockets.exceptions import ConnectionClosed
+
         loop = asyncio.get_running_loop()
-        async for message in ws:
-            reply = await loop.run_in_executor(None, self.handle_message, message)
-            await ws.send(packb(reply))
+        try:
+            await ws.send(packb(self.metadata))
+            async for message in ws:
+                reply = await loop.run_in_executor(None, self.handle_message, message)
+                await ws.send(packb(reply))
+        except ConnectionClosed as e:  # a client that exits without a close frame is normal, not a server error
+            log.info(f"client {ws.remote_address} disconnected ({e})")
 
     async def _main(self) -> None:
         from websockets.asyncio.server import serve
@@ -128,6 +133,10 @@ def run_server(cfg) -> int:
     from latentvla.eval.policies import PolicySpec, build_policy
 
     cfg.validate()
+    if cfg.policy == "vla" and cfg.pretrained_checkpoint:  # a run dir / `latest` pointer -> the step dir it names
+        from latentvla.vla.checkpoint import resolve_policy_dir
+
+        cfg.pretrained_checkpoint = str(resolve_policy_dir(cfg.pretrained_checkpoint))
     token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
     policy = build_policy(PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, platform=cfg.robot,
                                      device=cfg.device, unnorm_key=cfg.unnorm_key))

@@ -80,6 +80,22 @@ def check_versions(directory: Path) -> list[str]:
     return diffs
 
 
+def resolve_policy_dir(directory: str | Path) -> Path:
+    """A policy checkpoint directory, also given as a training run dir (`<run>/`), its
+    `checkpoints/` dir or the `checkpoints/latest` pointer file: those resolve to the newest
+    checkpoint the pointer names, so users can pass what `latentvla train` printed."""
+    directory = Path(directory)
+    if (directory / "config.json").is_file():
+        return directory
+    for pointer in (directory, directory / "latest", directory / "checkpoints" / "latest"):
+        if pointer.is_file() and pointer.name == "latest":
+            target = pointer.parent / pointer.read_text().strip()
+            if not (target / "config.json").is_file():
+                raise LatentVLAError(f"{pointer} names {target.name!r}, which is not a complete policy checkpoint")
+            return target
+    return directory
+
+
 def load_policy_model(directory: str | Path, device: str | None = "cpu", vlm_path: str | None = None,
                       action_tokenizer=None):
     """-> (LatentVLA in eval mode with the trained weights, config dict, statistics dict)."""
@@ -90,7 +106,7 @@ def load_policy_model(directory: str | Path, device: str | None = "cpu", vlm_pat
     from latentvla.vla.configuration_vla import VLAConfig
     from latentvla.vla.modeling_vla import LatentVLA
 
-    directory = Path(directory)
+    directory = resolve_policy_dir(directory)
     if not directory.is_dir():
         raise LatentVLAError(f"policy checkpoint {directory}: directory not found")
     config = _read_json(directory / "config.json")
