@@ -132,6 +132,17 @@ def test_epochs_bound_training_without_max_steps(tmp_path):
     assert tr.step == 10 and tr.stream.state_dict() == {"epoch": 1, "position": 40}  # two full passes
 
 
+def test_non_finite_loss_stops_before_the_update(tmp_path):
+    ds = ToyDataset(n=16)
+    ds.y[5] = float("nan")
+    model = ToyModel()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr = Trainer(model, ds, ToySampler(16, 0), LoopSettings(per_device_batch_size=16, max_steps=1, progress=False), info=CPU)
+    with pytest.raises(LatentVLAError, match="not finite"):
+        tr.fit()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_too_small_dataset_is_a_clear_error(tmp_path):
     ds = ToyDataset(n=3)
     with pytest.raises(LatentVLAError, match="per_device_batch_size"):

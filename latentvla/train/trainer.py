@@ -235,8 +235,6 @@ class Trainer:
             with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
                 out = self.wrapped(batch)
             loss = out["loss"]
-            if not torch.isfinite(loss.detach()).all():
-                raise LatentVLAError(f"loss is {loss.item()} at step {self.step + 1}: lower --learning_rate or check the data")
             (loss / self.s.accumulation_steps).backward()
         return loss.detach().float(), out.get("metrics", {}) or {}
 
@@ -255,16 +253,20 @@ class Trainer:
                 f = _as_float(v)
                 if f is not None:
                     metric_sums[k] = metric_sums.get(k, 0.0) + f / n
+        keys = sorted(metric_sums)
+        vec = torch.tensor([float(torch.stack(losses).mean())] + [metric_sums[k] for k in keys] + [wait], dtype=torch.float64)
+        vec = D.all_reduce_mean(vec)  # the same values on every rank, so all ranks stop together
         max_norm = self.s.max_grad_norm if self.s.max_grad_norm > 0 else math.inf
         grad_norm = _full(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if not (math.isfinite(float(vec[0])) and math.isfinite(float(grad_norm))):
+            raise LatentVLAError(f"step {self.step + 1}: loss {float(vec[0])}, gradient norm {float(grad_norm)} (not finite); "
+                                 "lower --learning_rate, keep --max_grad_norm > 0 or check the data; the weights were "
+                                 "not updated and the last checkpoint is intact")
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        keys = sorted(metric_sums)
-        vec = torch.tensor([float(torch.stack(losses).mean())] + [metric_sums[k] for k in keys] + [wait], dtype=torch.float64)
-        vec = D.all_reduce_mean(vec)
         dt = time.perf_counter() - t0
         rec = {"loss": float(vec[0]), **{k: float(v) for k, v in zip(keys, vec[1:-1])},
                "lr": lr, "grad_norm": float(grad_norm), "epoch": self.stream.epoch,
