@@ -125,6 +125,17 @@ def test_one_camera_and_no_proprio(tiny_vlm_dir, vla_data_root):
         model.processor.collate([{**dataset_for(vla_data_root, make_model(tiny_vlm_dir))[0]}])
 
 
+def test_num_images_in_input_must_match_the_data_up_front():
+    from latentvla.vla.configuration_vla import VLAConfig
+
+    assert VLAConfig(num_images_in_input=2).num_images(2) == 2
+    assert VLAConfig(use_wrist_image=False).num_images(3) == 1
+    with pytest.raises(LatentVLAError, match="num_images_in_input 3 does not match the 2 camera.*--num_images_in_input 2"):
+        VLAConfig(num_images_in_input=3).num_images(2)
+    with pytest.raises(LatentVLAError, match="num_images_in_input 2 does not match the 1 camera.*use_wrist_image False"):
+        VLAConfig(num_images_in_input=2, use_wrist_image=False).num_images(2)
+
+
 def test_three_cameras_aloha(tiny_vlm_dir):
     aloha = get_platform("aloha")
     model = make_model(tiny_vlm_dir, "la_cond", platform=aloha)

@@ -78,6 +78,11 @@ class VLAConfig:
             raise LatentVLAError(f"attn_implementation must be flash_attention_2, sdpa or eager, got {self.attn_implementation!r}")
 
     def num_images(self, platform_cameras: int) -> int:
-        if self.num_images_in_input is not None:
-            return self.num_images_in_input
-        return platform_cameras if self.use_wrist_image else 1
+        expected = platform_cameras if self.use_wrist_image else 1  # what the data pipeline yields per sample
+        if self.num_images_in_input is not None and self.num_images_in_input != expected:
+            # Caught here, before the backbone loads, instead of at the first batch.
+            raise LatentVLAError(
+                f"num_images_in_input {self.num_images_in_input} does not match the {expected} camera image(s) per "
+                f"sample ({'the platform has ' + str(platform_cameras) if self.use_wrist_image else 'use_wrist_image False'}"
+                f"); pass --num_images_in_input {expected} or leave it out")
+        return expected
