@@ -119,3 +119,19 @@ def test_report_writes_table_json_and_plot(tmp_path, capsys):
     assert "| baseline | 60% | 80% | 40% | 0.120 |" in text
     assert (tmp_path / "results.md").is_file()
     assert out["plot"] and (tmp_path / "success_rates.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_call_command_runs_a_registered_command(capsys):
+    assert call_command("robots", ["--json"], stage="models") == 0
+    assert '"metaworld"' in capsys.readouterr().out
+
+
+def test_finished_stages_are_skipped(tmp_path, capsys):
+    d = Demo(parse_config(DemoConfig, ["--output_dir", str(tmp_path), "--scale", "tiny", "--variants", "baseline"]))
+    d.prepare()
+    for stage in d.stage_names():
+        d.marker(stage).parent.mkdir(parents=True, exist_ok=True)
+        d.marker(stage).write_text(json.dumps({"stage": stage, "seconds": 2}))
+    info = d.run()  # would need Meta-World, training, ... if any stage ran
+    assert list(info) == d.stage_names()
+    assert capsys.readouterr().out.count("skipping") == len(d.stage_names())

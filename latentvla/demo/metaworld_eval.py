@@ -76,7 +76,9 @@ class RandomActionPolicy:
         self._rng = np.random.default_rng(seed)
 
     def reset(self) -> None:
-        self._rng = np.random.default_rng([self.seed, int(self._rng.integers(1 << 31))])
+        # the rollout loop seeds numpy's global generator with the episode seed just before this call,
+        # so every episode draws the same actions whatever the order (resume, workers)
+        self._rng = np.random.default_rng([self.seed, int(np.random.randint(1 << 31))])
 
     def predict_action(self, images, instruction, proprio=None) -> np.ndarray:
         return self._rng.uniform(-1.0, 1.0, size=(1, 4)).astype(np.float32)
