@@ -12,8 +12,13 @@ Resize: Lanczos (antialiased), straight from the decoded image to `size`. Traini
    axis in YIQ space), in that order. The four are affine in RGB, so they are composed into one
    3x4 colour matrix applied by PIL in C with a single clip at the end (intermediate clipping,
    as in TF's per-op version, is skipped: a deliberate, documented difference).
-JPEG decoding uses simplejpeg when installed (faster; DCT-domain downscaling for large images),
-else PIL. Undecodable bytes raise `ImageDecodeError` (a LatentVLAError); callers add context.
+The crop box is applied by the resampler, so output pixels within the filter support (~3 source
+pixels) of the crop border also weigh real pixels just outside the crop (crop-then-resize would
+clamp there); everywhere else the result equals crop-then-resize.
+JPEG decoding uses simplejpeg when installed (faster), else PIL. `process_image` always decodes at
+full resolution: JPEG DCT-domain downscaling (`decode_array(min_size=...)`) is not a Lanczos resize,
+and inference resizes raw camera frames, so training must start from the same full-size pixels.
+Undecodable bytes raise `ImageDecodeError` (a LatentVLAError); callers add context.
 """
 
 from __future__ import annotations
@@ -141,7 +146,7 @@ def process_image(image: bytes | np.ndarray | Image.Image, size: int, params: Au
     if resample not in RESAMPLE_CHOICES:
         raise LatentVLAError(f"resample must be one of {', '.join(RESAMPLE_CHOICES)}, got {resample!r}")
     if isinstance(image, (bytes, bytearray, memoryview)):
-        src = decode_array(bytes(image), min_size=size)
+        src = decode_array(bytes(image))  # full resolution: see the module docstring
     elif isinstance(image, np.ndarray):
         src = np.asarray(image, np.uint8)
     else:
