@@ -112,23 +112,59 @@ def decode_bound(ds, indices, backend: str) -> float:
     return len(blobs) / (time.process_time() - t0)  # CPU time: robust to other load on the machine
 
 
-def per_image_minima(ds, indices, size: int) -> dict[str, float]:
-    """ms per image, minimum over repeats (robust to other load): decode, and the two full image paths."""
+def stage_costs(ds, indices, size: int, batch_size: int) -> dict[str, float]:
+    """CPU ms per stage (median over the probe images of the best of 3 repeats, one thread).
+
+    Per image: decode, crop+resize (Lanczos via PIL `resize(box=...)`, antialiased bicubic via torch),
+    colour jitter (3x4 matrix in PIL), and the whole `process_image`; per sample: everything that is
+    not an image (locate, augmentation draw, action chunk, proprio, instruction) and default collate.
+    """
     import timeit
 
-    from latentvla.data.transforms import decode_array, process_image, sample_augment_params
+    import torch
+    from PIL import Image
+    from torch.utils.data import default_collate
 
-    d, e, t = ds.locate(int(indices[0]))
-    idx = ds.indexes[d]
-    s, en = idx.image_spans[int(idx.ep_start[e]) + t, 0]
-    blob = ds._read(idx.shard_path(e), int(s), int(en))
-    p = sample_augment_params(np.random.default_rng(0))
-    env = {"decode_array": decode_array, "process_image": process_image, "blob": blob, "p": p, "S": size}
-    out = {}
-    for name, stmt in (("decode", "decode_array(blob)"), ("lanczos", "process_image(blob, S, p, 'lanczos')"),
-                       ("bicubic", "process_image(blob, S, p, 'bicubic')")):
-        out[name] = min(timeit.repeat(stmt, number=20, repeat=15, globals=env)) / 20 * 1000
-    return out
+    from latentvla.data.transforms import (_resize_torch, color_matrix, decode_array, process_image,
+                                           sample_augment_params)
+    from latentvla.utils.seeding import derive_seed
+
+    def best(fn, number=5):
+        return min(timeit.repeat(fn, number=number, repeat=3, timer=time.process_time)) / number * 1000
+
+    rows: dict[str, list[float]] = {}
+    for i in indices[:20]:
+        d, e, t = ds.locate(int(i))
+        idx = ds.indexes[d]
+        s, en = idx.image_spans[int(idx.ep_start[e]) + t, 0]
+        blob = ds._read(idx.shard_path(e), int(s), int(en))
+        p = sample_augment_params(np.random.default_rng(int(i)))
+        arr = decode_array(blob, size)
+        img = Image.fromarray(arr)
+        W, H = img.size
+        box = (p.crop[0] * W, p.crop[1] * H, p.crop[2] * W, p.crop[3] * H)
+        small = img.resize((size, size), Image.LANCZOS, box=box)
+        m = color_matrix(p, arr[::8, ::8].reshape(-1, 3).mean(0))
+        for name, fn in (
+                ("decode (simplejpeg)", lambda: decode_array(blob, size)),
+                ("crop+resize, Lanczos (PIL)", lambda: img.resize((size, size), Image.LANCZOS, box=box)),
+                ("crop+resize, bicubic (torch uint8)", lambda: _resize_torch(arr, tuple(int(round(v)) for v in box), size, "bicubic")),
+                ("colour jitter (3x4 matrix, PIL)", lambda: np.asarray(small.convert("RGB", m))),
+                ("process_image total, Lanczos", lambda: process_image(blob, size, p, "lanczos")),
+                ("process_image total, bicubic", lambda: process_image(blob, size, p, "bicubic"))):
+            rows.setdefault(name, []).append(best(fn))
+
+    def non_image(i):
+        d, e, t = ds.locate(i)
+        sample_augment_params(np.random.default_rng(derive_seed(ds.seed, ds.epoch, int(i)) % (2**63)))
+        ds.action_chunk(d, e, t, ds.chunk_len), ds.proprio(d, e, t), ds.instruction(d, e), ds.base_sample(d, e, t)
+
+    rows["per sample: non-image work (index, chunk, proprio, aug draw)"] = [
+        best(lambda: [non_image(int(i)) for i in indices[:50]], 3) / 50]
+    batch = [ds[int(i)] for i in indices[:batch_size]]
+    torch.set_num_threads(1)
+    rows["per sample: default collate"] = [best(lambda: default_collate(batch), 3) / batch_size]
+    return {k: float(np.median(v)) for k, v in rows.items()}
 
 
 def naive_rate(ds, indices) -> float:
@@ -196,7 +232,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1500, help="timed samples per configuration")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--image_size", type=int, default=224)
-    ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (empty: only the decode bound and stages)")
     ap.add_argument("--out_dir", default=None, help="keep the dataset here (default: a temp dir, removed)")
     args = ap.parse_args()
 
@@ -229,7 +265,7 @@ def main() -> None:
         print(f"{'JPEG decode bound, simplejpeg (2 images/sample)':<50} {'-':>14} {bound:>13.0f} {100:>9.0f}% {'-':>12}")
         print(f"{'JPEG decode bound, PIL (2 images/sample)':<50} {'-':>14} {pil / 2:>13.0f} {100 * pil / 2 / bound:>9.0f}% {'-':>12}")
         print(f"{'naive: parse whole episode per sample (lanczos)':<50} {'-':>14} {naive:>13.0f} {100 * naive / bound:>9.0f}% {'-':>12}")
-        for w in [int(x) for x in args.workers.split(",")]:
+        for w in [int(x) for x in args.workers.split(",") if x]:
             for resample in ("lanczos", "bicubic"):
                 rate, per_cpu, rss = loader_rate(ds, w, args.samples, args.batch_size, seed=0, resample=resample)
                 print(f"{f'VLADataset + DataLoader, {w} worker(s), {resample}':<50} {rate:>14.0f} {per_cpu:>13.0f} "
@@ -237,13 +273,16 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-        m = per_image_minima(ds, probe, args.image_size)
-        print("\nper 256^2 image, best of 15 repeats (ms; approximates an idle core):")
-        print(f"  decode {m['decode']:.3f} | decode+crop+Lanczos+jitter {m['lanczos']:.3f} | decode+crop+bicubic+jitter "
-              f"{m['bicubic']:.3f}")
-        for name in ("lanczos", "bicubic"):
-            print(f"  -> {name}: {1000 / (2 * m[name]):.0f} samples/s/core = {100 * m['decode'] / m[name]:.0f}% of the decode "
-                  f"bound per core; 2 workers on 2 idle cores ~ {100 * 2 * m['decode'] / m[name]:.0f}% of the one-core bound")
+        m = stage_costs(ds, probe, args.image_size, args.batch_size)
+        print("\nCPU ms per stage (one thread; median over 20 images of the best of 3 repeats):")
+        for k, v in m.items():
+            print(f"  {k:<62} {v:7.3f}")
+        dec = m["decode (simplejpeg)"]
+        for name in ("Lanczos", "bicubic"):
+            per_sample = 2 * m[f"process_image total, {name}"] + m["per sample: non-image work (index, chunk, proprio, aug draw)"] \
+                + m["per sample: default collate"]
+            print(f"  -> {name}: {per_sample:.2f} ms/sample = {1000 / per_sample:.0f} samples/CPU-s = "
+                  f"{100 * 2 * dec / per_sample:.0f}% of the decode bound ({1000 / (2 * dec):.0f} samples/CPU-s)")
     finally:
         if not args.out_dir:
             shutil.rmtree(root, ignore_errors=True)
