@@ -140,3 +140,18 @@ def test_missing_logger_backend_or_device(capsys, tmp_path, tiny_vlm_dir, plain_
     if not torch.cuda.is_available():
         err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--device", "cuda")
         assert "CUDA" in err
+
+
+PAPER_FLAGS = """seed run_root_dir save_checkpoint vla_id vlm_path vlm_model_id default_image_size data_root_dir
+data_mix shuffle_buffer_size image_aug window_size use_wrist_image use_proprio use_pro_version num_images_in_input
+action_tokenizer_ckpt codebook_size use_latent type epochs max_steps global_batch_size per_device_batch_size
+learning_rate weight_decay max_grad_norm lr_scheduler_type warmup_ratio save_step token_loss_weight use_val
+wandb_project use_wandb pretrained_checkpoint from_pretrained""".split()
+OUR_FLAGS = "strategy resume gradient_checkpointing lora_rank num_workers robot keep_checkpoints merge_lora dataset_registry".split()
+
+
+def test_every_paper_flag_is_accepted():
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(PAPER_FLAGS + OUR_FLAGS) <= names, set(PAPER_FLAGS + OUR_FLAGS) - names
