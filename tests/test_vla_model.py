@@ -375,3 +375,13 @@ def test_a_sixth_variant_is_one_strategy_class(tiny_vlm_dir, vla_data_root):
 
         STRATEGIES.pop("test_double_slots", None)
         EXTRA_VLA_IDS.remove("test_double_slots")
+
+
+def test_lam_codes_beyond_the_act_vocabulary_name_the_setting(tiny_vlm_dir, vla_data_root):
+    """An image LAM with a larger codebook than latent_codebook_size: the error says which setting to change."""
+    model = make_model(tiny_vlm_dir, "la_direct", latent_codebook_size=8)
+    batch = batch_for(vla_data_root, model, idx=(0, 5))
+    batch["latent_idx"] = batch["latent_idx"].clone().clamp(max=7)
+    batch["latent_idx"][0, 0, 0] = 12
+    with pytest.raises(LatentVLAError, match="codes up to 12 but the VLA has 8 <ACT> tokens.*latent_codebook_size"):
+        model(batch)

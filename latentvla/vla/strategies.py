@@ -167,6 +167,11 @@ class _ImageLatentCodes(Strategy):
         if idx.ndim != 3 or idx.shape[1:] != (self.P, self.C):
             raise LatentVLAError(f"latent_idx has shape {tuple(idx.shape[1:])}, expected [{self.P}, {self.C}] "
                                  "(chunk length, codes per step)")
+        K = len(self.ids.act)
+        if bool(((idx < 0) | (idx >= K)).any()):
+            raise LatentVLAError(f"latent_idx holds codes up to {int(idx.max())} but the VLA has {K} <ACT> tokens "
+                                 f"(latent_codebook_size {K}): the image LAM that annotated the data uses a larger "
+                                 "codebook; set latent_codebook_size to the LAM's codebook_size")
         labels = idx.reshape(idx.shape[0], self.P * self.C)  # step-major: step 0 codes 0..C-1, step 1 ...
         valid = self.step_valid(ctx).repeat_interleave(self.C, dim=1)
         ce, metrics = code_cross_entropy(ctx, self.ids.latent_query, self.ids.act, labels, valid)
