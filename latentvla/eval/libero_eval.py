@@ -112,6 +112,9 @@ def libero_worker(payload: WorkerPayload, emit) -> None:
     finally:
         if env is not None:
             env.close()
+        close = getattr(policy, "close", None)  # a policy-server client this worker opened
+        if payload.policy is None and callable(close):
+            close()
 
 
 def _setup_logging(cfg: LiberoEvalConfig, run_name: str) -> Path:
@@ -256,6 +259,9 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
         run_in_workers(libero_worker, payloads, on_result)
     finally:
         bar.close()
+        close = getattr(policy, "close", None)  # a policy-server client: say goodbye instead of dropping the socket
+        if callable(close):
+            close()
 
     wanted = {(ep.suite, ep.task_id, ep.trial) for ep in episodes}
     records = [r for r in episode_log.load() if episode_key(r) in wanted]
