@@ -219,3 +219,20 @@ def test_run_dir_and_latest_pointer_resolve_to_the_newest_checkpoint(trained, tm
     (run / "checkpoints" / "latest").write_text("step_9\n")
     with pytest.raises(LatentVLAError, match="step_9.*not a complete policy checkpoint"):
         resolve_policy_dir(run)
+
+
+def test_moved_backbone_is_found_through_vlm_path(trained, tiny_vlm_dir, tmp_path):
+    """A checkpoint copied to another machine: serve / eval take --vlm_path (PolicySpec.vlm_path)."""
+    import shutil
+
+    from latentvla.eval.policies import PolicySpec, build_policy
+
+    _, ckpt, _ = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(ckpt, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    cfg["vla"]["vlm_path"] = str(tmp_path / "cluster" / "qwen3vl")
+    (moved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LatentVLAError, match="--vlm_path of `latentvla serve` / `latentvla eval libero`"):
+        build_policy(PolicySpec(checkpoint=str(moved), device="cpu"))
+    assert build_policy(PolicySpec(checkpoint=str(moved), device="cpu", vlm_path=str(tiny_vlm_dir))).chunk_len == 8

@@ -39,6 +39,7 @@ class LiberoEvalConfig:
     num_workers: int = arg(1, "Episodes run in this many processes (rendering is the CPU bottleneck).")
     device: str | None = arg(None, "Torch device of a local VLA policy (default: cuda if available, else cpu).")
     unnorm_key: str | None = arg(None, "Dataset whose statistics un-normalize actions (default: the checkpoint's only one).")
+    vlm_path: str | None = arg(None, "Backbone (Qwen3-VL) directory, when it is no longer where the checkpoint's config.json says.")
     render_backend: Literal["auto", "egl", "osmesa"] = arg(
         "auto", "Headless rendering (sets MUJOCO_GL and PYOPENGL_PLATFORM); auto keeps MUJOCO_GL or picks EGL, else OSMesa.")
     log_dir: str = arg("logs/libero", "Directory of the run's log file.")

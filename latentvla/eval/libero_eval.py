@@ -167,7 +167,8 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
 
     # Policy facts (and the in-process policy when there is a single worker).
     spec = PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, server=cfg.policy_server, token=token,
-                      platform="libero", device=cfg.device, unnorm_key=cfg.unnorm_key, seed=cfg.seed)
+                      platform="libero", device=cfg.device, unnorm_key=cfg.unnorm_key, seed=cfg.seed,
+                      vlm_path=cfg.vlm_path)
     info: dict[str, Any] = {}
     if cfg.policy == "vla" and not cfg.policy_server:
         info = read_checkpoint_info(cfg.pretrained_checkpoint)

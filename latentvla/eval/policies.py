@@ -69,6 +69,7 @@ class PolicySpec:
     device: str | None = None
     unnorm_key: str | None = None
     seed: int = 7
+    vlm_path: str | None = None  # backbone dir when the one recorded in the checkpoint moved
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -96,7 +97,8 @@ def build_policy(spec: PolicySpec):
         from latentvla.vla.policy import VLAPolicy
     except ImportError as e:
         raise LatentVLAError(f"--policy vla: cannot import latentvla.vla.policy.VLAPolicy ({e})") from None
-    return VLAPolicy.from_pretrained(spec.checkpoint, device=spec.device, unnorm_key=spec.unnorm_key)
+    return VLAPolicy.from_pretrained(spec.checkpoint, device=spec.device, unnorm_key=spec.unnorm_key,
+                                     vlm_path=spec.vlm_path)
 
 
 @dataclass(frozen=True)

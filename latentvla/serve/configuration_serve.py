@@ -21,6 +21,7 @@ class ServeConfig:
     token: str | None = arg(None, "Shared token clients must send (default: $LATENTVLA_TOKEN; none = no check).")
     device: str | None = arg(None, "Torch device (default: cuda if available, else cpu).")
     unnorm_key: str | None = arg(None, "Dataset whose statistics un-normalize actions (default: the checkpoint's only one).")
+    vlm_path: str | None = arg(None, "Backbone (Qwen3-VL) directory, when it is no longer where the checkpoint's config.json says.")
 
     def validate(self) -> None:
         if not 0 <= self.port < 65536:

@@ -139,7 +139,7 @@ def run_server(cfg) -> int:
         cfg.pretrained_checkpoint = str(resolve_policy_dir(cfg.pretrained_checkpoint))
     token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
     policy = build_policy(PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, platform=cfg.robot,
-                                     device=cfg.device, unnorm_key=cfg.unnorm_key))
+                                     device=cfg.device, unnorm_key=cfg.unnorm_key, vlm_path=cfg.vlm_path))
     center_crop = False
     if cfg.policy == "vla":
         from latentvla.eval.checkpoint_info import read_checkpoint_info

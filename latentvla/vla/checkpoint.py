@@ -119,7 +119,8 @@ def load_policy_model(directory: str | Path, device: str | None = "cpu", vlm_pat
         vla["vlm_path"] = vlm_path
     if not Path(vla.get("vlm_path") or "").is_dir():
         raise LatentVLAError(f"{directory}: backbone directory {vla.get('vlm_path')!r} recorded in config.json does not "
-                             "exist here; pass vlm_path=... (--vlm_path) pointing to the same Qwen3-VL directory")
+                             "exist here; pass vlm_path=... (CLI: --vlm_path of `latentvla serve` / `latentvla eval libero`) "
+                             "pointing to the same Qwen3-VL directory")
     cfg = config_from_dict(VLAConfig, vla, source=str(directory / "config.json"))
     platform = Platform.from_dict(config["platform"], source=str(directory / "config.json"))
     weights = directory / "model.safetensors"
