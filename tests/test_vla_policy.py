@@ -93,6 +93,8 @@ def test_policy_predicts_robot_units_with_normalized_proprio(trained):
         policy.predict_action(list(s["images"]), s["instruction"], None)
     with pytest.raises(LatentVLAError, match="5 dims.*expects 8"):
         policy.predict_action(list(s["images"]), s["instruction"], np.zeros(5))
+    with pytest.raises(LatentVLAError, match="images must be a list.*got NoneType"):
+        policy.predict_action(None, s["instruction"], raw_proprio)
 
 
 def test_select_action_and_reset(trained):

@@ -107,6 +107,9 @@ class VLAPolicy:
     @torch.no_grad()
     def predict_action(self, images: Any, instruction: str | Sequence[str], proprio: Any = None) -> np.ndarray:
         """One chunk [P, D] in robot units (or [B, P, D] when `instruction` is a list)."""
+        if images is None or isinstance(images, (str, bytes)):
+            raise LatentVLAError(f"predict_action: images must be a list of uint8 HxWx3 camera frames (primary first), "
+                                 f"got {type(images).__name__}")
         batched = not isinstance(instruction, str)
         if batched:
             instructions = list(instruction)
