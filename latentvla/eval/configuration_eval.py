@@ -15,7 +15,8 @@ LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", 
 class LiberoEvalConfig:
     """Closed-loop LIBERO evaluation of a policy (the community's protocol; see docs/evaluation.md)."""
 
-    pretrained_checkpoint: str = arg("", "Policy checkpoint directory (a training checkpoint step_<N>/ or an export).")
+    pretrained_checkpoint: str = arg("", "Policy checkpoint directory: a training checkpoint step_<N>/, "
+                                     "or a run dir (its newest checkpoint).")
     task_suite_name: Literal["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"] = arg(
         "libero_goal", "LIBERO task suite.")
     policy: Literal["vla", "random", "zero"] = arg(

@@ -13,7 +13,8 @@ from latentvla.errors import LatentVLAError
 class ServeConfig:
     """Serve a policy over a websocket with msgpack-encoded numpy arrays (see docs/evaluation.md)."""
 
-    pretrained_checkpoint: str = arg("", "Policy checkpoint directory (weights + config + dataset statistics).")
+    pretrained_checkpoint: str = arg("", "Policy checkpoint directory: a training checkpoint step_<N>/, "
+                                     "or a run dir (its newest checkpoint).")
     policy: Literal["vla", "random", "zero"] = arg("vla", "vla = the checkpoint; random / zero answer without a model (for tests).")
     robot: str = arg("libero", "Robot platform of the random / zero policies.")
     host: str = arg("127.0.0.1", "Address to bind; the loopback by default. Use a --token when binding elsewhere.")
