@@ -217,6 +217,12 @@ def test_codes_predicted_at_their_own_slots(tiny_vlm_dir):
     ctx = ForwardContext({"input_ids": ids}, (h,), [0], model.ids, model.token_rows)
     _, m = code_cross_entropy(ctx, model.ids.latent_query, model.ids.la, labels, torch.ones(2, 8, dtype=torch.bool))
     assert m["code_acc"] == 1.0
+    # all logits equal (the new rows' mean initialisation): ties are not correct predictions
+    with torch.no_grad():
+        rows[la0:la0 + 32] = rows[la0]
+    _, m = code_cross_entropy(ctx, model.ids.latent_query, model.ids.la, torch.zeros_like(labels),
+                              torch.ones(2, 8, dtype=torch.bool))
+    assert m["code_acc"] == 0.0
 
 
 def test_new_tokens_are_dedicated_and_mean_initialised(tiny_vlm_dir):

@@ -84,7 +84,11 @@ def code_cross_entropy(ctx: ForwardContext, slot_token: int, vocab: tuple[int, .
     ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels.float())
     w = valid.float()
     denom = w.sum().clamp(min=1.0)
-    acc = ((logits.argmax(-1) == labels).float() * w).sum() / denom
+    # Top-1 correct only when the label's logit beats every other one: at init the new rows are equal, all
+    # logits tie and argmax would "predict" code 0 (code_acc 1.0 on a collapsed LAM at chance-level CE).
+    label_logit = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    best_other = logits.scatter(-1, labels.unsqueeze(-1), float("-inf")).amax(-1)
+    acc = ((label_logit > best_other).float() * w).sum() / denom
     ce = (ce * w).sum() / denom
     return ce, {"ce": ce.detach(), "code_acc": acc.detach()}
 
