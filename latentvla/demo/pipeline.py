@@ -4,9 +4,10 @@ Stages (each leaves a done-marker `<output_dir>/stages/<stage>.json`; a finished
 on the next run, an unfinished one resumes from what its command left behind):
 
   data              scripted-expert demos -> RLDS `data/metaworld_demo/1.0.0`
-  models            tiny random Qwen3-VL (`latentvla tiny-vlm`) and DINOv2 (`latentvla tiny-dino`)
+  models            tiny random Qwen3-VL (`latentvla tiny-vlm`)
   action_tokenizer  `latentvla lam action-train`                       (la_tok)
-  image_lam         `latentvla lam image-train` (stage 2, from scratch)  (la_align, la_direct, la_cond)
+  image_lam         tiny random DINOv2 (`latentvla tiny-dino`) + `latentvla lam image-train`
+                    (stage 2, from scratch)                             (la_align, la_direct, la_cond)
   annotate          `latentvla lam annotate` -> `data/metaworld_demo_latent/1.0.0`
   train:<variant>   `latentvla train --vla_id <variant> ...` (the paper's flags)
   evaluate:reference  random policy and scripted expert on the held-out seeds
@@ -64,7 +65,7 @@ class DemoPaths:
             "data": [self.dataset.parent],
             "models": [self.root / "models"],
             "action_tokenizer": [self.tokenizer],
-            "image_lam": [self.image_lam],
+            "image_lam": [self.image_lam, self.dino],
             "annotate": [self.latent_dataset.parent],
             "train": [self.runs],
             "evaluate": [self.eval],
@@ -246,12 +247,15 @@ class Demo:
                                       "--intermediate_size", str(2 * h), "--seed", str(self.cfg.seed), "--overwrite", "True"],
                          stage="models", log=self.paths.commands)
             out["vlm_path"] = str(self.paths.vlm)
-        if any(v in LATENT_VARIANTS for v in self.variants):
+        return out
+
+    def write_dino(self) -> None:
+        """The tiny random DINOv2 of the image LAM (written by the stage that needs it: a run started
+        with `--variants baseline` can add the latent variants later in the same output dir)."""
+        if not (self.paths.dino / "config.json").is_file():
             call_command("tiny-dino", [str(self.paths.dino), "--image_size", str(self.lam_image_size()),
                                        "--seed", str(self.cfg.seed), "--overwrite", "True"],
-                         stage="models", log=self.paths.commands)
-            out["dino_path"] = str(self.paths.dino)
-        return out
+                         stage="image_lam", log=self.paths.commands)
 
     def vlm_path(self) -> str:
         return self.cfg.vlm_path or str(self.paths.vlm)
@@ -281,6 +285,7 @@ class Demo:
 
     def stage_image_lam(self) -> dict:
         s = self.sizes
+        self.write_dino()
         call_command("lam image-train", [
             *self.common_data_flags(), "--dino_path", str(self.paths.dino), "--stage", "2",
             "--results_dir", str(self.paths.image_lam_root), "--run_id", self.paths.image_lam.name,
