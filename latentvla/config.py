@@ -222,8 +222,11 @@ def _load_config_file(path: Path) -> dict[str, Any]:
             import yaml
 
             data = yaml.safe_load(text)
-    except Exception as e:  # malformed YAML/JSON
-        raise LatentVLAError(f"--config {path}: cannot parse ({e})") from None
+    except Exception as e:  # malformed YAML/JSON; YAML errors span lines, the CLI prints one
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise LatentVLAError(f"--config {path}: cannot parse{where} ({reason})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

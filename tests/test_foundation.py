@@ -46,6 +46,10 @@ def test_config_file_defaults_and_flags_win(tmp_path):
     assert cfg.steps == 2 and cfg.lr == 0.5
     with pytest.raises(LatentVLAError, match="unknown option"):
         config_from_dict(_Cfg, {"nope": 1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [\n")
+    with pytest.raises(LatentVLAError, match=r"bad.yaml: cannot parse at line 2, column 1 \([^\n]*\)$"):
+        parse_config(_Cfg, ["--config", str(bad)])  # one line: the CLI prints the message as is
 
 
 def test_cli_help_fast_and_lists_commands():

@@ -175,7 +175,7 @@ class _ImageLatentCodes(Strategy):
         if bool(((idx < 0) | (idx >= K)).any()):
             raise LatentVLAError(f"latent_idx holds codes up to {int(idx.max())} but the VLA has {K} <ACT> tokens "
                                  f"(latent_codebook_size {K}): the image LAM that annotated the data uses a larger "
-                                 "codebook; set latent_codebook_size to the LAM's codebook_size")
+                                 "codebook; pass --latent_codebook_size <the LAM's --codebook_size>")
         labels = idx.reshape(idx.shape[0], self.P * self.C)  # step-major: step 0 codes 0..C-1, step 1 ...
         valid = self.step_valid(ctx).repeat_interleave(self.C, dim=1)
         ce, metrics = code_cross_entropy(ctx, self.ids.latent_query, self.ids.act, labels, valid)
