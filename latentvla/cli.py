@@ -115,7 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not words or prefix in groups:
             _print_overview(prefix)
             return 0 if (not argv or argv[-1] in ("-h", "--help") or prefix in groups and len(argv) == len(words)) else 2
-        print(f"latentvla: unknown command {prefix!r}; run 'latentvla --help' for the list.", file=sys.stderr)
+        group = words[0] if words[0] in groups else ""  # `latentvla data foo` -> point at `latentvla data --help`
+        print(f"latentvla: unknown command {prefix!r}; run 'latentvla {group + ' ' if group else ''}--help' for the list.",
+              file=sys.stderr)
         return 2
     path, n = match
     cmd = COMMANDS[path]

@@ -72,6 +72,8 @@ def test_every_subcommand_help(path):
 def test_unknown_command_is_clear(capsys):
     assert main(["nope"]) == 2
     assert "unknown command" in capsys.readouterr().err
+    assert main(["data", "nope"]) == 2
+    assert "run 'latentvla data --help'" in capsys.readouterr().err
 
 
 def test_platform_registry_and_validation():
