@@ -204,14 +204,18 @@ class Demo:
             funcs[f"evaluate:{v}"] = lambda v=v: self.stage_evaluate(v)
         t_all = time.perf_counter()
         info: dict = {}
+        ran_any = False
         for i, name in enumerate(names, 1):
             prev = self.done(name)
+            if name == "report" and ran_any:
+                prev = None  # an earlier stage ran in this invocation: the report must include it
             if prev is not None:
                 print(f"[{i}/{len(names)}] {name}: done ({prev.get('seconds', 0):.0f} s), skipping", flush=True)
                 info[name] = prev
             else:
                 print(f"[{i}/{len(names)}] {name} ...", flush=True)
                 t0 = time.perf_counter()
+                ran_any = True
                 out = funcs[name]() or {}
                 out = {"stage": name, "seconds": round(time.perf_counter() - t0, 1),
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **out}
