@@ -135,3 +135,17 @@ def test_finished_stages_are_skipped(tmp_path, capsys):
     info = d.run()  # would need Meta-World, training, ... if any stage ran
     assert list(info) == d.stage_names()
     assert capsys.readouterr().out.count("skipping") == len(d.stage_names())
+
+
+def test_report_is_redone_when_an_earlier_stage_ran(tmp_path, monkeypatch):
+    d = Demo(parse_config(DemoConfig, ["--output_dir", str(tmp_path), "--scale", "tiny", "--variants", "baseline"]))
+    d.prepare()
+    for stage in d.stage_names():
+        if stage != "evaluate:reference":
+            d.marker(stage).parent.mkdir(parents=True, exist_ok=True)
+            d.marker(stage).write_text(json.dumps({"stage": stage, "seconds": 2}))
+    ref = {"success_rate": 0.0, "per_task": {"reach": {"success_rate": 0.0}}, "seconds": 1}
+    monkeypatch.setattr(d, "stage_evaluate_reference", lambda: {"random": ref, "expert": {**ref, "success_rate": 1.0}})
+    d.run()
+    rows = {r["name"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["expert"]["success_rate"] == 1.0 and rows["baseline"]["success_rate"] is None
