@@ -238,3 +238,27 @@ def test_moved_backbone_is_found_through_vlm_path(trained, tiny_vlm_dir, tmp_pat
     with pytest.raises(LatentVLAError, match="--vlm_path of `latentvla serve` / `latentvla eval libero`"):
         build_policy(PolicySpec(checkpoint=str(moved), device="cpu"))
     assert build_policy(PolicySpec(checkpoint=str(moved), device="cpu", vlm_path=str(tiny_vlm_dir))).chunk_len == 8
+
+
+def test_merged_export_loads_and_predicts_like_the_lora_checkpoint(trained, tmp_path):
+    """The `latentvla train --merge_lora True` export (`<run>/merged/`) serves like the checkpoint it came from."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from latentvla.vla.checkpoint import MERGED_FORMAT
+
+    model, ckpt, ds = trained
+    merged = tmp_path / "merged"
+    shutil.copytree(ckpt, merged)
+    save_file({k: v.contiguous() for k, v in model.merged_state_dict().items()}, str(merged / "model.safetensors"),
+              metadata={"format": MERGED_FORMAT})
+    loaded, _, _ = load_policy_model(merged)
+    assert loaded.cfg.lora_rank == 0
+    batch = model.processor.collate([ds[2], ds[7]])
+    torch.testing.assert_close(loaded.predict_actions(batch), model.predict_actions(batch), atol=1e-4, rtol=1e-4)
+    sd = model.merged_state_dict()
+    sd.pop("backbone.lm_head.weight")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(merged / "model.safetensors"), metadata={"format": MERGED_FORMAT})
+    with pytest.raises(LatentVLAError, match="lacks"):
+        load_policy_model(merged)

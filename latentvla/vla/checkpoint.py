@@ -22,6 +22,7 @@ from latentvla.utils.atomic import atomic_directory
 
 FORMAT = "latentvla-policy"
 FORMAT_VERSION = 1
+MERGED_FORMAT = "latentvla-merged"  # safetensors metadata of the `--merge_lora` export (train/run.py)
 FILES = ("model.safetensors", "config.json", "dataset_statistics.json", "versions.json")
 
 
@@ -126,7 +127,18 @@ def load_policy_model(directory: str | Path, device: str | None = "cpu", vlm_pat
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise LatentVLAError(f"{weights}: not found")
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        merged = (f.metadata() or {}).get("format") == MERGED_FORMAT
+    if merged:  # `latentvla train --merge_lora True` export: full weights, LoRA folded in
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, lora_rank=0)
     model = LatentVLA.from_config(cfg, platform, action_tokenizer=action_tokenizer, device=device)
-    model.load_trainable_state_dict(load_file(str(weights)), source=str(weights))
+    if merged:
+        model.load_merged_state_dict(load_file(str(weights)), source=str(weights))
+    else:
+        model.load_trainable_state_dict(load_file(str(weights)), source=str(weights))
     model.eval()
     return model, config, statistics

@@ -237,6 +237,31 @@ class LatentVLA(nn.Module):
                 out.update({prefix + k: v.detach().clone() for k, v in mod.state_dict().items()})
         return out
 
+    def load_merged_state_dict(self, sd: dict[str, torch.Tensor], source: str = "merged weights") -> None:
+        """Inverse of `merged_state_dict` into a model built with lora_rank=0 (the `--merge_lora` export)."""
+        if self.cfg.lora_rank:
+            raise LatentVLAError(f"{source}: merged weights load into a model built with lora_rank=0")
+        rows = self.token_rows
+        sd = dict(sd)
+        emb_key, head_key = "backbone.model.language_model.embed_tokens.weight", "backbone.lm_head.weight"
+        if emb_key not in sd or head_key not in sd:
+            raise LatentVLAError(f"{source}: lacks {emb_key} / {head_key} (not written by merged_state_dict?)")
+        emb, head = sd.pop(emb_key), sd.pop(head_key)
+        n_total, n_base = rows.first_new + rows.num_new, rows.base.weight.shape[0]
+        if emb.shape[0] < n_total or head.shape[0] < n_total:
+            raise LatentVLAError(f"{source}: vocabulary of {emb.shape[0]} rows, the model's special tokens need {n_total}")
+        sd["backbone.model.language_model.embed_tokens.base.weight"] = emb[:n_base]
+        sd["backbone.model.language_model.embed_tokens.new_rows"] = emb[rows.first_new:n_total]
+        sd["backbone.model.language_model.embed_tokens.new_output_rows"] = head[rows.first_new:n_total]
+        sd[head_key] = head[:n_base]  # rows of new ids in the base tables are never read (overridden / no lm_head)
+        own = self.state_dict()
+        bad = sorted(k for k, v in sd.items() if k in own and own[k].shape != v.shape)
+        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+        if missing or unexpected or bad:
+            raise LatentVLAError(f"{source}: weights do not match this model (missing {missing[:4]}, unexpected "
+                                 f"{unexpected[:4]}, shape mismatch {bad[:4]})")
+        self.load_state_dict(sd, strict=True)
+
 
 def check_action_tokenizer(tok, cfg: VLAConfig, platform: Platform) -> None:
     for attr in ("encode",):
