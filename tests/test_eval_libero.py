@@ -192,6 +192,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
         "not a directory": ["--pretrained_checkpoint", str(tmp_path / "missing")],
         "--pretrained_checkpoint DIR is required": [],
         "expected HOST:PORT": ["--policy_server", "nowhere"],
+        "exceeds the policy's chunk length 8": ["--policy", "zero", "--max_tasks", "1", "--num_open_loop_steps", "20"],
     }
     for message, argv in cases.items():
         assert main(base + argv) == 2, message

@@ -191,6 +191,9 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     if cfg.policy_server:  # the server prepares images itself (resize + its checkpoint's crop)
         policy_image_size, center_crop = None, False
     chunk_len = getattr(policy, "chunk_len", None) if policy is not None else None
+    if chunk_len and cfg.num_open_loop_steps and cfg.num_open_loop_steps > chunk_len:
+        raise LatentVLAError(f"--num_open_loop_steps {cfg.num_open_loop_steps} exceeds the policy's chunk length "
+                             f"{chunk_len}: at most {chunk_len} actions of a chunk can run before re-planning")
     if not in_process and cfg.policy_server and policy is not None:
         close = getattr(policy, "close", None)
         if callable(close):
