@@ -63,7 +63,7 @@ class TrainConfig:
     attn_implementation: Optional[str] = arg(None, "Backbone attention kernel (default: flash_attention_2 on GPU if installed, else sdpa).")
     token_loss_weight: float = arg(1.0, "Weight of the code cross-entropy (la_direct, la_cond, la_tok).")
     latent_loss_weight: float = arg(1.0, "Weight of the alignment loss (la_align).")
-    action_tokenizer_ckpt: Optional[str] = arg(None, "la_tok: action tokenizer checkpoint (from `latentvla lam train-tokenizer`).")
+    action_tokenizer_ckpt: Optional[str] = arg(None, "la_tok: action tokenizer checkpoint (from `latentvla lam action-train`).")
     codebook_size: Optional[int] = arg(None, "la_tok: action tokenizer codebook size M (checked against the checkpoint; default: read from it).")
     latent_codebook_size: Optional[int] = arg(None, "la_direct / la_cond: image-LAM codebook size K of the annotation (default: the VLA config's, 16).")
     use_latent: Optional[bool] = arg(None, "Accepted for compatibility; whether latent labels are used follows from --vla_id.")

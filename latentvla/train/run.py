@@ -200,6 +200,7 @@ def _export_merged(cfg: TrainConfig, trainer, model, info, run_dir: Path) -> Non
 
     from latentvla.train import distributed as D
     from latentvla.utils.atomic import atomic_directory
+    from latentvla.vla.checkpoint import MERGED_FORMAT
 
     latest = trainer.ckpt.latest()
     if info.is_main and latest is not None:
@@ -210,7 +211,7 @@ def _export_merged(cfg: TrainConfig, trainer, model, info, run_dir: Path) -> Non
             src, _, _ = load_policy_model(latest, device="cpu")
         merged = {k: v.detach().cpu().contiguous() for k, v in src.merged_state_dict().items()}
         with atomic_directory(run_dir / "merged", overwrite=True) as tmp:
-            save_file(merged, str(tmp / "model.safetensors"), metadata={"format": "latentvla-merged"})
+            save_file(merged, str(tmp / "model.safetensors"), metadata={"format": MERGED_FORMAT})
             for name in ("config.json", "dataset_statistics.json", "versions.json"):
                 if (latest / name).is_file():
                     shutil.copy2(latest / name, tmp / name)
