@@ -116,6 +116,17 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     assert "--pretrained_checkpoint" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--pretrained_checkpoint", tmp_path)
     assert "--pretrained_checkpoint" in err and "model.safetensors" in err
+    import torch
+    from safetensors.torch import save_file
+
+    from latentvla.vla.checkpoint import MERGED_FORMAT
+
+    merged = tmp_path / "run" / "merged"
+    merged.mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, str(merged / "model.safetensors"), metadata={"format": MERGED_FORMAT})
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--pretrained_checkpoint", merged)
+    assert "--merge_lora export" in err and "checkpoints/step_N" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--lr_scheduler_type", "cosine")
     assert "linear-warmup+cosine-decay" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--merge_lora", "True", "--save_checkpoint", "False")

@@ -121,7 +121,7 @@ def test_baseline_via_torchrun_shim(tmp_path, tiny_vlm_dir, vla_data_root):
     assert main(["train", *paper_flags(tiny_vlm_dir, vla_data_root, runs, "baseline")]) == 2
 
 
-def test_resume_continues_exactly(tmp_path, tiny_vlm_dir, vla_data_root):
+def test_resume_continues_exactly(tmp_path, tiny_vlm_dir, vla_data_root, capsys):
     def cfg(runs, **over):
         over = {"max_steps": 4, "lr_scheduler_type": "constant", "vla_id": "baseline", **over}
         vla_id = over.pop("vla_id")
@@ -144,9 +144,12 @@ def test_resume_continues_exactly(tmp_path, tiny_vlm_dir, vla_data_root):
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for a, b in zip(full, resumed):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
-    # Weights-only warm start from that checkpoint.
+    # Weights-only warm start from that checkpoint (the run dir resolves to its newest checkpoint).
     ckpt = _run_dir(tmp_path / "cut") / "checkpoints" / "step_4"
-    train(cfg(tmp_path / "warm", from_pretrained=True, pretrained_checkpoint=ckpt, max_steps=1))
+    capsys.readouterr()
+    train(cfg(tmp_path / "warm", from_pretrained=True, pretrained_checkpoint=_run_dir(tmp_path / "cut"), max_steps=1))
+    out = capsys.readouterr().out
+    assert f"warm-started from {ckpt}" in out and "from scratch" not in out
     with pytest.raises(LatentVLAError, match="do not match"):
         train(cfg(tmp_path / "bad", vla_id="la_direct", pretrained_checkpoint=ckpt, max_steps=1))
 

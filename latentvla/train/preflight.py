@@ -9,7 +9,7 @@ Each failure is one `LatentVLAError` naming the flag / file and what was expecte
     (neither the dataset nor its annotated `<dir>_latent` sibling has them);
   - la_tok without `--action_tokenizer_ckpt`, or with one whose codebook / action dim / chunk
     length does not fit `--codebook_size` and the platform;
-  - `--pretrained_checkpoint` that is not a checkpoint directory.
+  - `--pretrained_checkpoint` that is not a checkpoint (or run) directory, or is a `--merge_lora` export.
 (`TrainConfig.validate()` already covered unknown `--vla_id` and batch-size divisibility.)
 """
 
@@ -32,6 +32,7 @@ class PreflightResult:
     latent_codes_per_step: int | None = None
     latent_dim: int | None = None
     action_tokenizer: Any = None  # loaded on CPU for la_tok
+    pretrained_dir: Path | None = None  # --pretrained_checkpoint resolved to a step_N directory
     notes: list[str] = field(default_factory=list)
 
 
@@ -107,11 +108,36 @@ def load_action_tokenizer(cfg: TrainConfig, platform: Platform):
     return tok
 
 
-def check_pretrained(path: str) -> None:
-    p = Path(path)
+def check_pretrained(path: str) -> Path:
+    """The policy checkpoint `--pretrained_checkpoint` names: a `checkpoints/step_N` dir, or a run dir /
+    its `checkpoints/` / `checkpoints/latest` (-> the newest checkpoint). A `--merge_lora` export is refused."""
+    from latentvla.vla.checkpoint import MERGED_FORMAT, resolve_policy_dir
+
+    try:
+        p = resolve_policy_dir(path)
+    except LatentVLAError as e:
+        raise LatentVLAError(f"--pretrained_checkpoint: {e}") from None
     if not (p / "model.safetensors").is_file() or not (p / "config.json").is_file():
         raise LatentVLAError(f"--pretrained_checkpoint {path}: expected a checkpoint directory written by latentvla "
-                             "train (model.safetensors + config.json), e.g. <run>/checkpoints/step_N")
+                             "train (model.safetensors + config.json), e.g. <run>/checkpoints/step_N or the run dir <run>")
+    if _safetensors_format(p / "model.safetensors") == MERGED_FORMAT:
+        raise LatentVLAError(f"--pretrained_checkpoint {path}: this is a --merge_lora export (LoRA folded into the "
+                             "backbone), which cannot warm-start LoRA training; pass the run's checkpoint instead "
+                             "(<run>/checkpoints/step_N, or the run dir <run> for the newest)")
+    return p
+
+
+def _safetensors_format(path: Path) -> str | None:
+    """`format` in a safetensors file's metadata, read from the JSON header only (no tensors)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError) as e:
+        raise LatentVLAError(f"--pretrained_checkpoint: {path} is not a readable safetensors file ({e})") from None
+    return (header.get("__metadata__") or {}).get("format")
 
 
 def _check_backends(cfg: TrainConfig) -> None:
@@ -163,7 +189,7 @@ def preflight(cfg: TrainConfig) -> PreflightResult:
     elif cfg.action_tokenizer_ckpt:
         res.notes.append(f"--action_tokenizer_ckpt is only used by la_tok; ignored for {cfg.vla_id}")
     if cfg.pretrained_checkpoint:
-        check_pretrained(cfg.pretrained_checkpoint)
+        res.pretrained_dir = check_pretrained(cfg.pretrained_checkpoint)
     _check_backends(cfg)
     if cfg.use_latent is not None and cfg.use_latent != bool(keys or cfg.vla_id == "la_tok"):
         res.notes.append(f"--use_latent {cfg.use_latent} ignored: --vla_id {cfg.vla_id} decides which labels are used")

@@ -123,8 +123,8 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
     seed_everything(cfg.seed)
     tok = pre.action_tokenizer.to(info.device) if pre.action_tokenizer is not None else None
     model = LatentVLA.from_config(vcfg, pre.platform, action_tokenizer=tok, device=info.device)
-    if cfg.pretrained_checkpoint and resume_from is None:
-        path = Path(cfg.pretrained_checkpoint) / "model.safetensors"
+    if pre.pretrained_dir is not None and resume_from is None:
+        path = pre.pretrained_dir / "model.safetensors"
         model.load_trainable_state_dict(load_file(str(path)), source=f"--pretrained_checkpoint {path}")
     base_ds, train_ds, val_ds = _datasets(cfg, tuple(model.required_sample_keys()), info.is_main)
     statistics = base_ds.statistics
@@ -174,7 +174,12 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
         logger = build_loggers(run_dir, resume_step=resume_step, run_name=run_dir.name, config=resolved,
                                use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
                                use_tensorboard=cfg.use_tensorboard)
-        where = f"resuming from {resume_from}" if resume_from else "from scratch"
+        if resume_from is not None:
+            where = f"resuming from {resume_from}"
+        elif pre.pretrained_dir is not None:
+            where = f"warm-started from {pre.pretrained_dir}"
+        else:
+            where = "from scratch"
         print(f"[latentvla train] {cfg.vla_id} on {', '.join(pre.dataset_names)} ({pre.platform.name}), "
               f"{info.world_size} process(es) x {cfg.per_device_batch_size} x {accumulation} accumulation, "
               f"{where}; run dir {run_dir}")
