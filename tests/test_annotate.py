@@ -55,7 +55,11 @@ def test_round_trip_every_step_of_every_episode(assets, tmp_path):
     from latentvla.lam.latent_labeler import decode_frame
 
     data = _fresh_data(assets, tmp_path)
-    assert _annotate(data, assets / "lam") == 0
+    run = tmp_path / "lam_run"  # an image-train run dir resolves to the checkpoint `latest` names
+    shutil.copytree(assets / "lam", run / "checkpoints" / "step_1")
+    (run / "checkpoints" / "latest").write_text("step_1\n")
+    assert cli_main(["lam", "annotate", "--lam_path", str(run), "--data_root_dir", str(data), "--data_mix",
+                     "libero_goal", "--batch_size", "5", "--pair_offset", "3"]) == 0
     src = TFDSBuilderDir(data / "libero_goal_no_noops" / "1.0.0")
     out = TFDSBuilderDir(data / "libero_goal_no_noops_latent" / "1.0.0")
     assert out.name == "libero_goal_no_noops_latent" and out.split_names == src.split_names
@@ -88,6 +92,9 @@ def test_round_trip_every_step_of_every_episode(assets, tmp_path):
     assert len(used) > 1
     info = json.loads((out.path / "dataset_info.json").read_text())
     assert info["name"] == "libero_goal_no_noops_latent"
+    record = json.loads((out.path / "latent_annotation.json").read_text())
+    assert record["codebook_size"] == TINY["codebook_size"] and record["num_codes"] == 4
+    assert record["lam_ckpt"] == str((run / "checkpoints" / "step_1").resolve())
     assert not [p for p in out.path.parent.iterdir() if p.name.startswith(".")]  # no staging left
 
 
@@ -162,12 +169,33 @@ def test_bad_inputs_are_clear_errors(assets, tmp_path, capsys):
     assert "different size" in capsys.readouterr().err
     assert _annotate(data, tmp_path / "missing_ckpt") == 2
     assert "not found" in capsys.readouterr().err
+    (tmp_path / "empty_run").mkdir()
+    assert _annotate(data, tmp_path / "empty_run") == 2
+    err = capsys.readouterr().err
+    assert "no checkpoints/step_N" in err and "Errno" not in err
     assert not (data / "libero_goal_no_noops_latent").exists()
     with pytest.raises(LatentVLAError, match="already carries steps/latent_idx"):
         from latentvla.lam.annotate import _check_source
 
         assert _annotate(data, assets / "lam") == 0
         _check_source(TFDSBuilderDir(data / "libero_goal_no_noops_latent" / "1.0.0"), "observation/image")
+
+
+def test_lam_run_dir_resolves_to_newest_checkpoint(tmp_path):
+    from latentvla.lam.image_lam_checkpoint import resolve_lam_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    for n in (2, 10):
+        (ckpts / f"step_{n}").mkdir(parents=True)
+        (ckpts / f"step_{n}" / "config.json").write_text("{}")
+    (ckpts / "step_11").mkdir()  # incomplete (no config.json): ignored
+    assert resolve_lam_checkpoint(tmp_path / "run") == ckpts / "step_10"
+    assert resolve_lam_checkpoint(ckpts / "step_2") == ckpts / "step_2"
+    (ckpts / "latest").write_text("step_2\n")
+    assert resolve_lam_checkpoint(tmp_path / "run") == resolve_lam_checkpoint(ckpts / "latest") == ckpts / "step_2"
+    (ckpts / "latest").write_text("step_11\n")
+    with pytest.raises(LatentVLAError, match="not a complete LAM checkpoint"):
+        resolve_lam_checkpoint(tmp_path / "run")
 
 
 def test_in_place_on_request(assets, tmp_path, capsys):

@@ -295,8 +295,9 @@ def run_annotate(cfg: AnnotateConfig) -> list[Path]:
                                  strict=not cfg.non_strict, with_text_encoder=False)
     labeler = LatentLabeler(model, pair_offset=cfg.pair_offset, batch_size=cfg.batch_size, device=cfg.device,
                             mixed_precision=cfg.mixed_precision, decode_threads=cfg.decode_threads)
-    job = {"lam_ckpt": str(Path(cfg.lam_ckpt).resolve()), "lam_step": meta["step"], "pair_offset": cfg.pair_offset,
-           "num_codes": labeler.num_codes, "latent_dim": labeler.latent_dim}
+    job = {"lam_ckpt": str(Path(meta["source"]).resolve()), "lam_step": meta["step"], "pair_offset": cfg.pair_offset,
+           "num_codes": labeler.num_codes, "latent_dim": labeler.latent_dim,
+           "codebook_size": int(model.config.codebook_size)}
     try:
         return [annotate_builder(src, out, key, labeler, job=job, overwrite=cfg.overwrite, splits=cfg.splits,
                                  in_place=cfg.in_place) for src, key, out in pending]

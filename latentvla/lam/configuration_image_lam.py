@@ -132,7 +132,8 @@ class ImageLAMTrainConfig:
 class AnnotateConfig:
     """Annotate an RLDS dataset with image-LAM latent actions (steps/latent_idx, steps/latent_z)."""
 
-    lam_ckpt: str = arg("", "LAM checkpoint: a directory from `lam image-train` or a UniVLA Lightning .ckpt.")
+    lam_ckpt: str = arg("", "LAM checkpoint: a `lam image-train` run dir (its newest checkpoint) or checkpoints/step_N dir, "
+                        "or a UniVLA Lightning .ckpt.", aliases=("--lam_path",))
     data_root_dir: Optional[str] = arg(None, "Directory holding <name>/<version>/ (with --data_mix).")
     data_mix: Optional[str] = arg(None, "Dataset name (or JSON list of names) to annotate.")
     dataset_registry: Optional[str] = arg(None, "YAML/JSON file registering extra datasets.")

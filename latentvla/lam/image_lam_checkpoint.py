@@ -44,6 +44,31 @@ def save_lam_checkpoint(path: str | Path, model: ImageLatentActionModel, *, step
     return path
 
 
+def resolve_lam_checkpoint(path: str | Path) -> Path:
+    """A LAM checkpoint dir, also given as a `lam image-train` run dir, its `checkpoints/` dir or the
+    `checkpoints/latest` pointer: those resolve to the newest checkpoint (the pointer's, else the
+    highest step_N). A file (UniVLA `.ckpt`) or a missing path is returned unchanged."""
+    path = Path(path)
+    if path.is_file() and path.name == "latest":
+        root = path.parent
+    elif not path.is_dir() or (path / "config.json").is_file():
+        return path
+    else:
+        root = path if path.name == "checkpoints" else path / "checkpoints"
+    pointer = root / "latest"
+    if pointer.is_file():
+        target = root / pointer.read_text().strip()
+        if not (target / "config.json").is_file():
+            raise LatentVLAError(f"{pointer} names {target.name!r}, which is not a complete LAM checkpoint (no config.json)")
+        return target
+    steps = sorted((int(d.name[5:]), d) for d in (root.iterdir() if root.is_dir() else [])
+                   if d.is_dir() and d.name.startswith("step_") and d.name[5:].isdigit() and (d / "config.json").is_file())
+    if steps:
+        return steps[-1][1]
+    raise LatentVLAError(f"{path}: neither an image-LAM checkpoint (no config.json) nor a `latentvla lam image-train` "
+                         "run directory (no checkpoints/step_N/); expected such a directory or a UniVLA .ckpt file")
+
+
 def read_checkpoint_config(path: str | Path) -> dict:
     path = Path(path)
     try:
@@ -77,7 +102,7 @@ def load_image_lam(path: str | Path, *, dino_path: str | None = None, t5_path: s
     T5 for stage-1 models used only to encode (the encoder does not need language at inference
     in stage 2; stage-1 annotation still needs it and keeps it).
     """
-    path = Path(path)
+    path = resolve_lam_checkpoint(path)
     if path.is_dir():
         from safetensors.torch import load_file
 
@@ -119,7 +144,7 @@ def _stored_dino(path: Path, meta: dict | None, tensors: dict) -> DinoFeatures:
 
 def checkpoint_dino(path: str | Path) -> DinoFeatures:
     """The frozen DINO stored in a LAM checkpoint of either format (for `--lam_path` without `--dino_path`)."""
-    path = Path(path)
+    path = resolve_lam_checkpoint(path)
     if path.is_dir():
         from safetensors.torch import load_file
 
@@ -129,7 +154,7 @@ def checkpoint_dino(path: str | Path) -> DinoFeatures:
 
 def read_lam_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:
     """LAM tensors (our names) and stage of a checkpoint of either format (for --stage_one_ckpt)."""
-    path = Path(path)
+    path = resolve_lam_checkpoint(path)
     if path.is_dir():
         from safetensors.torch import load_file
 
