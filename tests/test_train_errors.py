@@ -135,6 +135,30 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     assert "multiple of 32" in err
 
 
+def test_batch_larger_than_data_leaves_no_run_dir(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
+    """Fails after the model is built (the trainer's check): the run dir it created is removed."""
+    runs = tmp_path / "runs"
+    argv = ["train", "--vlm_path", str(tiny_vlm_dir), "--data_root_dir", str(plain_data_root), "--data_mix", "libero_goal",
+            "--run_root_dir", str(runs), "--max_steps", "1", "--per_device_batch_size", "100000",
+            "--global_batch_size", "100000", "--lora_rank", "4", "--num_workers", "0"]
+    assert main(argv) == 2
+    assert "--per_device_batch_size 100000" in capsys.readouterr().err
+    assert not runs.exists()
+
+
+def test_tokenizer_statistics_mismatch():
+    from latentvla.train.preflight import tokenizer_statistics_mismatch
+
+    data = {"a": {"action": {"q01": [0.0, -1.0], "q99": [1.0, 1.0], "mask": [True, True]}},
+            "b": {"action": {"q01": [0.0], "q99": [1.0]}}}
+    same = {"a": {"action": {"q01": [0.0, -1.0], "q99": [1.0, 1.0000001]}}}
+    assert tokenizer_statistics_mismatch(same, data) == []
+    assert tokenizer_statistics_mismatch({}, data) == []  # nothing saved for these datasets: nothing to compare
+    other = {"a": {"action": {"q01": [0.0, -2.0], "q99": [1.0, 1.0]}}, "b": {"action": {"q01": [0.0, 0.0]}},
+             "c": {"action": {"q01": [5.0]}}}
+    assert tokenizer_statistics_mismatch(other, data) == ["a", "b"]
+
+
 def test_missing_logger_backend_or_device(capsys, tmp_path, tiny_vlm_dir, plain_data_root, monkeypatch):
     import importlib.util
 

@@ -78,12 +78,15 @@ def _run_dir(runs: Path) -> Path:
 
 
 @pytest.mark.parametrize("vla_id", ["la_align", "la_direct", "la_cond", "la_tok"])
-def test_variant_trains_with_paper_flags(tmp_path, tiny_vlm_dir, vla_data_root, tokenizer_ckpt, vla_id):
+def test_variant_trains_with_paper_flags(tmp_path, tiny_vlm_dir, vla_data_root, tokenizer_ckpt, vla_id, capsys):
     over = {"action_tokenizer_ckpt": tokenizer_ckpt} if vla_id == "la_tok" else {}
     if vla_id == "la_cond":  # also: held-out validation and the merged export
         over.update(use_val=True, val_step=1, val_batches=2, merge_lora=True)
     runs = tmp_path / "runs"
     assert main(["train", *paper_flags(tiny_vlm_dir, vla_data_root, runs, vla_id, **over)]) == 0
+    out = capsys.readouterr().out
+    read = vla_data_root / ("libero_goal_no_noops" if vla_id == "la_tok" else "libero_goal_no_noops_latent") / "1.0.0"
+    assert f"libero_goal_no_noops ({read})" in out, out  # the directory actually read
     run = _run_dir(runs)
     recs = _records(run)
     assert [r["step"] for r in recs] == [1, 2]
@@ -105,6 +108,32 @@ def test_variant_trains_with_paper_flags(tmp_path, tiny_vlm_dir, vla_data_root, 
     policy = VLAPolicy.from_pretrained(ckpt, device="cpu")
     chunk = policy.predict_action([np.zeros((64, 64, 3), np.uint8)] * 2, "put the bowl on the plate", np.zeros(8, np.float32))
     assert chunk.shape == (8, 7) and np.isfinite(chunk).all()
+
+
+def test_latent_codebook_size_from_the_annotation(tmp_path, tiny_vlm_dir, vla_data_root):
+    """`latent_annotation.json` (written by `lam annotate`) sets K when --latent_codebook_size is absent."""
+    import shutil
+
+    from latentvla.train.preflight import preflight
+    from latentvla.train.run import build_vla_config
+
+    data = tmp_path / "data"
+    shutil.copytree(vla_data_root, data)
+    (labelled,) = (data / "libero_goal_no_noops_latent").iterdir()
+    (labelled / "latent_annotation.json").write_text(json.dumps({"codebook_size": 32, "num_codes": 4}))
+
+    def pre_and_vla(**over):
+        cfg = parse_config(TrainConfig, paper_flags(tiny_vlm_dir, data, tmp_path / "runs", "la_direct", **over))
+        pre = preflight(cfg)
+        return pre, build_vla_config(cfg, pre)
+
+    pre, vcfg = pre_and_vla()
+    assert vcfg.latent_codebook_size == 32 and pre.dataset_dirs == [labelled]
+    assert pre_and_vla(latent_codebook_size=64)[1].latent_codebook_size == 64
+    with pytest.raises(LatentVLAError, match="--latent_codebook_size 16 is smaller than the codebook size 32"):
+        pre_and_vla(latent_codebook_size=16)
+    (labelled / "latent_annotation.json").write_text(json.dumps({"num_codes": 4}))  # older annotation: the default
+    assert pre_and_vla()[1].latent_codebook_size == 16
 
 
 def test_baseline_via_torchrun_shim(tmp_path, tiny_vlm_dir, vla_data_root):

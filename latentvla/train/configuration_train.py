@@ -65,7 +65,7 @@ class TrainConfig:
     latent_loss_weight: float = arg(1.0, "Weight of the alignment loss (la_align).")
     action_tokenizer_ckpt: Optional[str] = arg(None, "la_tok: action tokenizer checkpoint (from `latentvla lam action-train`).")
     codebook_size: Optional[int] = arg(None, "la_tok: action tokenizer codebook size M (checked against the checkpoint; default: read from it).")
-    latent_codebook_size: Optional[int] = arg(None, "la_direct / la_cond: image-LAM codebook size K of the annotation (default: the VLA config's, 16).")
+    latent_codebook_size: Optional[int] = arg(None, "la_direct / la_cond: image-LAM codebook size K of the annotation (default: the annotation's latent_annotation.json, else 16).")
     use_latent: Optional[bool] = arg(None, "Accepted for compatibility; whether latent labels are used follows from --vla_id.")
     type: Optional[str] = arg(None, "Accepted for compatibility (the paper scripts' latent type); --vla_id decides the variant.")
 

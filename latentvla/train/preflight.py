@@ -33,6 +33,8 @@ class PreflightResult:
     latent_dim: int | None = None
     action_tokenizer: Any = None  # loaded on CPU for la_tok
     pretrained_dir: Path | None = None  # --pretrained_checkpoint resolved to a step_N directory
+    latent_codebook_size: int | None = None  # K from the annotation when --latent_codebook_size is not given
+    dataset_dirs: list[Path] = field(default_factory=list)  # directories read (the `_latent` sibling if labelled there)
     notes: list[str] = field(default_factory=list)
 
 
@@ -55,11 +57,37 @@ def check_vlm_dir(vlm_path: str) -> None:
                              f"(architectures {archs}); expected a Qwen3-VL model (model_type 'qwen3_vl')")
 
 
-def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> tuple[int | None, int | None]:
+@dataclass
+class LatentLabels:
+    codes_per_step: int | None
+    latent_dim: int | None
+    codebook_size: int | None  # K from `latent_annotation.json` (None: the file or field is absent)
+    directories: list[Path]  # per dataset: the directory that holds the labels (often the `_latent` sibling)
+
+
+def _annotation_codebook_size(directory: Path) -> int | None:
+    """K of the image LAM that annotated `directory` (`latent_annotation.json`, written by `lam annotate`)."""
+    f = directory / "latent_annotation.json"
+    if not f.is_file():
+        return None
+    try:
+        k = json.loads(f.read_text()).get("codebook_size")
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise LatentVLAError(f"{f}: cannot read the annotation record ({e})") from None
+    if k is None:
+        return None
+    if not isinstance(k, int) or k < 1:
+        raise LatentVLAError(f"{f}: codebook_size must be a positive integer, got {k!r}")
+    return k
+
+
+def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> LatentLabels:
     from latentvla.data.registry import latent_sibling
     from latentvla.data.tfds import TFDSBuilderDir
 
     shapes: dict[str, tuple] = {}
+    sizes: list[int] = []
+    directories: list[Path] = []
     for r in resolved:
         candidates = [r] + ([s] if (s := latent_sibling(r)) is not None else [])
         found = None
@@ -67,6 +95,9 @@ def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> tuple[
             specs = TFDSBuilderDir(c.path).specs
             if all(f"steps/{k}" in specs for k in keys):
                 found = specs
+                directories.append(Path(c.path))
+                if (k := _annotation_codebook_size(Path(c.path))) is not None:
+                    sizes.append(k)
                 break
         if found is None:
             raise LatentVLAError(
@@ -80,7 +111,7 @@ def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> tuple[
                                      f"({shapes[k]} vs {tuple(found[f'steps/{k}'].shape)} in {r.name!r})")
     idx, z = shapes.get("latent_idx"), shapes.get("latent_z")
     c = idx[0] if idx else (z[0] if z else None)
-    return c, (z[-1] if z else None)
+    return LatentLabels(c, z[-1] if z else None, max(sizes) if sizes else None, directories)
 
 
 def load_action_tokenizer(cfg: TrainConfig, platform: Platform):
@@ -106,6 +137,25 @@ def load_action_tokenizer(cfg: TrainConfig, platform: Platform):
     except LatentVLAError as e:
         raise LatentVLAError(f"--action_tokenizer_ckpt: {e}") from None
     return tok
+
+
+def tokenizer_statistics_mismatch(tokenizer_stats: dict, data_stats: dict, rtol: float = 1e-3,
+                                  atol: float = 1e-4) -> list[str]:
+    """Datasets whose action statistics saved in the action tokenizer differ from the VLA data's
+    (the tokenizer then sees actions normalized differently than when it was trained)."""
+    import numpy as np
+
+    out = []
+    for name in sorted(set(tokenizer_stats) & set(data_stats)):
+        a = (tokenizer_stats.get(name) or {}).get("action") or {}
+        b = (data_stats.get(name) or {}).get("action") or {}
+        for key in ("q01", "q99", "mean", "std", "min", "max"):
+            if key in a and key in b:
+                x, y = np.asarray(a[key], dtype=np.float64), np.asarray(b[key], dtype=np.float64)
+                if x.shape != y.shape or not np.allclose(x, y, rtol=rtol, atol=atol):
+                    out.append(name)
+                    break
+    return out
 
 
 def check_pretrained(path: str) -> Path:
@@ -180,10 +230,18 @@ def preflight(cfg: TrainConfig) -> PreflightResult:
         raise LatentVLAError(f"--window_size {cfg.window_size} does not match the chunk length {platform.chunk_len} "
                              f"of platform {platform.name!r} (dataset {resolved[0].name!r}); use --window_size "
                              f"{platform.chunk_len} or leave it out")
-    res = PreflightResult(platform, [r.name for r in resolved])
+    res = PreflightResult(platform, [r.name for r in resolved], dataset_dirs=[Path(r.path) for r in resolved])
     keys = LATENT_KEYS[cfg.vla_id]
     if keys:
-        res.latent_codes_per_step, res.latent_dim = _latent_shapes(resolved, keys, cfg.vla_id)
+        labels = _latent_shapes(resolved, keys, cfg.vla_id)
+        res.latent_codes_per_step, res.latent_dim, res.dataset_dirs = labels.codes_per_step, labels.latent_dim, labels.directories
+        if "latent_idx" in keys and labels.codebook_size is not None:
+            if cfg.latent_codebook_size is None:
+                res.latent_codebook_size = labels.codebook_size
+            elif cfg.latent_codebook_size < labels.codebook_size:
+                raise LatentVLAError(f"--latent_codebook_size {cfg.latent_codebook_size} is smaller than the codebook "
+                                     f"size {labels.codebook_size} of the image LAM that annotated the data "
+                                     "(latent_annotation.json); leave the flag out to use it")
     if cfg.vla_id == "la_tok":
         res.action_tokenizer = load_action_tokenizer(cfg, platform)
     elif cfg.action_tokenizer_ckpt:

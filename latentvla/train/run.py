@@ -52,6 +52,8 @@ def build_vla_config(cfg: TrainConfig, pre: PreflightResult):
         values["latent_codes_per_step"] = pre.latent_codes_per_step
     if pre.latent_dim is not None:
         values["latent_dim"] = pre.latent_dim
+    if pre.latent_codebook_size is not None and cfg.latent_codebook_size is None:
+        values["latent_codebook_size"] = pre.latent_codebook_size
     vcfg = VLAConfig(**values)
     vcfg.validate()
     return vcfg
@@ -133,15 +135,17 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
         "derived": {"run_dir": str(run_dir), "world_size": info.world_size, "accumulation_steps": accumulation,
                     "global_batch_size": cfg.per_device_batch_size * info.world_size * accumulation,
                     "platform": pre.platform.to_dict(), "vla": config_to_dict(vcfg), "datasets": pre.dataset_names,
+                    "dataset_dirs": [str(d) for d in pre.dataset_dirs],
                     "device": str(info.device), "train_transitions": len(train_ds),
                     "val_transitions": len(val_ds) if val_ds is not None else 0},
     }
-    if info.is_main:
-        import yaml
+    if info.is_main and pre.action_tokenizer is not None:
+        from latentvla.train.preflight import tokenizer_statistics_mismatch
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        atomic_write_json(run_dir / "dataset_statistics.json", statistics)
+        differ = tokenizer_statistics_mismatch(pre.action_tokenizer.statistics, statistics)
+        if differ:
+            print(f"[latentvla train] warning: the action statistics saved in --action_tokenizer_ckpt differ from the "
+                  f"training data's for {', '.join(differ)} (was the tokenizer trained on other data?)")
     train_config = config_to_dict(cfg)
 
     def save_weights(directory: Path, state: dict) -> None:
@@ -166,31 +170,57 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
         val_step=cfg.val_step, val_batches=cfg.val_batches)
     sampler = GlobalSampler(train_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
     val_sampler = GlobalSampler(val_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size) if val_ds is not None else None
+    # A run that fails before its first step leaves no run dir behind (unless it existed already).
+    created_run_dir = None  # the topmost directory this run creates
+    if info.is_main and resume_from is None and not run_dir.exists():
+        created_run_dir = run_dir
+        while not created_run_dir.parent.exists():
+            created_run_dir = created_run_dir.parent
+    steps_done = [0]
+
+    def count_step(step, record) -> None:
+        steps_done[0] = step
+
     logger = None
-    if info.is_main:
-        resume_step = None
-        if resume_from is not None:
-            resume_step = int(resume_from.name.split("_")[-1])
-        logger = build_loggers(run_dir, resume_step=resume_step, run_name=run_dir.name, config=resolved,
-                               use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
-                               use_tensorboard=cfg.use_tensorboard)
-        if resume_from is not None:
-            where = f"resuming from {resume_from}"
-        elif pre.pretrained_dir is not None:
-            where = f"warm-started from {pre.pretrained_dir}"
-        else:
-            where = "from scratch"
-        print(f"[latentvla train] {cfg.vla_id} on {', '.join(pre.dataset_names)} ({pre.platform.name}), "
-              f"{info.world_size} process(es) x {cfg.per_device_batch_size} x {accumulation} accumulation, "
-              f"{where}; run dir {run_dir}")
     try:
+        if info.is_main:
+            import yaml
+
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            atomic_write_json(run_dir / "dataset_statistics.json", statistics)
+            resume_step = None
+            if resume_from is not None:
+                resume_step = int(resume_from.name.split("_")[-1])
+            logger = build_loggers(run_dir, resume_step=resume_step, run_name=run_dir.name, config=resolved,
+                                   use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
+                                   use_tensorboard=cfg.use_tensorboard)
+            if resume_from is not None:
+                where = f"resuming from {resume_from}"
+            elif pre.pretrained_dir is not None:
+                where = f"warm-started from {pre.pretrained_dir}"
+            else:
+                where = "from scratch"
+            data = ", ".join(f"{n} ({d})" for n, d in zip(pre.dataset_names, pre.dataset_dirs))
+            print(f"[latentvla train] {cfg.vla_id} on {data}, platform {pre.platform.name}, "
+                  f"{info.world_size} process(es) x {cfg.per_device_batch_size} x {accumulation} accumulation, "
+                  f"{where}; run dir {run_dir}")
         trainer = Trainer(model, train_ds, sampler, settings, info=info, collate_fn=model.processor.collate,
                           run_dir=run_dir, logger=logger, save_weights=save_weights, load_weights=load_weights,
                           val_dataset=val_ds, val_sampler=val_sampler, resume_from=resume_from,
-                          callbacks=callbacks)
+                          callbacks=[count_step, *callbacks])
         trainer.fit()
         if cfg.merge_lora and trainer.ckpt is not None:
             _export_merged(cfg, trainer, model, info, run_dir)
+    except BaseException:
+        if logger is not None:
+            logger.close()
+            logger = None
+        if created_run_dir is not None and steps_done[0] == 0:
+            import shutil
+
+            shutil.rmtree(created_run_dir, ignore_errors=True)
+        raise
     finally:
         if logger is not None:
             logger.close()
