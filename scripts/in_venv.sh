@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${LATENTVLA_EXTRAS:-dev,libero}
+EXTRAS=${LATENTVLA_EXTRAS:-dev,libero,metaworld}
 TORCH_SPEC=${LATENTVLA_TORCH-torch==2.13.0}
 
 if [ ! -x .venv/bin/python ]; then
@@ -29,6 +29,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi
+case ",$EXTRAS," in
+  *,libero,*|*,metaworld,*) bash scripts/system_deps.sh ;;  # headless GL for the simulators
+esac
 export PATH="$PWD/.venv/bin:$PATH"
 export VIRTUAL_ENV="$PWD/.venv"
 exec "$@"
