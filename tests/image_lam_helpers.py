@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 # tiny LAM sizes used across the image-LAM tests (DINO from `latentvla tiny-dino`: 32 wide, 56 px, patch 14)
 TINY = dict(model_dim=32, enc_blocks=1, dec_blocks=1, num_heads=2, latent_dim=16, codebook_size=8, num_codes=4,
             dino_dim=32, num_patches=16, image_size=56, pair_offset=4, action_dim=7)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy 2-core machine (autouse where imported)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def hf_to_original_dino(sd: dict, layers: int) -> dict:

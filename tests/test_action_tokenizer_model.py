@@ -13,15 +13,6 @@ from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
 from latentvla.robots import get_platform
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded torch: stable timings on a shared 2-core machine (CI's xdist workers do the same)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(seed=0, **kw) -> ActionTokenizerModel:
     torch.manual_seed(seed)
     return ActionTokenizerModel(ActionTokenizerConfig(**kw))

@@ -36,15 +36,6 @@ def structured_action(episode: int, t: int, num_steps: int, rng) -> np.ndarray:
     return a
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded torch: stable timings on a shared 2-core machine (CI's xdist workers do the same)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rlds")

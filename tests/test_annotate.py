@@ -16,7 +16,7 @@ from latentvla.data.tfds import TFDSBuilderDir
 from latentvla.data.tfrecord import iter_records
 from latentvla.errors import LatentVLAError
 
-from image_lam_helpers import TINY, one_torch_thread  # noqa: F401  (autouse fixture)
+from image_lam_helpers import TINY
 
 
 @pytest.fixture(scope="module")

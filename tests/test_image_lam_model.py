@@ -11,7 +11,7 @@ import torch
 from latentvla.cli import main as cli_main
 from latentvla.errors import LatentVLAError
 
-from image_lam_helpers import TINY, hf_to_original_dino, one_torch_thread, univla_lightning_ckpt  # noqa: F401
+from image_lam_helpers import TINY, hf_to_original_dino, univla_lightning_ckpt
 
 
 @pytest.fixture(scope="module")

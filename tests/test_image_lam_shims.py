@@ -12,7 +12,6 @@ from latentvla.cli import main as cli_main
 from latentvla.data.tfds import TFDSBuilderDir
 from latentvla.data.tfrecord import iter_records
 
-from image_lam_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 SHIMS = Path(__file__).resolve().parent.parent / "data_preprocess" / "image_based_lam"
 

@@ -11,7 +11,6 @@ import torch
 
 from latentvla.cli import main as cli_main
 
-from image_lam_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 DIRS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)
 

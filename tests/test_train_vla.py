@@ -24,14 +24,6 @@ from latentvla.train.run import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tokenizer_ckpt(tmp_path_factory) -> Path:
     from latentvla.lam.action_tokenizer import ActionTokenizerModel

@@ -14,14 +14,6 @@ from latentvla.vla.modeling_vla import LatentVLA
 STEPS = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tokenizer():
     from latentvla.lam.action_tokenizer import ActionChunkTokenizer, ActionTokenizerModel
     from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig

@@ -19,14 +19,6 @@ from latentvla.vla.policy import VLAPolicy
 LIBERO = get_platform("libero")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_vlm_dir, vla_data_root, tmp_path_factory):
     """A la_tok model trained for a few steps (no tokenizer needed later) and its checkpoint."""
