@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from latentvla.errors import LatentVLAError
+from latentvla.utils.json_files import read_json
 
 LIBERO_DATASET_PREFIXES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 
@@ -35,10 +36,7 @@ def read_checkpoint_info(ckpt_dir: str) -> dict:
         raise LatentVLAError(f"--pretrained_checkpoint {ckpt_dir}: not a directory")
     if not path.is_file():
         raise LatentVLAError(f"--pretrained_checkpoint {ckpt_dir}: no config.json (is this a policy checkpoint dir?)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LatentVLAError(f"{path}: not valid JSON ({e})") from None
+    cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise LatentVLAError(f"{path}: expected a JSON object")
     platform = _find(cfg, "platform")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from latentvla.errors import LatentVLAError
+from latentvla.utils.json_files import read_json
 from latentvla.robots import Platform
 from latentvla.train.configuration_train import LATENT_KEYS, TrainConfig
 
@@ -46,10 +47,7 @@ def check_vlm_dir(vlm_path: str) -> None:
     cfg_file = p / "config.json"
     if not cfg_file.is_file():
         raise LatentVLAError(f"--vlm_path {vlm_path}: no config.json (not a Hugging Face model directory)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise LatentVLAError(f"{cfg_file}: invalid JSON ({e})") from None
+    cfg = read_json(cfg_file)
     model_type = str(cfg.get("model_type", ""))
     archs = [str(a) for a in cfg.get("architectures") or []]
     if model_type != "qwen3_vl" and not any(a.startswith("Qwen3VL") for a in archs):

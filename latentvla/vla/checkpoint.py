@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from latentvla.errors import LatentVLAError
+from latentvla.utils.json_files import read_json
 from latentvla.utils.atomic import atomic_directory
 
 FORMAT = "latentvla-policy"
@@ -59,12 +60,7 @@ def save_policy_checkpoint(directory: str | Path, model, train_config: dict | No
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise LatentVLAError(f"{path}: not found (not a policy checkpoint written by latentvla?)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LatentVLAError(f"{path}: invalid JSON ({e})") from None
+    return read_json(path, missing="not found (not a policy checkpoint written by latentvla?)")
 
 
 def check_versions(directory: Path) -> list[str]:

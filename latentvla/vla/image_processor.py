@@ -14,7 +14,6 @@ the real Qwen3-VL default `shortest_edge` (65536) would upscale it to 256².
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from latentvla.errors import LatentVLAError
+from latentvla.utils.json_files import read_json
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -58,10 +58,7 @@ class QwenVLImageProcessor:
         f = Path(path) / "preprocessor_config.json"
         if not f.is_file():
             raise LatentVLAError(f"{f}: not found (a Qwen3-VL checkpoint directory has a preprocessor_config.json)")
-        try:
-            d = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise LatentVLAError(f"{f}: invalid JSON ({e})") from None
+        d = read_json(f)
         size = d.get("size") or {}
         kw = dict(
             patch_size=int(d.get("patch_size", 16)),
