@@ -21,21 +21,42 @@ def _textured(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.kron(low, np.ones((8, 8, 1)))[:h, :w].astype(np.uint8)
 
 
-def test_fused_crop_resize_equals_crop_then_resize():
+def test_lanczos_fused_crop_resize_equals_crop_then_resize():
     img = _textured(64, 64)
     # a crop on whole pixels: resize(box=...) equals crop() then resize() except within the Lanczos support
     # (3 taps x scale 1.5 -> <= 3 output pixels) of the border, where the fused path also sees real pixels
     p = AugmentParams(crop=(0.125, 0.25, 0.875, 1.0))
     ref = np.asarray(Image.fromarray(img).crop((8, 16, 56, 64)).resize((32, 32), Image.LANCZOS))
-    out = process_image(img, 32, p)
+    out = process_image(img, 32, p, resample="lanczos")
     assert np.array_equal(out[3:, 3:-3], ref[3:, 3:-3])  # the bottom edge is the image's: equal there too
     assert not np.array_equal(out[:3], ref[:3])  # the top border does see the rows above the crop
     # a sub-pixel crop stays close to the nearest whole-pixel crop
     q = AugmentParams(crop=(0.13, 0.251, 0.88, 1.0))
-    assert np.abs(process_image(img, 32, q).astype(int) - ref).mean() < 6
+    assert np.abs(process_image(img, 32, q, resample="lanczos").astype(int) - ref).mean() < 6
     # no augmentation: a plain antialiased Lanczos resize of the whole frame (what inference uses)
     whole = np.asarray(Image.fromarray(img).resize((24, 24), Image.LANCZOS))
-    assert np.array_equal(process_image(img, 24, None), whole)
+    assert np.array_equal(process_image(img, 24, None, resample="lanczos"), whole)
+
+
+def test_default_resize_is_antialiased_bicubic_of_the_whole_pixel_crop():
+    import torch
+    import torch.nn.functional as F
+
+    img = _textured(64, 64, seed=4)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+
+    def ref(y0, y1, x0, x1, size):  # float reference of the same kernel: crop on whole pixels, then resize
+        out = F.interpolate(t[:, :, y0:y1, x0:x1], size=(size, size), mode="bicubic", antialias=True)
+        return out[0].permute(1, 2, 0).round().clamp(0, 255).numpy()
+
+    # the sub-pixel crop box (0.13*64 = 8.32 ...) is rounded to whole pixels (8, 16, 56, 64)
+    out = process_image(img, 32, AugmentParams(crop=(0.13, 0.251, 0.875, 1.0))).astype(float)
+    assert np.abs(out - ref(16, 64, 8, 56, 32)).max() <= 1.0  # uint8 fixed-point kernel vs float: +-1
+    whole = process_image(img, 24, None).astype(float)
+    assert np.abs(whole - ref(0, 64, 0, 64, 24)).max() <= 1.0
+    # close to PIL's antialiased bicubic, the kernel it mirrors
+    pil = np.asarray(Image.fromarray(img).resize((24, 24), Image.BICUBIC)).astype(float)
+    assert np.abs(whole - pil).max() <= 1.0
 
 
 def test_jpeg_bytes_decoded_at_full_resolution():
@@ -46,8 +67,9 @@ def test_jpeg_bytes_decoded_at_full_resolution():
     Image.fromarray(img).save(buf, format="JPEG", quality=95)
     raw = decode_array(buf.getvalue())
     raw = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
-    # >= 2x the target size: no DCT-domain shortcut, the same Lanczos resize inference applies to raw frames
-    assert np.array_equal(process_image(buf.getvalue(), 24, None), process_image(raw, 24, None))
+    # >= 2x the target size: no DCT-domain shortcut, the same resize inference applies to raw frames
+    for resample in ("bicubic", "lanczos"):
+        assert np.array_equal(process_image(buf.getvalue(), 24, None, resample), process_image(raw, 24, None, resample))
 
 
 def _colour_reference(x: np.ndarray, p: AugmentParams, mean: np.ndarray) -> np.ndarray:
@@ -68,10 +90,11 @@ def test_colour_matrix_equals_sequential_ops():
     mean = img[::8, ::8].reshape(-1, 3).mean(0)  # the pivot process_image uses (strided sample of the crop)
     for p in (AugmentParams(brightness=0.1), AugmentParams(contrast=1.2), AugmentParams(saturation=0.8),
               AugmentParams(hue=0.05), AugmentParams(brightness=-0.15, contrast=0.85, saturation=1.15, hue=-0.03)):
-        out = process_image(img, 32, p).astype(float)  # same size, full crop: colour only
         ref = _colour_reference(img, p, mean)
         inside = (ref > 0.5) & (ref < 254.5)
-        assert np.abs(out - ref)[inside].max() <= 1.0, p
+        for resample in ("bicubic", "lanczos"):
+            out = process_image(img, 32, p, resample).astype(float)  # same size, full crop: colour only
+            assert np.abs(out - ref)[inside].max() <= 1.0, (p, resample)
     # the hue turn keeps luma and rotates chroma by 2*pi*hue in the YIQ plane
     px = np.array([[[180, 90, 60]]], np.uint8)
     h = process_image(px, 1, AugmentParams(hue=0.05)).astype(float)[0, 0] @ _RGB2YIQ.T
@@ -79,6 +102,17 @@ def test_colour_matrix_equals_sequential_ops():
     assert abs(h[0] - o[0]) <= 1.0
     turn = math.atan2(h[2], h[1]) - math.atan2(o[2], o[1])
     assert abs(turn - 2 * math.pi * 0.05) < 0.03
+
+
+def test_colour_jitter_same_with_and_without_opencv(monkeypatch):
+    import latentvla.data.transforms as T
+
+    img = _textured(32, 32, seed=5)
+    p = AugmentParams(brightness=-0.1, contrast=1.15, saturation=0.9, hue=0.03)
+    with_cv2 = process_image(img, 32, p).astype(int)
+    monkeypatch.setattr(T, "_cv2_module", False)  # the PIL fallback (cv2 not installed)
+    without = process_image(img, 32, p).astype(int)
+    assert np.abs(with_cv2 - without).max() <= 1  # the two round differently, nothing else
 
 
 def test_augment_param_distribution():

@@ -98,6 +98,7 @@ def test_libero_goal_episode_with_tiny_vla(tmp_path, monkeypatch, tiny_vla_check
     assert summary["episodes"] == 1 and summary["complete"] and summary["tasks"][0]["episodes"] == 1
     run = summary["run"]
     assert run["vla_id"] == "baseline" and run["policy_scope"] == "one_per_suite" and run["center_crop"] is True
+    assert run["image_resample"] == "lanczos"  # this checkpoint's train config predates the field
     assert run["render_backend"] in ("egl", "osmesa") and run["versions"]["robosuite"] == "1.4.0"
     assert list((tmp_path / "logs").glob("libero_goal-*.log"))
 

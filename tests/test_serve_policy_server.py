@@ -151,14 +151,14 @@ def test_server_prepares_images_as_training_did():
 
     policy = _RecordingPolicy(get_platform("libero"), seed=0)
     policy.image_size = 32
-    srv = PolicyServer(policy, port=0, center_crop=True).start()
+    srv = PolicyServer(policy, port=0, center_crop=True, image_resample="lanczos").start()
     try:
         with PolicyClient("127.0.0.1", srv.port) as client:
-            assert client.image_size == 32 and client.center_crop is True
+            assert client.image_size == 32 and client.center_crop is True and client.image_resample == "lanczos"
             frame = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
             client.predict_action([frame, frame], "x", np.zeros(8))
             (img, _), _, _ = policy.last
             assert img.shape == (32, 32, 3)
-            assert np.array_equal(img, process_image(frame, 32, center_crop_params()))
+            assert np.array_equal(img, process_image(frame, 32, center_crop_params(), "lanczos"))
     finally:
         srv.stop()

@@ -98,6 +98,7 @@ def test_variant_trains_with_paper_flags(tmp_path, tiny_vlm_dir, vla_data_root, 
     from latentvla.vla.policy import VLAPolicy
 
     policy = VLAPolicy.from_pretrained(ckpt, device="cpu")
+    assert policy.image_resample == "bicubic" and policy.center_crop  # how training made images travels along
     chunk = policy.predict_action([np.zeros((64, 64, 3), np.uint8)] * 2, "put the bowl on the plate", np.zeros(8, np.float32))
     assert chunk.shape == (8, 7) and np.isfinite(chunk).all()
 

@@ -44,7 +44,7 @@ def trained(tiny_vlm_dir, vla_data_root, tmp_path_factory):
         out["loss"].backward()
         opt.step()
     ckpt = tmp_path_factory.mktemp("policy") / "step_5"
-    save_policy_checkpoint(ckpt, model, {"max_steps": 5, "vla_id": "la_tok"}, ds.statistics)
+    save_policy_checkpoint(ckpt, model, {"max_steps": 5, "vla_id": "la_tok", "image_resample": "bicubic"}, ds.statistics)
     return model.eval(), ckpt, ds
 
 
@@ -177,18 +177,27 @@ def test_recorded_episode_round_trip_in_robot_units(tiny_vlm_dir, vla_data_root,
         assert np.array_equal(np.sign(chunk[:, 6]), np.sign(recorded[:, 6]))  # -1 open, +1 close
 
 
-def test_raw_frames_are_prepared_like_training_images(trained):
+def test_raw_frames_are_prepared_like_training_images(trained, tmp_path):
     """A raw camera frame of another size gets the training resize (and center crop after image_aug)."""
+    import shutil
+
     from latentvla.data.transforms import center_crop_params, process_image
 
     _, ckpt, ds = trained
     policy = VLAPolicy.from_pretrained(ckpt, device="cpu")
+    assert policy.image_resample == "bicubic"  # the checkpoint's train config says so
+    legacy = tmp_path / "legacy"  # a checkpoint from before image_resample existed: trained with Lanczos
+    shutil.copytree(ckpt, legacy)
+    cfg = json.loads((legacy / "config.json").read_text())
+    del cfg["train"]["image_resample"]
+    (legacy / "config.json").write_text(json.dumps(cfg))
+    assert VLAPolicy.from_pretrained(legacy, device="cpu").image_resample == "lanczos"
     rng = np.random.default_rng(0)
     raw = [rng.integers(0, 255, (96, 96, 3), dtype=np.uint8) for _ in range(2)]
     proprio = np.zeros(8, np.float32)
-    for crop in (False, True):
-        policy.center_crop = crop
-        prepared = [process_image(im, 64, center_crop_params() if crop else None) for im in raw]
+    for crop, resample in ((False, "bicubic"), (True, "bicubic"), (True, "lanczos")):
+        policy.center_crop, policy.image_resample = crop, resample
+        prepared = [process_image(im, 64, center_crop_params() if crop else None, resample) for im in raw]
         np.testing.assert_array_equal(policy.prepare_images(raw)[0], prepared[0])
         np.testing.assert_allclose(policy.predict_action(raw, "open the drawer", proprio),
                                    policy.predict_action(prepared, "open the drawer", proprio), atol=1e-6)

@@ -15,8 +15,9 @@ Sample (index i = (dataset, episode, step t)):
   "latent_idx" int64 [P, C], "latent_z" float32 [P, C, Z] (only if in extra_keys; padded by
       repeating the last step). Any other per-step key of the dataset can be requested the same way.
   "dataset_name" str, "episode" int, "step" int
-`resample`: "lanczos" (default, data.md §4) or "bicubic"/"bilinear" (antialiased torch uint8 kernels,
-several times faster on few cores); inference must resize the same way (`transforms.process_image`).
+`resample`: "bicubic" (default) / "bilinear" (antialiased, torch uint8 kernels) or "lanczos" (PIL, the
+reference pipeline's; ~8x slower per image); training records it as the checkpoint's `image_resample`
+and inference resizes the same way (`transforms.process_image`).
 
 Annotated data: with extra_keys, a dataset whose directory lacks them is replaced by its sibling
 `<dir>_latent/<version>` when that exists (`latentvla lam annotate` output); `--data_mix
@@ -42,7 +43,8 @@ from latentvla.data.example import FLOAT, FeatureSpan, decode_span
 from latentvla.data.index import DatasetIndex, load_or_build_index
 from latentvla.data.registry import ResolvedDataset, latent_sibling, resolve_data_mix
 from latentvla.data.statistics import load_or_compute_statistics
-from latentvla.data.transforms import ImageDecodeError, process_image, sample_augment_params
+from latentvla.data.transforms import (DEFAULT_RESAMPLE, ImageDecodeError, check_resample, process_frames,
+                                       sample_augment_params)
 from latentvla.errors import LatentVLAError
 from latentvla.robots import Platform, normalize
 from latentvla.utils.seeding import derive_seed
@@ -164,17 +166,23 @@ class _MixDataset(_TorchDataset):
     def instruction(self, d: int, e: int) -> str:
         return self.indexes[d].instructions[e].strip().lower()
 
-    resample = "lanczos"
+    resample = DEFAULT_RESAMPLE
+
+    def frames(self, d: int, e: int, steps: Sequence[int], cameras: Sequence[int], size: int, params) -> np.ndarray:
+        """uint8 [N, S, S, 3] for the (step, camera) pairs, one augmentation draw for all of them."""
+        idx = self.indexes[d]
+        path, s = idx.shard_path(e), int(idx.ep_start[e])
+        spans = [idx.image_spans[s + t, c] for t, c in zip(steps, cameras)]
+        data = [self._read(path, int(a), int(b)) for a, b in spans]
+        try:
+            return process_frames(data, size, params, self.resample)
+        except ImageDecodeError as err:
+            k = getattr(err, "frame", 0)
+            raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e} step {steps[k]} camera "
+                                 f"{idx.camera_keys[cameras[k]]!r}: {err}") from None
 
     def image(self, d: int, e: int, t: int, camera: int, size: int, params) -> np.ndarray:
-        idx = self.indexes[d]
-        start, end = idx.image_spans[int(idx.ep_start[e]) + t, camera]
-        data = self._read(idx.shard_path(e), int(start), int(end))
-        try:
-            return process_image(data, size, params, self.resample)
-        except ImageDecodeError as err:
-            raise LatentVLAError(f"dataset {idx.name!r} ({idx.shard_path(e)}) episode {e} step {t} camera "
-                                 f"{idx.camera_keys[camera]!r}: {err}") from None
+        return self.frames(d, e, [t], [camera], size, params)[0]
 
     def step_feature(self, d: int, e: int, t: int, length: int, key: str) -> np.ndarray:
         """Per-step feature `key` for steps t..t+length-1 (past the end: the last step repeated)."""
@@ -210,19 +218,11 @@ class _MixDataset(_TorchDataset):
         return {"dataset_name": self.resolved[d].name, "episode": e, "step": t}
 
 
-def _check_resample(resample: str) -> str:
-    from latentvla.data.transforms import RESAMPLE_CHOICES
-
-    if resample not in RESAMPLE_CHOICES:
-        raise LatentVLAError(f"resample must be one of {', '.join(RESAMPLE_CHOICES)}, got {resample!r}")
-    return resample
-
-
 class VLADataset(_MixDataset):
     def __init__(self, data_root_dir, data_mix, *, image_size: int = 224, train: bool = True, image_aug: bool = True,
                  use_wrist_image: bool = True, use_proprio: bool = True, window_size: int | None = None,
                  extra_keys: Sequence[str] = (), seed: int = 42, split: str = "train", dataset_registry=None,
-                 progress: bool = True, resample: str = "lanczos"):
+                 progress: bool = True, resample: str = DEFAULT_RESAMPLE):
         if int(image_size) < 8:
             raise LatentVLAError(f"image_size must be >= 8, got {image_size}")
         super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry,
@@ -233,7 +233,7 @@ class VLADataset(_MixDataset):
                                  f"{self.platform.name!r} (dataset {self.resolved[0].name!r}); use --window_size {P}")
         self.chunk_len = P
         self.image_size = int(image_size)
-        self.resample = _check_resample(resample)
+        self.resample = check_resample(resample)
         self.train, self.image_aug = bool(train), bool(image_aug)
         self.use_wrist_image, self.use_proprio = bool(use_wrist_image), bool(use_proprio)
         if self.use_wrist_image:
@@ -250,7 +250,7 @@ class VLADataset(_MixDataset):
         params = None
         if self.train and self.image_aug:
             params = sample_augment_params(np.random.default_rng(derive_seed(self.seed, self._epoch_of(i), int(i)) % (2**63)))
-        images = np.stack([self.image(d, e, t, c, self.image_size, params) for c in range(self.num_cameras)])
+        images = self.frames(d, e, [t] * self.num_cameras, range(self.num_cameras), self.image_size, params)
         actions, pad = self.action_chunk(d, e, t, self.chunk_len)
         sample = {
             "images": images,
@@ -291,12 +291,12 @@ class ActionChunkDataset(_MixDataset):
 class FramePairDataset(_MixDataset):
     def __init__(self, data_root_dir, data_mix, *, pair_offset: int = 32, image_size: int = 224, train: bool = True,
                  image_aug: bool = False, seed: int = 42, split: str = "train", dataset_registry=None, progress: bool = True,
-                 resample: str = "lanczos"):
+                 resample: str = DEFAULT_RESAMPLE):
         if int(pair_offset) < 1:
             raise LatentVLAError(f"pair_offset must be >= 1, got {pair_offset}")
         super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry, progress=progress)
         self.pair_offset, self.image_size = int(pair_offset), int(image_size)
-        self.resample = _check_resample(resample)
+        self.resample = check_resample(resample)
         self.train, self.image_aug = bool(train), bool(image_aug)
 
     def __getitem__(self, i) -> dict[str, Any]:
@@ -306,7 +306,7 @@ class FramePairDataset(_MixDataset):
         params = None
         if self.train and self.image_aug:
             params = sample_augment_params(np.random.default_rng(derive_seed(self.seed, self._epoch_of(i), int(i)) % (2**63)))
-        frames = np.stack([self.image(d, e, t, 0, self.image_size, params), self.image(d, e, t2, 0, self.image_size, params)])
+        frames = self.frames(d, e, [t, t2], [0, 0], self.image_size, params)
         actions, pad = self.action_chunk(d, e, t, self.pair_offset)
         return {"frames": frames, "actions": actions, "action_pad": pad, "instruction": self.instruction(d, e),
                 **self.base_sample(d, e, t)}

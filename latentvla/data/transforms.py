@@ -1,28 +1,39 @@
-"""Image decoding, resizing and seeded training augmentation (PIL + numpy; no torchvision).
+"""Image decoding, resizing and seeded training augmentation (numpy + torch uint8 kernels; no torchvision).
 
     params = sample_augment_params(np.random.default_rng(derive_seed(seed, epoch, index)))
     img = process_image(jpeg_bytes, size=224, params=params)   # uint8 [224, 224, 3]
 
-Resize: Lanczos (antialiased), straight from the decoded image to `size`. Training augmentation
-(data.md §4), one draw shared by all cameras of a sample:
+Resize (`resample`, recorded in every checkpoint so inference resizes exactly as training did):
+- "bicubic" (default): antialiased bicubic (a = -0.5, PIL's kernel) with torch's uint8 channels-last
+  kernel, integer crop box; ~0.14 ms per 256² -> 224² image.
+- "bilinear": the same kernel family, antialiased bilinear.
+- "lanczos": PIL's antialiased Lanczos-3 with a sub-pixel crop box — the reference pipeline's resize
+  (data.md §4), kept for checkpoints trained that way; ~1.2 ms per image (PIL's scalar C), 5x a
+  JPEG decode, so it cannot meet the loader's throughput target (docs/benchmarks.md).
+For a 256² -> 224² downscale the three differ by a few grey levels on edges only.
+
+Training augmentation (data.md §4), one draw shared by all cameras of a sample:
 1. random-resized-crop, area 0.9, aspect ratio 1.0, uniform random offset — fused into the resize
-   (PIL `resize(box=...)`), so the crop costs nothing extra and is resampled only once;
+   (the crop box is given to the resampler), so the crop is resampled only once;
 2. brightness +-0.2 (additive, in [0, 1] units), contrast 0.8-1.2 (around each channel's mean),
    saturation 0.8-1.2 (around the Rec.601 luma), hue +-0.05 turns (a rotation about the grey
    axis in YIQ space), in that order. The four are affine in RGB, so they are composed into one
-   3x4 colour matrix applied by PIL in C with a single clip at the end (intermediate clipping,
-   as in TF's per-op version, is skipped: a deliberate, documented difference).
-The crop box is applied by the resampler, so output pixels within the filter support (~3 source
+   3x4 colour matrix applied in one pass with a single clip at the end (intermediate clipping,
+   as in TF's per-op version, is skipped: a deliberate, documented difference). OpenCV's
+   `transform` applies it when cv2 is importable (0.02 ms per image), else PIL's matrix `convert`
+   (0.18 ms); the two round differently (at most 1 grey level). Jitter is training-only.
+The Lanczos crop box is applied by the resampler, so output pixels within the filter support (~3 source
 pixels) of the crop border also weigh real pixels just outside the crop (crop-then-resize would
 clamp there); everywhere else the result equals crop-then-resize.
 JPEG decoding uses simplejpeg when installed (faster), else PIL. `process_image` always decodes at
-full resolution: JPEG DCT-domain downscaling (`decode_array(min_size=...)`) is not a Lanczos resize,
+full resolution: JPEG DCT-domain downscaling (`decode_array(min_size=...)`) is a different resize,
 and inference resizes raw camera frames, so training must start from the same full-size pixels.
 Undecodable bytes raise `ImageDecodeError` (a LatentVLAError); callers add context.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -106,79 +117,142 @@ def decode_image(data: bytes, min_size: int | None = None) -> Image.Image:
     return Image.fromarray(out) if isinstance(out, np.ndarray) else out
 
 
+@functools.lru_cache(maxsize=256)
+def _color_linear(params: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
+    """The mean-independent parts of `color_matrix`: (M, HS) with x -> M x + HS k. Cached: one draw
+    serves every camera of a sample, and the 3x3 algebra costs more than applying the matrix."""
+    c = params.contrast
+    S = params.saturation * np.eye(3) + (1.0 - params.saturation) * np.outer(np.ones(3), _LUMA)
+    th = params.hue * 2.0 * math.pi
+    R = np.array([[1, 0, 0], [0, math.cos(th), -math.sin(th)], [0, math.sin(th), math.cos(th)]])
+    HS = _YIQ2RGB @ R @ _RGB2YIQ @ S
+    return c * HS, HS
+
+
 def color_matrix(params: AugmentParams, channel_mean: np.ndarray) -> tuple[float, ...]:
     """The 3x4 affine RGB matrix (pixel units) of brightness -> contrast -> saturation -> hue."""
     b = params.brightness * 255.0
     c = params.contrast
+    M, HS = _color_linear(params)
     m1 = np.asarray(channel_mean, np.float64) + b  # channel means after brightness
-    A = c * np.eye(3)
-    k = c * b + (1.0 - c) * m1  # x2 = c x + k
-    S = params.saturation * np.eye(3) + (1.0 - params.saturation) * np.outer(np.ones(3), _LUMA)
-    th = params.hue * 2.0 * math.pi
-    R = np.array([[1, 0, 0], [0, math.cos(th), -math.sin(th)], [0, math.sin(th), math.cos(th)]])
-    H = _YIQ2RGB @ R @ _RGB2YIQ
-    M = H @ S @ A
-    off = H @ S @ k
-    return tuple(float(v) for row in np.concatenate([M, off[:, None]], 1) for v in row)
+    off = HS @ (c * b + (1.0 - c) * m1)  # contrast: x2 = c x + k, k = c b + (1 - c) m1
+    return tuple(np.concatenate([M, off[:, None]], 1).ravel().tolist())
 
 
-RESAMPLE_CHOICES = ("lanczos", "bicubic", "bilinear")
+RESAMPLE_CHOICES = ("bicubic", "bilinear", "lanczos")
+DEFAULT_RESAMPLE = "bicubic"
+_cv2_module: object = None  # None: not tried yet; False: not installed
 
 
-def _resize_torch(arr: np.ndarray, box: tuple[int, int, int, int], size: int, mode: str) -> np.ndarray:
-    """Antialiased bicubic/bilinear resize of an integer crop with torch's uint8 channels-last kernels."""
+def _cv2():
+    """OpenCV, imported on first use (keeps `import latentvla` light); False when not installed."""
+    global _cv2_module
+    if _cv2_module is None:
+        try:
+            import cv2
+
+            _cv2_module = cv2
+        except ImportError:
+            _cv2_module = False
+    return _cv2_module
+
+
+def check_resample(resample: str, where: str = "resample") -> str:
+    if resample not in RESAMPLE_CHOICES:
+        raise LatentVLAError(f"{where} must be one of {', '.join(RESAMPLE_CHOICES)}, got {resample!r}")
+    return resample
+
+
+def apply_color(arr: np.ndarray, params: AugmentParams, channel_mean: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Brightness -> contrast -> saturation -> hue as one 3x4 matrix on a uint8 HxWx3 image (one final clip)."""
+    m = color_matrix(params, channel_mean)
+    arr = np.ascontiguousarray(arr, np.uint8)
+    cv2 = _cv2()
+    if cv2:
+        return cv2.transform(arr, np.asarray(m, np.float32).reshape(3, 4), dst=out)
+    res = np.asarray(Image.fromarray(arr).convert("RGB", m), dtype=np.uint8)
+    if out is not None:
+        out[...] = res
+        return out
+    return res
+
+
+def _source(frame, k: int) -> np.ndarray | Image.Image:
+    """One input frame -> decoded pixels; a decode failure names the frame's position (`.frame`)."""
+    if isinstance(frame, (bytes, bytearray, memoryview)):
+        try:
+            return decode_array(bytes(frame))  # full resolution: see the module docstring
+        except ImageDecodeError as e:
+            e.frame = k
+            raise
+    if isinstance(frame, np.ndarray):
+        return np.asarray(frame, np.uint8)
+    return frame.convert("RGB")
+
+
+def _crop_box(params: AugmentParams | None, W: int, H: int) -> tuple[float, float, float, float]:
+    if params is None or params.crop == (0.0, 0.0, 1.0, 1.0):
+        return (0.0, 0.0, float(W), float(H))
+    x0, y0, x1, y1 = params.crop
+    return (x0 * W, y0 * H, x1 * W, y1 * H)
+
+
+def _lanczos_frame(src, size: int, params: AugmentParams | None) -> np.ndarray:
+    img = src if isinstance(src, Image.Image) else Image.fromarray(src)
+    W, H = img.size
+    box = _crop_box(params, W, H)
+    out = np.asarray(img.resize((size, size), Image.LANCZOS, box=box) if box != (0, 0, W, H) or (W, H) != (size, size)
+                     else img, dtype=np.uint8)
+    if params is None or params.is_identity_color:
+        return np.ascontiguousarray(out)
+    a = np.asarray(img)  # contrast pivots on the crop's channel means; a strided subsample is plenty
+    mean = a[int(box[1]):int(math.ceil(box[3])):8, int(box[0]):int(math.ceil(box[2])):8].mean(axis=(0, 1))
+    return apply_color(out, params, mean)
+
+
+def process_frames(frames, size: int, params: AugmentParams | None = None, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
+    """Several frames with one augmentation draw (a sample's cameras, a LAM frame pair) -> uint8 [N, S, S, 3].
+
+    Equal to stacking `process_image` per frame; frames of one size are cropped and resized in one
+    torch call. A frame that cannot be decoded raises `ImageDecodeError` with `.frame` = its position.
+    """
     import torch
     import torch.nn.functional as F
 
-    x0, y0, x1, y1 = box
-    t = torch.from_numpy(arr).permute(2, 0, 1)[None, :, y0:y1, x0:x1].contiguous(memory_format=torch.channels_last)
-    out = F.interpolate(t, size=(size, size), mode=mode, antialias=True)
-    return out[0].permute(1, 2, 0).numpy()
+    check_resample(resample)
+    srcs = [_source(f, k) for k, f in enumerate(frames)]
+    if not srcs:
+        raise LatentVLAError("process_frames: no frames")
+    if resample == "lanczos":
+        return np.stack([_lanczos_frame(src, size, params) for src in srcs])
+    arrays = [np.asarray(src, np.uint8) for src in srcs]
+    if len({a.shape for a in arrays}) > 1:
+        return np.stack([process_frames([a], size, params, resample)[0] for a in arrays])
+    H, W = arrays[0].shape[:2]
+    x0, y0, x1, y1 = (int(round(v)) for v in _crop_box(params, W, H))
+    # torch.from_numpy warns on read-only arrays (PIL-decoded, user frames); the stack copies anyway
+    crops = torch.stack([torch.from_numpy(a if a.flags.writeable else a.copy())[y0:y1, x0:x1] for a in arrays])
+    if (x1 - x0, y1 - y0) != (size, size):  # [N, h, w, 3] contiguous = channels-last [N, 3, h, w]
+        crops = F.interpolate(crops.permute(0, 3, 1, 2), size=(size, size), mode=resample,
+                              antialias=True).permute(0, 2, 3, 1)
+    out = np.ascontiguousarray(crops.numpy())  # channels-last output memory: already NHWC-contiguous (no copy)
+    if params is not None and not params.is_identity_color:
+        for a, o in zip(arrays, out):
+            apply_color(o, params, a[y0:y1:8, x0:x1:8].mean(axis=(0, 1)), out=o)
+    return out
 
 
 def process_image(image: bytes | np.ndarray | Image.Image, size: int, params: AugmentParams | None = None,
-                  resample: str = "lanczos") -> np.ndarray:
+                  resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
     """Decode (if bytes), crop + resize to size x size, colour-jitter; uint8 [S, S, 3].
 
-    `resample`: "lanczos" (default; PIL, sub-pixel crop box) or "bicubic" / "bilinear" (antialiased, torch
-    uint8 kernels, integer crop box; several times faster). Use the same choice at inference.
+    `resample`: "bicubic" (default) / "bilinear" (antialiased, torch uint8 kernels, integer crop box)
+    or "lanczos" (PIL, sub-pixel crop box; the reference pipeline's, ~8x slower). Inference must use
+    the training run's choice (checkpoints record it as `image_resample`).
     """
-    if resample not in RESAMPLE_CHOICES:
-        raise LatentVLAError(f"resample must be one of {', '.join(RESAMPLE_CHOICES)}, got {resample!r}")
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        src = decode_array(bytes(image))  # full resolution: see the module docstring
-    elif isinstance(image, np.ndarray):
-        src = np.asarray(image, np.uint8)
-    else:
-        src = image.convert("RGB")
-    W, H = src.size if isinstance(src, Image.Image) else (src.shape[1], src.shape[0])
-    box = (0.0, 0.0, float(W), float(H))
-    if params is not None and params.crop != (0.0, 0.0, 1.0, 1.0):
-        x0, y0, x1, y1 = params.crop
-        box = (x0 * W, y0 * H, x1 * W, y1 * H)
-    need_color = params is not None and not params.is_identity_color
-    resize = box != (0.0, 0.0, float(W), float(H)) or (W, H) != (size, size)
-    if resample == "lanczos":
-        img = src if isinstance(src, Image.Image) else Image.fromarray(src)
-        if need_color:  # contrast pivots on the crop's channel means; a strided subsample is plenty
-            a = np.asarray(img)
-            mean = a[int(box[1]):int(math.ceil(box[3])):8, int(box[0]):int(math.ceil(box[2])):8].reshape(-1, 3).mean(0)
-        if resize:
-            img = img.resize((size, size), Image.LANCZOS, box=box)
-    else:
-        arr = np.asarray(src, np.uint8)
-        ib = tuple(int(round(v)) for v in box)
-        if need_color:
-            mean = arr[ib[1]:ib[3]:8, ib[0]:ib[2]:8].reshape(-1, 3).mean(0)
-        out = _resize_torch(arr, ib, size, resample) if resize else arr
-        if not need_color:
-            return np.ascontiguousarray(out)
-        img = Image.fromarray(np.ascontiguousarray(out))
-    if need_color:
-        img = img.convert("RGB", color_matrix(params, mean))
-    return np.asarray(img, dtype=np.uint8)
+    return process_frames([image], size, params, resample)[0]
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Lanczos (antialiased) resize of a uint8 [H, W, 3] image to [size, size, 3]."""
-    return process_image(image, size, None)
+def resize_image(image: np.ndarray, size: int, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
+    """Antialiased resize of a uint8 [H, W, 3] image to [size, size, 3] (no crop, no jitter)."""
+    return process_image(image, size, None, resample)

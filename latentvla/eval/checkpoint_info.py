@@ -53,6 +53,8 @@ def read_checkpoint_info(ckpt_dir: str) -> dict:
         "data_mix": _find(cfg, "data_mix"),
         "image_aug": _find(cfg, "image_aug"),
         "image_size": _find(cfg, "default_image_size") or _find(cfg, "image_size"),
+        # checkpoints from before the field existed were trained with the Lanczos resize
+        "image_resample": _find(cfg, "image_resample") or "lanczos",
     }
 
 

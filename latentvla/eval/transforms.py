@@ -52,16 +52,16 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     return q[:3] * 2.0 * math.acos(w) / den
 
 
-def prepare_policy_image(image: np.ndarray, size: int | None, center_crop: bool) -> np.ndarray:
+def prepare_policy_image(image: np.ndarray, size: int | None, center_crop: bool, resample: str = "bicubic") -> np.ndarray:
     """Resize (and center-crop) exactly as the training pipeline made its images.
 
-    Training images come from `latentvla.data.transforms.process_image` (Lanczos resize; with
-    image_aug a random crop of area 0.9), so evaluation uses the same function with no crop, or
-    with its deterministic center crop for policies trained with augmentation. `size=None` keeps
-    the side length.
+    Training images come from `latentvla.data.transforms.process_image` (the run's `image_resample`
+    filter; with image_aug a random crop of area 0.9), so evaluation uses the same function and
+    filter with no crop, or with its deterministic center crop for policies trained with
+    augmentation. `size=None` keeps the side length.
     """
     if size is None and not center_crop:
         return image
     from latentvla.data.transforms import center_crop_params, process_image
 
-    return process_image(image, size or image.shape[0], center_crop_params() if center_crop else None)
+    return process_image(image, size or image.shape[0], center_crop_params() if center_crop else None, resample)

@@ -3,7 +3,8 @@
     client = PolicyClient("127.0.0.1", 8000, token=None)
     actions = client.predict_action([agent_img, wrist_img], "open the drawer", proprio)  # [P, D]
 
-`.platform`, `.chunk_len`, `.num_images`, `.use_proprio`, `.image_size`, `.center_crop` come from the server's metadata. An
+`.platform`, `.chunk_len`, `.num_images`, `.use_proprio`, `.image_size`, `.center_crop`, `.image_resample` come from the
+server's metadata. An
 error reply raises `LatentVLAError` with the server's message (the connection stays usable).
 """
 
@@ -50,6 +51,7 @@ class PolicyClient:
         self.use_proprio = bool(meta["use_proprio"])
         self.image_size = None if meta.get("image_size") is None else int(meta["image_size"])
         self.center_crop = bool(meta.get("center_crop", False))
+        self.image_resample = str(meta.get("image_resample", "bicubic"))
 
     def send_raw(self, payload: bytes | str) -> dict:
         """Send one frame as is and return the decoded reply (for tests and debugging)."""

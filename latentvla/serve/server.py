@@ -33,7 +33,7 @@ class PolicyServer:
     """Answer `predict_action` requests for one policy (see module doc)."""
 
     def __init__(self, policy: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                 center_crop: bool = False):
+                 center_crop: bool = False, image_resample: str = "bicubic"):
         from latentvla.eval.policies import policy_input_spec
 
         self.policy = policy
@@ -43,13 +43,13 @@ class PolicyServer:
             raise LatentVLAError("the served policy has no .platform")
         spec = policy_input_spec(policy)
         self.num_images, self.use_proprio = spec.num_images, spec.use_proprio
-        self.image_size, self.center_crop = spec.image_size, bool(center_crop)
-        # image_size / center_crop: how training images were made (the server applies it to requests).
+        self.image_size, self.center_crop, self.image_resample = spec.image_size, bool(center_crop), image_resample
+        # image_size / center_crop / image_resample: how training images were made (applied to requests).
         self.metadata = {
             "type": "metadata", "server": "latentvla", "platform": self.platform.to_dict(),
             "chunk_len": int(getattr(policy, "chunk_len", self.platform.chunk_len)),
             "num_images": self.num_images, "use_proprio": self.use_proprio,
-            "image_size": spec.image_size, "center_crop": bool(center_crop),
+            "image_size": spec.image_size, "center_crop": bool(center_crop), "image_resample": image_resample,
         }
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -67,7 +67,7 @@ class PolicyServer:
             msg = unpackb(message)
             images, instruction, proprio = validate_request(msg, self.platform, self.num_images, self.use_proprio)
             # Clients send camera frames as they are; the server makes them as training did.
-            images = [prepare_policy_image(im, self.image_size, self.center_crop) for im in images]
+            images = [prepare_policy_image(im, self.image_size, self.center_crop, self.image_resample) for im in images]
             with self._lock:
                 actions = self.policy.predict_action(images, instruction, proprio)
             actions = np.asarray(actions, dtype=np.float32)
@@ -140,12 +140,14 @@ def run_server(cfg) -> int:
     token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
     policy = build_policy(PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, platform=cfg.robot,
                                      device=cfg.device, unnorm_key=cfg.unnorm_key, vlm_path=cfg.vlm_path))
-    center_crop = False
+    center_crop, image_resample = False, "bicubic"
     if cfg.policy == "vla":
         from latentvla.eval.checkpoint_info import read_checkpoint_info
 
-        center_crop = bool(read_checkpoint_info(cfg.pretrained_checkpoint).get("image_aug"))
-    server = PolicyServer(policy, host=cfg.host, port=cfg.port, token=token, center_crop=center_crop)
+        info = read_checkpoint_info(cfg.pretrained_checkpoint)
+        center_crop, image_resample = bool(info.get("image_aug")), info["image_resample"]
+    server = PolicyServer(policy, host=cfg.host, port=cfg.port, token=token, center_crop=center_crop,
+                          image_resample=image_resample)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if cfg.host not in LOOPBACK and token is None:
         log.warning(f"serving on {cfg.host} without a token: anyone who can reach this port can query the policy")

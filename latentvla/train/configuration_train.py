@@ -76,6 +76,9 @@ class TrainConfig:
     robot: Optional[str] = arg(None, "Robot platform override (default: the dataset registry entry decides).")
     shuffle_buffer_size: int = arg(256000, "Accepted for compatibility and ignored: sampling is uniform over all transitions.")
     image_aug: bool = arg(True, "Random crop + color jitter on training images.")
+    image_resample: Literal["bicubic", "bilinear", "lanczos"] = arg(
+        "bicubic", "Resize filter for images (antialiased); saved in the checkpoint so inference resizes the same way. "
+        "lanczos = the reference TF pipeline's, ~8x slower per image (docs/data.md).")
     window_size: Optional[int] = arg(None, "Action chunk length; must equal the platform's chunk length (default: it).")
     use_wrist_image: bool = arg(True, "Feed the wrist camera(s) too.")
     use_proprio: bool = arg(True, "Feed the proprioceptive state.")

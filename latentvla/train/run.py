@@ -65,7 +65,7 @@ def _datasets(cfg: TrainConfig, extra_keys: tuple[str, ...], is_main: bool):
 
     common = dict(image_size=cfg.default_image_size, use_wrist_image=cfg.use_wrist_image, use_proprio=cfg.use_proprio,
                   window_size=cfg.window_size, extra_keys=extra_keys, seed=cfg.seed,
-                  dataset_registry=cfg.dataset_registry, progress=is_main)
+                  dataset_registry=cfg.dataset_registry, progress=is_main, resample=cfg.image_resample)
     train = VLADataset(cfg.data_root_dir, cfg.data_mix, train=True, image_aug=cfg.image_aug, split="train", **common)
     if not cfg.use_val:
         return train, train, None

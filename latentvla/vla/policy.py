@@ -54,15 +54,18 @@ class VLAPolicy:
         if not 1 <= self.num_open_loop_steps <= self.chunk_len:
             raise LatentVLAError(f"num_open_loop_steps must be in [1, {self.chunk_len}], got {num_open_loop_steps}")
         self._queue: deque = deque()
-        # Trained with random crops: raw frames get the deterministic center crop (set by from_pretrained).
+        # How training made images (set by from_pretrained): raw frames get the same resize filter, and
+        # the deterministic center crop when training used random crops.
         self.center_crop = False
+        self.image_resample = "bicubic"
 
     def prepare_images(self, images: Any) -> list[np.ndarray]:
         """Raw camera frames -> training-size images made exactly as training made them.
 
         Frames already at the training size are taken as prepared (the evaluators and the policy
         server prepare them with the same function); other sizes are resized with the training
-        pipeline's Lanczos resize, plus its center crop when the checkpoint trained with image_aug.
+        pipeline's resize (the checkpoint's image_resample), plus its center crop when the checkpoint
+        trained with image_aug.
         """
         from latentvla.data.transforms import center_crop_params, process_image
 
@@ -71,7 +74,7 @@ class VLAPolicy:
         for im in images:
             im = np.asarray(im)
             if im.ndim == 3 and im.dtype == np.uint8 and im.shape[:2] != (size, size):
-                im = process_image(im, size, center_crop_params() if self.center_crop else None)
+                im = process_image(im, size, center_crop_params() if self.center_crop else None, self.image_resample)
             out.append(im)
         return out
 
@@ -84,6 +87,9 @@ class VLAPolicy:
         policy = cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory))
         train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
         policy.center_crop = bool(train_cfg.get("image_aug", False))
+        # checkpoints from before the field existed were trained with the Lanczos resize
+        policy.image_resample = str(train_cfg.get("image_resample") or "lanczos")
+        model.processor.image_resample = policy.image_resample  # its fallback resize of odd-sized frames
         return policy
 
     @property
