@@ -1,9 +1,11 @@
-"""Data loader throughput: VLADataset + GlobalSampler + DataLoader vs the pure JPEG-decode bound.
+"""Data loader throughput: VLADataset + GlobalSampler + the training transport vs the JPEG-decode bound.
 
 Writes a LIBERO-shaped RLDS dataset (default 40 episodes x 100 steps, 2 x 256^2 JPEG per step,
 8-dim proprio, 7-dim actions), then measures training samples/s (224^2, augmentation on, action
-chunk + proprio, default collate) and the peak RSS of the loader process tree for 0/1/2 DataLoader
-workers, the JPEG decode bound for the same images (simplejpeg and PIL, one process), and, for
+chunk + proprio, default collate, `MicroBatchStream` = the trainer's DataLoader wrapper with its
+shared-memory slot ring) and the peak RSS of the loader process tree for 0/1/2 DataLoader workers
+and both resize filters (bicubic = default, Lanczos = the reference pipeline's), the JPEG decode
+bound for the same images (simplejpeg and PIL, one process), per-stage CPU costs, and, for
 reference, the naive path that parses the whole episode record for each sample.
 
     python benchmarks/data_loader.py [--episodes 40 --steps 100 --samples 1500 --batch_size 32]
@@ -113,46 +115,62 @@ def decode_bound(ds, indices, backend: str) -> float:
 
 
 def stage_costs(ds, indices, size: int, batch_size: int) -> dict[str, float]:
-    """CPU ms per stage (median over the probe images of the best of 3 repeats, one thread).
+    """CPU ms per stage (median over the probe samples of the best of 3 repeats, one thread).
 
-    Per image: decode, crop+resize (Lanczos via PIL `resize(box=...)`, antialiased bicubic via torch),
-    colour jitter (3x4 matrix in PIL), and the whole `process_image`; per sample: everything that is
-    not an image (locate, augmentation draw, action chunk, proprio, instruction) and default collate.
+    Per image: decode; per sample (its 2 cameras, one augmentation draw): crop+resize (antialiased
+    bicubic, one torch call for both; Lanczos via PIL `resize(box=...)`), colour jitter (3x4 matrix,
+    OpenCV or PIL), the whole `process_frames`; everything that is not an image (locate,
+    augmentation draw, action chunk, proprio, instruction) and default collate.
     """
     import timeit
 
     import torch
+    import torch.nn.functional as F
     from PIL import Image
     from torch.utils.data import default_collate
 
-    from latentvla.data.transforms import (_resize_torch, color_matrix, decode_array, process_image,
-                                           sample_augment_params)
+    from latentvla.data.transforms import color_matrix, decode_array, process_frames, sample_augment_params
     from latentvla.utils.seeding import derive_seed
 
     def best(fn, number=5):
         return min(timeit.repeat(fn, number=number, repeat=3, timer=time.process_time)) / number * 1000
 
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
     rows: dict[str, list[float]] = {}
     for i in indices[:20]:
         d, e, t = ds.locate(int(i))
         idx = ds.indexes[d]
-        s, en = idx.image_spans[int(idx.ep_start[e]) + t, 0]
-        blob = ds._read(idx.shard_path(e), int(s), int(en))
+        blobs = [ds._read(idx.shard_path(e), *(int(v) for v in idx.image_spans[int(idx.ep_start[e]) + t, c]))
+                 for c in range(2)]
         p = sample_augment_params(np.random.default_rng(int(i)))
-        arr = decode_array(blob, size)
-        img = Image.fromarray(arr)
-        W, H = img.size
+        arrs = [decode_array(b) for b in blobs]
+        imgs = [Image.fromarray(a) for a in arrs]
+        H, W = arrs[0].shape[:2]
         box = (p.crop[0] * W, p.crop[1] * H, p.crop[2] * W, p.crop[3] * H)
-        small = img.resize((size, size), Image.LANCZOS, box=box)
-        m = color_matrix(p, arr[::8, ::8].reshape(-1, 3).mean(0))
-        for name, fn in (
-                ("decode (simplejpeg)", lambda: decode_array(blob, size)),
-                ("crop+resize, Lanczos (PIL)", lambda: img.resize((size, size), Image.LANCZOS, box=box)),
-                ("crop+resize, bicubic (torch uint8)", lambda: _resize_torch(arr, tuple(int(round(v)) for v in box), size, "bicubic")),
-                ("colour jitter (3x4 matrix, PIL)", lambda: np.asarray(small.convert("RGB", m))),
-                ("process_image total, Lanczos", lambda: process_image(blob, size, p, "lanczos")),
-                ("process_image total, bicubic", lambda: process_image(blob, size, p, "bicubic"))):
-            rows.setdefault(name, []).append(best(fn))
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        small = np.asarray(imgs[0].resize((size, size), Image.LANCZOS, box=box))
+        m = color_matrix(p, arrs[0][::8, ::8].mean(axis=(0, 1)))
+
+        def torch_resize():
+            crops = torch.stack([torch.from_numpy(a)[y0:y1, x0:x1] for a in arrs]).permute(0, 3, 1, 2)
+            return F.interpolate(crops, size=(size, size), mode="bicubic", antialias=True)
+
+        stages = [
+            ("decode one image (simplejpeg)", lambda: decode_array(blobs[0]), 1),
+            ("crop+resize, bicubic (torch uint8, both cameras in one call)", torch_resize, 2),
+            ("crop+resize, Lanczos (PIL resize(box=...))", lambda: imgs[0].resize((size, size), Image.LANCZOS, box=box), 1),
+            ("colour jitter, 3x4 matrix, PIL convert", lambda: Image.fromarray(small).convert("RGB", m), 1),
+            ("process_frames total, bicubic (decode+crop+resize+jitter)", lambda: process_frames(blobs, size, p, "bicubic"), 2),
+            ("process_frames total, Lanczos", lambda: process_frames(blobs, size, p, "lanczos"), 2),
+        ]
+        if cv2:
+            m34 = np.asarray(m, np.float32).reshape(3, 4)
+            stages.insert(3, ("colour jitter, 3x4 matrix, OpenCV transform", lambda: cv2.transform(small, m34), 1))
+        for name, fn, per in stages:
+            rows.setdefault(name + " — per image", []).append(best(fn) / per)
 
     def non_image(i):
         d, e, t = ds.locate(i)
@@ -163,7 +181,9 @@ def stage_costs(ds, indices, size: int, batch_size: int) -> dict[str, float]:
         best(lambda: [non_image(int(i)) for i in indices[:50]], 3) / 50]
     batch = [ds[int(i)] for i in indices[:batch_size]]
     torch.set_num_threads(1)
-    rows["per sample: default collate"] = [best(lambda: default_collate(batch), 3) / batch_size]
+    rows["per sample: default collate (in-process)"] = [best(lambda: default_collate(batch), 3) / batch_size]
+    rows["per sample: VLADataset.__getitem__ total (in-process)"] = [
+        best(lambda: [ds[int(i)] for i in indices[:50]], 3) / 50]
     return {k: float(np.median(v)) for k, v in rows.items()}
 
 
@@ -198,29 +218,29 @@ def tree_cpu_seconds() -> float:
     return total
 
 
-def loader_rate(ds, workers: int, samples: int, batch_size: int, seed: int, resample: str = "lanczos") -> tuple[float, float, float]:
+def loader_rate(ds, workers: int, samples: int, batch_size: int, seed: int, resample: str,
+                shared_ring: bool = True) -> tuple[float, float, float]:
+    """The training transport: GlobalSampler -> MicroBatchStream (DataLoader workers, shared slot ring)."""
     import torch
-    from torch.utils.data import DataLoader
 
     from latentvla.data.sampler import GlobalSampler
+    from latentvla.train.data_stream import MicroBatchStream
 
     torch.set_num_threads(1)
     ds.resample = resample
-    sampler = GlobalSampler(ds, seed=seed)
-    loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        persistent_workers=False, prefetch_factor=4 if workers else None, drop_last=True)
     warm = 2
     n_batches = min(samples, len(ds)) // batch_size - warm  # one epoch at most
+    stream = MicroBatchStream(ds, GlobalSampler(ds, seed=seed), batch_size, None, batches_per_epoch=n_batches + warm,
+                              num_workers=workers, seed=seed, shared_ring=shared_ring)
     with PeakRSS() as mem:
-        it = iter(loader)
         for _ in range(warm):
-            next(it)
+            next(stream)
         c0, t0 = tree_cpu_seconds(), time.perf_counter()
         for _ in range(n_batches):
-            next(it)
+            next(stream)
         dt = time.perf_counter() - t0
         cpu = tree_cpu_seconds() - c0
-        del it
+        stream.close()
     n = n_batches * batch_size
     return n / dt, n / cpu, mem.peak / 2**20
 
@@ -259,30 +279,33 @@ def main() -> None:
               f"(write {t_write:.1f} s, first index+statistics pass {t_index:.2f} s); samples at {args.image_size}^2, "
               f"augmentation on, batch {args.batch_size}, {os.cpu_count()} CPUs, load average {load:.1f} at start")
         print("samples/CPU-s = samples per second of CPU time of the loader process tree (robust to other load);\n"
-              "% of bound compares that with the one-core JPEG decode bound; wall samples/s is what training sees.")
-        print(f"{'configuration':<50} {'wall samples/s':>14} {'samples/CPU-s':>13} {'% of bound':>10} {'peak RSS MiB':>12}")
+              "% of bound (CPU) compares that with the one-core JPEG decode bound; wall samples/s is what training\n"
+              "sees, and wall / 1-core bound compares it with what one process does decoding only.")
+        print(f"{'configuration':<58} {'wall samples/s':>14} {'samples/CPU-s':>13} {'% of bound (CPU)':>16} "
+              f"{'wall / 1-core bound':>19} {'peak RSS MiB':>12}")
         bound = sj / 2
-        print(f"{'JPEG decode bound, simplejpeg (2 images/sample)':<50} {'-':>14} {bound:>13.0f} {100:>9.0f}% {'-':>12}")
-        print(f"{'JPEG decode bound, PIL (2 images/sample)':<50} {'-':>14} {pil / 2:>13.0f} {100 * pil / 2 / bound:>9.0f}% {'-':>12}")
-        print(f"{'naive: parse whole episode per sample (lanczos)':<50} {'-':>14} {naive:>13.0f} {100 * naive / bound:>9.0f}% {'-':>12}")
-        for w in [int(x) for x in args.workers.split(",") if x]:
-            for resample in ("lanczos", "bicubic"):
-                rate, per_cpu, rss = loader_rate(ds, w, args.samples, args.batch_size, seed=0, resample=resample)
-                print(f"{f'VLADataset + DataLoader, {w} worker(s), {resample}':<50} {rate:>14.0f} {per_cpu:>13.0f} "
-                      f"{100 * per_cpu / bound:>9.0f}% {rss:>12.0f}")
+        print(f"{'JPEG decode bound, simplejpeg (2 images/sample)':<58} {'-':>14} {bound:>13.0f} {100:>15.0f}% {'-':>19} {'-':>12}")
+        print(f"{'JPEG decode bound, PIL (2 images/sample)':<58} {'-':>14} {pil / 2:>13.0f} {100 * pil / 2 / bound:>15.0f}% "
+              f"{'-':>19} {'-':>12}")
+        print(f"{'naive: parse whole episode per sample (bicubic)':<58} {'-':>14} {naive:>13.0f} {100 * naive / bound:>15.0f}% "
+              f"{'-':>19} {'-':>12}")
+        configs = [(w, r, True) for r in ("bicubic", "lanczos") for w in [int(x) for x in args.workers.split(",") if x]]
+        if 2 in [c[0] for c in configs]:
+            configs.append((2, "bicubic", False))
+        for w, resample, ring in configs:
+            rate, per_cpu, rss = loader_rate(ds, w, args.samples, args.batch_size, seed=0, resample=resample, shared_ring=ring)
+            name = f"{w} worker(s), {resample}{' (default)' if resample == 'bicubic' else ''}"
+            if w and not ring:
+                name += ", no slot ring"
+            print(f"{name:<58} {rate:>14.0f} {per_cpu:>13.0f} {100 * per_cpu / bound:>15.0f}% {100 * rate / bound:>18.0f}% "
+                  f"{rss:>12.0f}")
         import torch
 
         torch.set_num_threads(1)
         m = stage_costs(ds, probe, args.image_size, args.batch_size)
-        print("\nCPU ms per stage (one thread; median over 20 images of the best of 3 repeats):")
+        print("\nCPU ms per stage (one thread; median over 20 samples of the best of 3 repeats):")
         for k, v in m.items():
-            print(f"  {k:<62} {v:7.3f}")
-        dec = m["decode (simplejpeg)"]
-        for name in ("Lanczos", "bicubic"):
-            per_sample = 2 * m[f"process_image total, {name}"] + m["per sample: non-image work (index, chunk, proprio, aug draw)"] \
-                + m["per sample: default collate"]
-            print(f"  -> {name}: {per_sample:.2f} ms/sample = {1000 / per_sample:.0f} samples/CPU-s = "
-                  f"{100 * 2 * dec / per_sample:.0f}% of the decode bound ({1000 / (2 * dec):.0f} samples/CPU-s)")
+            print(f"  {k:<90} {v:7.3f}")
     finally:
         if not args.out_dir:
             shutil.rmtree(root, ignore_errors=True)
