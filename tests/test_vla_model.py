@@ -180,6 +180,8 @@ def test_no_full_vocabulary_logits(tiny_vlm_dir, vla_data_root):
         calls = []
         model.backbone.lm_head.register_forward_hook(lambda *a: calls.append(1))
         batch = batch_for(vla_data_root, model)
+        # Patchify outside the mode: the 1536-wide patch rows are preprocessing, not logits.
+        batch["pixel_values"] = model.processor.image_processor.pixel_values_from_images(batch.pop("images"))
 
         class NoVocabSizedOutputs(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):

@@ -27,7 +27,8 @@ from latentvla.vla.image_processor import QwenVLImageProcessor
 from latentvla.vla.processor import VLAProcessor
 from latentvla.vla.strategies import ForwardContext, build_strategy
 
-BACKBONE_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+# Plus the images: "images" (uint8, patchified on the model's device) or ready "pixel_values".
+BACKBONE_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")
 
 
 class LatentVLA(nn.Module):
@@ -100,14 +101,28 @@ class LatentVLA(nn.Module):
         dev = self.device
         return {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
+    def _pixel_values(self, batch: dict) -> torch.Tensor:
+        """The backbone's pixel_values in its dtype: given, or made from the uint8 `images` on their device
+        (after `_to_device`, so only uint8 crossed host -> device)."""
+        dtype = self.backbone.dtype
+        if "pixel_values" in batch:
+            return batch["pixel_values"].to(dtype)
+        if "images" not in batch:
+            raise LatentVLAError("batch has neither 'images' nor 'pixel_values' (build it with model.processor.collate)")
+        images, grid = batch["images"], batch["image_grid_thw"]
+        if not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] != grid.shape[0]:
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise LatentVLAError(f"batch 'images' {shape} vs {grid.shape[0]} image_grid_thw rows: expected one "
+                                 "[H, W, 3] image per row (build it with model.processor.collate)")
+        return self.processor.image_processor.pixel_values_from_images(images, dtype)
+
     def _run(self, batch: dict) -> tuple[torch.Tensor, ForwardContext]:
         missing = [k for k in BACKBONE_INPUTS if k not in batch]
         if missing:
             raise LatentVLAError(f"batch lacks {missing} (build it with model.processor.collate)")
-        dtype = self.backbone.dtype
         out = self.backbone.model(  # Qwen3VLModel: hidden states only, the lm_head is never applied
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            mm_token_type_ids=batch["mm_token_type_ids"], pixel_values=batch["pixel_values"].to(dtype),
+            mm_token_type_ids=batch["mm_token_type_ids"], pixel_values=self._pixel_values(batch),
             image_grid_thw=batch["image_grid_thw"], output_hidden_states=True, use_cache=False)
         hs = out.hidden_states
         layers = list(range(len(hs) - self.head_layers, len(hs)))

@@ -5,9 +5,14 @@ Sequence of one sample (Qwen chat format):
     "{instruction}. Predict the next {P} robot actions." <|im_end|>\\n <|im_start|>assistant\\n  SLOTS
 SLOTS are the strategy's placeholder tokens (`<|latent_query|>` / `<|action_query|>`) and end the
 sequence. Sequences are left-padded; every position is later found from token ids.
-Batch keys: input_ids, attention_mask, mm_token_type_ids (1 = image token), pixel_values,
-image_grid_thw, proprio [B, proprio_dim] (only with use_proprio), and when present in the samples:
-actions [B,P,D], action_pad [B,P], latent_idx [B,P,C], latent_z [B,P,C,Z].
+Batch keys: input_ids, attention_mask, mm_token_type_ids (1 = image token), images (uint8
+[N_images, S, S, 3], sample-major then camera order), image_grid_thw, proprio [B, proprio_dim] (only
+with use_proprio), and when present in the samples: actions [B,P,D], action_pad [B,P],
+latent_idx [B,P,C], latent_z [B,P,C,Z].
+The model turns `images` into the backbone's `pixel_values` on its own device
+(`QwenVLImageProcessor.pixel_values_from_images`): patchifying in numpy here cost ~3.5 ms per 224²
+image in the DataLoader workers and shipped 8x the bytes. Only a batch whose images differ in size
+or need the image processor's resize (direct API use) carries float `pixel_values` made here instead.
 The processor holds only picklable state (tokenizer + numbers): DataLoader workers can collate.
 """
 
@@ -32,7 +37,7 @@ def format_instruction(instruction: str, chunk_len: int) -> str:
 class VLAProcessor:
     def __init__(self, tokenizer, image_processor: QwenVLImageProcessor, ids: SpecialTokenIds,
                  slot_ids: Sequence[int], chunk_len: int, num_images: int, image_size: int,
-                 proprio_dim: int, use_proprio: bool):
+                 proprio_dim: int, use_proprio: bool, image_resample: str = "bicubic"):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.ids = ids
@@ -42,6 +47,7 @@ class VLAProcessor:
         self.image_size = image_size
         self.proprio_dim = proprio_dim
         self.use_proprio = use_proprio
+        self.image_resample = image_resample
         enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
         self._user = [ids.im_start] + enc("user\n")
         self._turn = [ids.im_end] + enc("\n") + [ids.im_start] + enc("assistant\n")
@@ -57,24 +63,35 @@ class VLAProcessor:
             if im.dtype != np.uint8 or im.ndim != 3 or im.shape[-1] != 3:
                 raise LatentVLAError(f"{where}: images must be uint8 HxWx3, got {im.dtype} {tuple(im.shape)}")
             if im.shape[:2] != (self.image_size, self.image_size):
-                # The training pipeline's own resize (Lanczos), so raw camera frames match training images.
+                # The training pipeline's own resize (`process_image` with the dataset's `resample`), so
+                # raw camera frames match training images.
                 from latentvla.data.transforms import process_image
 
-                im = process_image(im, self.image_size)
+                im = process_image(im, self.image_size, resample=self.image_resample)
             out.append(im)
         return out
 
-    def encode(self, images: Any, instruction: str, where: str = "sample") -> tuple[list[int], dict]:
+    def encode(self, images: Any, instruction: str, where: str = "sample") -> tuple[list[int], list[np.ndarray]]:
+        """One sample -> (token ids, its checked uint8 camera images in prompt order)."""
         ims = self._images(images, where)
-        vis = self.image_processor(ims)
-        merge = self.image_processor.merge_size ** 2
         seq = list(self._user)
-        for thw in vis["image_grid_thw"].tolist():
-            n = thw[0] * thw[1] * thw[2] // merge
+        for im in ims:
+            n = self.image_processor.num_tokens(*im.shape[:2])
             seq += [self.ids.vision_start] + [self.ids.image_pad] * n + [self.ids.vision_end]
         seq += self.tokenizer.encode(format_instruction(instruction, self.chunk_len), add_special_tokens=False)
         seq += self._turn + self.slot_ids
-        return seq, vis
+        return seq, ims
+
+    def vision_inputs(self, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """All images of a batch -> {"images" uint8 [N, H, W, 3], "image_grid_thw"} for the model to
+        patchify on its device; {"pixel_values", "image_grid_thw"} (numpy path) when sizes differ or
+        need a resize."""
+        proc = self.image_processor
+        sizes = {im.shape[:2] for im in images}
+        if len(sizes) != 1 or not proc.keeps_size(*sizes.pop()):
+            return proc(images)
+        grid = torch.tensor([proc.grid_thw(*im.shape[:2]) for im in images], dtype=torch.long)
+        return {"images": torch.from_numpy(np.stack(images)), "image_grid_thw": grid}
 
     def _proprio(self, proprio: Any, where: str) -> np.ndarray:
         p = np.asarray(proprio if proprio is not None else [], dtype=np.float32).reshape(-1)
@@ -88,12 +105,11 @@ class VLAProcessor:
     # ------------------------------------------------------------------ batch
     def build(self, images: Sequence[Any], instructions: Sequence[str], proprio: Sequence[Any] | None = None,
               where: str = "batch") -> dict[str, torch.Tensor]:
-        seqs, pix, grids = [], [], []
+        seqs, all_images = [], []
         for i, (ims, instr) in enumerate(zip(images, instructions)):
-            s, vis = self.encode(ims, instr, where=f"{where}[{i}]")
+            s, checked = self.encode(ims, instr, where=f"{where}[{i}]")
             seqs.append(s)
-            pix.append(vis["pixel_values"])
-            grids.append(vis["image_grid_thw"])
+            all_images += checked
         length = max(len(s) for s in seqs)
         B = len(seqs)
         input_ids = torch.full((B, length), self.ids.pad, dtype=torch.long)
@@ -105,8 +121,7 @@ class VLAProcessor:
             "input_ids": input_ids,
             "attention_mask": attention,
             "mm_token_type_ids": (input_ids == self.ids.image_pad).long() * attention,
-            "pixel_values": torch.cat(pix, 0),
-            "image_grid_thw": torch.cat(grids, 0),
+            **self.vision_inputs(all_images),
         }
         if self.use_proprio:
             if proprio is None:
