@@ -53,14 +53,19 @@ def scene_fn(size: int):
 
 
 class PeakRSS:
-    """Samples the summed RSS of this process and its children."""
+    """Samples the summed RSS and PSS of this process and its children (peak of each).
 
-    def __init__(self, interval: float = 0.05):
+    RSS counts a shared page once per process that maps it (the slot ring is mapped by the trainer
+    and every worker); PSS splits it between them, so the PSS sum is the memory actually used.
+    """
+
+    def __init__(self, interval: float = 0.1):  # ~0.7 ms of CPU per tick (smaps), counted in the loader's CPU
         import psutil
 
         self.proc = psutil.Process()
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -68,17 +73,18 @@ class PeakRSS:
         import psutil
 
         while not self._stop.is_set():
-            total = 0
+            rss = pss = 0
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
                 for p in procs:
                     try:
-                        total += p.memory_info().rss
+                        info = p.memory_full_info()
+                        rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
                     except psutil.Error:
                         pass
             except psutil.Error:
                 pass
-            self.peak = max(self.peak, total)
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             time.sleep(self.interval)
 
     def __enter__(self) -> "PeakRSS":
@@ -219,7 +225,7 @@ def tree_cpu_seconds() -> float:
 
 
 def loader_rate(ds, workers: int, samples: int, batch_size: int, seed: int, resample: str,
-                shared_ring: bool = True) -> tuple[float, float, float]:
+                shared_ring: bool = True) -> tuple[float, float, float, float]:
     """The training transport: GlobalSampler -> MicroBatchStream (DataLoader workers, shared slot ring)."""
     import torch
 
@@ -242,7 +248,7 @@ def loader_rate(ds, workers: int, samples: int, batch_size: int, seed: int, resa
         cpu = tree_cpu_seconds() - c0
         stream.close()
     n = n_batches * batch_size
-    return n / dt, n / cpu, mem.peak / 2**20
+    return n / dt, n / cpu, mem.peak / 2**20, mem.peak_pss / 2**20
 
 
 def main() -> None:
@@ -282,23 +288,24 @@ def main() -> None:
               "% of bound (CPU) compares that with the one-core JPEG decode bound; wall samples/s is what training\n"
               "sees, and wall / 1-core bound compares it with what one process does decoding only.")
         print(f"{'configuration':<58} {'wall samples/s':>14} {'samples/CPU-s':>13} {'% of bound (CPU)':>16} "
-              f"{'wall / 1-core bound':>19} {'peak RSS MiB':>12}")
+              f"{'wall / 1-core bound':>19} {'peak RSS MiB':>12} {'peak PSS MiB':>12}")
         bound = sj / 2
-        print(f"{'JPEG decode bound, simplejpeg (2 images/sample)':<58} {'-':>14} {bound:>13.0f} {100:>15.0f}% {'-':>19} {'-':>12}")
+        print(f"{'JPEG decode bound, simplejpeg (2 images/sample)':<58} {'-':>14} {bound:>13.0f} {100:>15.0f}% {'-':>19} {'-':>12} {'-':>12}")
         print(f"{'JPEG decode bound, PIL (2 images/sample)':<58} {'-':>14} {pil / 2:>13.0f} {100 * pil / 2 / bound:>15.0f}% "
-              f"{'-':>19} {'-':>12}")
+              f"{'-':>19} {'-':>12} {'-':>12}")
         print(f"{'naive: parse whole episode per sample (bicubic)':<58} {'-':>14} {naive:>13.0f} {100 * naive / bound:>15.0f}% "
-              f"{'-':>19} {'-':>12}")
+              f"{'-':>19} {'-':>12} {'-':>12}")
         configs = [(w, r, True) for r in ("bicubic", "lanczos") for w in [int(x) for x in args.workers.split(",") if x]]
         if 2 in [c[0] for c in configs]:
             configs.append((2, "bicubic", False))
         for w, resample, ring in configs:
-            rate, per_cpu, rss = loader_rate(ds, w, args.samples, args.batch_size, seed=0, resample=resample, shared_ring=ring)
+            rate, per_cpu, rss, pss = loader_rate(ds, w, args.samples, args.batch_size, seed=0, resample=resample,
+                                                  shared_ring=ring)
             name = f"{w} worker(s), {resample}{' (default)' if resample == 'bicubic' else ''}"
             if w and not ring:
                 name += ", no slot ring"
             print(f"{name:<58} {rate:>14.0f} {per_cpu:>13.0f} {100 * per_cpu / bound:>15.0f}% {100 * rate / bound:>18.0f}% "
-                  f"{rss:>12.0f}")
+                  f"{rss:>12.0f} {pss:>12.0f}")
         import torch
 
         torch.set_num_threads(1)
