@@ -53,7 +53,7 @@ def tiny_vla_checkpoint(tiny_vlm_dir, tmp_path_factory) -> Path:
 
 
 def _recording_env(monkeypatch):
-    """Record what crosses the env boundary: policy inputs (after flips/resize) and env actions."""
+    """Record what crosses the env boundary: policy inputs (flipped frames) and env actions."""
     import latentvla.eval.libero_eval as libero_eval
     from latentvla.eval.libero_env import LiberoTaskEnv
 
@@ -78,7 +78,13 @@ def test_libero_goal_episode_with_tiny_vla(tmp_path, monkeypatch, tiny_vla_check
     from latentvla.eval.configuration_eval import LiberoEvalConfig
     from latentvla.eval.libero_eval import run_libero_eval
 
+    from latentvla.vla.policy import VLAPolicy
+
     seen = _recording_env(monkeypatch)
+    prepare = VLAPolicy.prepare_images
+    prepared = []  # what the policy made of the frames: the training size, center-cropped (image_aug checkpoint)
+    monkeypatch.setattr(VLAPolicy, "prepare_images",
+                        lambda self, ims: prepared.append((self.center_crop, prepare(self, ims))) or prepared[-1][1])
     out = tmp_path / "out"
     cfg = LiberoEvalConfig(pretrained_checkpoint=str(tiny_vla_checkpoint), task_suite_name="libero_goal",
                            num_trials_per_task=1, max_tasks=1, max_steps=10, num_steps_wait=2, env_image_size=128,
@@ -89,7 +95,9 @@ def test_libero_goal_episode_with_tiny_vla(tmp_path, monkeypatch, tiny_vla_check
     assert all(a.shape == (7,) for a in seen["actions"])
     assert seen["actions"][0].tolist() == [0, 0, 0, 0, 0, 0, -1]  # settle: no motion, gripper open
     assert all(a[6] in (-1.0, 1.0) for a in seen["actions"][2:])  # binarized env gripper
-    assert seen["images"][0] == [((64, 64, 3), np.uint8), ((64, 64, 3), np.uint8)]  # both cameras at training size
+    assert seen["images"][0] == [((128, 128, 3), np.uint8)] * 2  # both cameras, raw (flipped) env frames
+    crop, images = prepared[0]
+    assert crop is True and [im.shape for im in images] == [(64, 64, 3)] * 2  # made as training made them
     assert seen["proprio"][0].shape == (8,) and seen["proprio"][0].dtype == np.float32
     (rec,) = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert rec["task"] == "open_the_middle_drawer_of_the_cabinet" and rec["steps"] == 10 and rec["policy_calls"] == 2

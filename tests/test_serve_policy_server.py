@@ -160,5 +160,11 @@ def test_server_prepares_images_as_training_did():
             (img, _), _, _ = policy.last
             assert img.shape == (32, 32, 3)
             assert np.array_equal(img, process_image(frame, 32, center_crop_params(), "lanczos"))
+        # a policy that prepares frames itself (VLAPolicy.prepare_images) gets them raw: no double crop
+        policy.prepare_images = lambda images: images
+        with PolicyClient("127.0.0.1", srv.port) as client:
+            client.predict_action([frame, frame], "x", np.zeros(8))
+            (img, _), _, _ = policy.last
+            assert np.array_equal(img, frame)
     finally:
         srv.stop()

@@ -192,6 +192,10 @@ def test_raw_frames_are_prepared_like_training_images(trained, tmp_path):
     del cfg["train"]["image_resample"]
     (legacy / "config.json").write_text(json.dumps(cfg))
     assert VLAPolicy.from_pretrained(legacy, device="cpu").image_resample == "lanczos"
+    from latentvla.eval.policies import PolicySpec, build_policy  # eval --center_crop overrides the checkpoint
+
+    assert build_policy(PolicySpec(kind="vla", checkpoint=str(ckpt), device="cpu", center_crop=True)).center_crop
+    assert not build_policy(PolicySpec(kind="vla", checkpoint=str(ckpt), device="cpu")).center_crop
     rng = np.random.default_rng(0)
     raw = [rng.integers(0, 255, (96, 96, 3), dtype=np.uint8) for _ in range(2)]
     proprio = np.zeros(8, np.float32)
@@ -199,8 +203,13 @@ def test_raw_frames_are_prepared_like_training_images(trained, tmp_path):
         policy.center_crop, policy.image_resample = crop, resample
         prepared = [process_image(im, 64, center_crop_params() if crop else None, resample) for im in raw]
         np.testing.assert_array_equal(policy.prepare_images(raw)[0], prepared[0])
-        np.testing.assert_allclose(policy.predict_action(raw, "open the drawer", proprio),
-                                   policy.predict_action(prepared, "open the drawer", proprio), atol=1e-6)
+        # a camera that already delivers the training size still gets the crop of an image_aug checkpoint
+        native = prepared[1]
+        expect = process_image(native, 64, center_crop_params(), resample) if crop else native
+        np.testing.assert_array_equal(policy.prepare_images([native, native])[0], expect)
+        from_raw = policy.predict_action(raw, "open the drawer", proprio)
+        policy.center_crop = False  # already-prepared training-size frames then pass through unchanged
+        np.testing.assert_allclose(from_raw, policy.predict_action(prepared, "open the drawer", proprio), atol=1e-6)
 
 
 def test_run_dir_and_latest_pointer_resolve_to_the_newest_checkpoint(trained, tmp_path):

@@ -230,8 +230,10 @@ def process_frames(frames, size: int, params: AugmentParams | None = None, resam
         return np.stack([process_frames([a], size, params, resample)[0] for a in arrays])
     H, W = arrays[0].shape[:2]
     x0, y0, x1, y1 = (int(round(v)) for v in _crop_box(params, W, H))
-    # torch.from_numpy warns on read-only arrays (PIL-decoded, user frames); the stack copies anyway
-    crops = torch.stack([torch.from_numpy(a if a.flags.writeable else a.copy())[y0:y1, x0:x1] for a in arrays])
+    # torch.from_numpy warns on read-only arrays (PIL-decoded, user frames) and refuses negative strides
+    # (flipped views); the stack copies anyway
+    arrays = [a if a.flags.writeable and min(a.strides) >= 0 else np.array(a, order="C") for a in arrays]
+    crops = torch.stack([torch.from_numpy(a)[y0:y1, x0:x1] for a in arrays])
     if (x1 - x0, y1 - y0) != (size, size):  # [N, h, w, 3] contiguous = channels-last [N, 3, h, w]
         crops = F.interpolate(crops.permute(0, 3, 1, 2), size=(size, size), mode=resample,
                               antialias=True).permute(0, 2, 3, 1)

@@ -169,7 +169,7 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     # Policy facts (and the in-process policy when there is a single worker).
     spec = PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, server=cfg.policy_server, token=token,
                       platform="libero", device=cfg.device, unnorm_key=cfg.unnorm_key, seed=cfg.seed,
-                      vlm_path=cfg.vlm_path)
+                      vlm_path=cfg.vlm_path, center_crop=cfg.center_crop)
     info: dict[str, Any] = {}
     if cfg.policy == "vla" and not cfg.policy_server:
         info = read_checkpoint_info(cfg.pretrained_checkpoint)
@@ -192,6 +192,10 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     image_resample = info.get("image_resample") or "bicubic"  # the checkpoint's training resize
     if cfg.policy_server:  # the server prepares images itself (resize + its checkpoint's crop)
         policy_image_size, center_crop = None, False
+    # The env hands raw frames to VLA policies and the server: both prepare them as training did
+    # (VLAPolicy.prepare_images). The env-side preparation is for other policies.
+    env_image_size, env_center_crop = (None, False) if cfg.policy in ("vla",) or cfg.policy_server else \
+        (policy_image_size, center_crop)
     chunk_len = getattr(policy, "chunk_len", None) if policy is not None else None
     if chunk_len and cfg.num_open_loop_steps and cfg.num_open_loop_steps > chunk_len:
         raise LatentVLAError(f"--num_open_loop_steps {cfg.num_open_loop_steps} exceeds the policy's chunk length "
@@ -258,7 +262,7 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     payloads = [WorkerPayload(worker=i, render_backend=backend, policy_spec=spec, episodes=s, max_steps=max_steps,
                               num_steps_wait=cfg.num_steps_wait, num_open_loop_steps=cfg.num_open_loop_steps,
                               env_image_size=cfg.env_image_size, num_images=num_images,
-                              policy_image_size=policy_image_size, center_crop=center_crop,
+                              policy_image_size=env_image_size, center_crop=env_center_crop,
                               image_resample=image_resample, save_videos=cfg.save_videos,
                               output_dir=str(out_dir), policy=policy if len(slices) == 1 else None)
                 for i, s in enumerate(slices)]

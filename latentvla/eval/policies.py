@@ -70,6 +70,7 @@ class PolicySpec:
     unnorm_key: str | None = None
     seed: int = 7
     vlm_path: str | None = None  # backbone dir when the one recorded in the checkpoint moved
+    center_crop: bool | None = None  # override the checkpoint's (image_aug) center crop of camera frames
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -97,8 +98,11 @@ def build_policy(spec: PolicySpec):
         from latentvla.vla.policy import VLAPolicy
     except ImportError as e:
         raise LatentVLAError(f"--policy vla: cannot import latentvla.vla.policy.VLAPolicy ({e})") from None
-    return VLAPolicy.from_pretrained(spec.checkpoint, device=spec.device, unnorm_key=spec.unnorm_key,
-                                     vlm_path=spec.vlm_path)
+    policy = VLAPolicy.from_pretrained(spec.checkpoint, device=spec.device, unnorm_key=spec.unnorm_key,
+                                       vlm_path=spec.vlm_path)
+    if spec.center_crop is not None:
+        policy.center_crop = bool(spec.center_crop)
+    return policy
 
 
 @dataclass(frozen=True)

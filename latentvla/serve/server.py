@@ -66,8 +66,10 @@ class PolicyServer:
                 raise RequestError("expected a binary msgpack frame, got a text frame")
             msg = unpackb(message)
             images, instruction, proprio = validate_request(msg, self.platform, self.num_images, self.use_proprio)
-            # Clients send camera frames as they are; the server makes them as training did.
-            images = [prepare_policy_image(im, self.image_size, self.center_crop, self.image_resample) for im in images]
+            # Clients send camera frames as they are; they are made as training made its images, by the
+            # policy itself when it can (VLAPolicy.prepare_images), else here.
+            if not hasattr(self.policy, "prepare_images"):
+                images = [prepare_policy_image(im, self.image_size, self.center_crop, self.image_resample) for im in images]
             with self._lock:
                 actions = self.policy.predict_action(images, instruction, proprio)
             actions = np.asarray(actions, dtype=np.float32)

@@ -62,10 +62,10 @@ class VLAPolicy:
     def prepare_images(self, images: Any) -> list[np.ndarray]:
         """Raw camera frames -> training-size images made exactly as training made them.
 
-        Frames already at the training size are taken as prepared (the evaluators and the policy
-        server prepare them with the same function); other sizes are resized with the training
-        pipeline's resize (the checkpoint's image_resample), plus its center crop when the checkpoint
-        trained with image_aug.
+        Every frame gets the training pipeline's resize (the checkpoint's image_resample) to the
+        training size, plus its deterministic center crop when the checkpoint trained with image_aug
+        (random crops) — whatever its size, so a camera that already delivers the training size is
+        cropped too. Without the crop, frames already at the training size pass through unchanged.
         """
         from latentvla.data.transforms import center_crop_params, process_image
 
@@ -73,7 +73,7 @@ class VLAPolicy:
         out = []
         for im in images:
             im = np.asarray(im)
-            if im.ndim == 3 and im.dtype == np.uint8 and im.shape[:2] != (size, size):
+            if im.ndim == 3 and im.dtype == np.uint8 and (self.center_crop or im.shape[:2] != (size, size)):
                 im = process_image(im, size, center_crop_params() if self.center_crop else None, self.image_resample)
             out.append(im)
         return out
