@@ -33,7 +33,6 @@ Undecodable bytes raise `ImageDecodeError` (a LatentVLAError); callers add conte
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 from dataclasses import dataclass
@@ -117,26 +116,46 @@ def decode_image(data: bytes, min_size: int | None = None) -> Image.Image:
     return Image.fromarray(out) if isinstance(out, np.ndarray) else out
 
 
-@functools.lru_cache(maxsize=256)
-def _color_linear(params: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
-    """The mean-independent parts of `color_matrix`: (M, HS) with x -> M x + HS k. Cached: one draw
-    serves every camera of a sample, and the 3x3 algebra costs more than applying the matrix."""
-    c = params.contrast
-    S = params.saturation * np.eye(3) + (1.0 - params.saturation) * np.outer(np.ones(3), _LUMA)
-    th = params.hue * 2.0 * math.pi
-    R = np.array([[1, 0, 0], [0, math.cos(th), -math.sin(th)], [0, math.sin(th), math.cos(th)]])
-    HS = _YIQ2RGB @ R @ _RGB2YIQ @ S
-    return c * HS, HS
+class ColorJitter:
+    """Brightness -> contrast -> saturation -> hue of one augmentation draw, as x -> M x + HS k.
+
+    The 3x3 algebra is done once per draw (it costs more than applying the matrix); only the
+    offset depends on each image's channel means (the contrast pivot).
+    """
+
+    def __init__(self, params: AugmentParams):
+        c, sat, th = params.contrast, params.saturation, params.hue * 2.0 * math.pi
+        S = sat * np.eye(3) + (1.0 - sat) * np.outer(np.ones(3), _LUMA)
+        R = np.array([[1, 0, 0], [0, math.cos(th), -math.sin(th)], [0, math.sin(th), math.cos(th)]])
+        self.HS = _YIQ2RGB @ R @ _RGB2YIQ @ S
+        self.b, self.c = params.brightness * 255.0, c
+        self._m = np.empty((3, 4))
+        self._m[:, :3] = c * self.HS
+
+    def matrix(self, channel_mean: np.ndarray) -> np.ndarray:
+        """The 3x4 affine RGB matrix (pixel units) for an image with these channel means."""
+        b, c = self.b, self.c
+        # contrast: x2 = c x + k with k = c b + (1 - c) m1, m1 = the channel means after brightness
+        self._m[:, 3] = self.HS @ (c * b + (1.0 - c) * (np.asarray(channel_mean, np.float64) + b))
+        return self._m
+
+    def apply(self, arr: np.ndarray, channel_mean: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """On a uint8 HxWx3 image, one final clip (OpenCV when installed, else PIL)."""
+        m = self.matrix(channel_mean)
+        arr = np.ascontiguousarray(arr, np.uint8)
+        cv2 = _cv2()
+        if cv2:
+            return cv2.transform(arr, m.astype(np.float32), dst=out)
+        res = np.asarray(Image.fromarray(arr).convert("RGB", tuple(m.ravel().tolist())), dtype=np.uint8)
+        if out is not None:
+            out[...] = res
+            return out
+        return res
 
 
 def color_matrix(params: AugmentParams, channel_mean: np.ndarray) -> tuple[float, ...]:
     """The 3x4 affine RGB matrix (pixel units) of brightness -> contrast -> saturation -> hue."""
-    b = params.brightness * 255.0
-    c = params.contrast
-    M, HS = _color_linear(params)
-    m1 = np.asarray(channel_mean, np.float64) + b  # channel means after brightness
-    off = HS @ (c * b + (1.0 - c) * m1)  # contrast: x2 = c x + k, k = c b + (1 - c) m1
-    return tuple(np.concatenate([M, off[:, None]], 1).ravel().tolist())
+    return tuple(ColorJitter(params).matrix(channel_mean).ravel().tolist())
 
 
 RESAMPLE_CHOICES = ("bicubic", "bilinear", "lanczos")
@@ -165,16 +184,7 @@ def check_resample(resample: str, where: str = "resample") -> str:
 
 def apply_color(arr: np.ndarray, params: AugmentParams, channel_mean: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Brightness -> contrast -> saturation -> hue as one 3x4 matrix on a uint8 HxWx3 image (one final clip)."""
-    m = color_matrix(params, channel_mean)
-    arr = np.ascontiguousarray(arr, np.uint8)
-    cv2 = _cv2()
-    if cv2:
-        return cv2.transform(arr, np.asarray(m, np.float32).reshape(3, 4), dst=out)
-    res = np.asarray(Image.fromarray(arr).convert("RGB", m), dtype=np.uint8)
-    if out is not None:
-        out[...] = res
-        return out
-    return res
+    return ColorJitter(params).apply(arr, channel_mean, out)
 
 
 def _source(frame, k: int) -> np.ndarray | Image.Image:
@@ -239,8 +249,10 @@ def process_frames(frames, size: int, params: AugmentParams | None = None, resam
                               antialias=True).permute(0, 2, 3, 1)
     out = np.ascontiguousarray(crops.numpy())  # channels-last output memory: already NHWC-contiguous (no copy)
     if params is not None and not params.is_identity_color:
-        for a, o in zip(arrays, out):
-            apply_color(o, params, a[y0:y1:8, x0:x1:8].mean(axis=(0, 1)), out=o)
+        jitter = ColorJitter(params)
+        for a, o in zip(arrays, out):  # contrast pivots on the crop's channel means; a strided subsample is plenty
+            sub = a[y0:y1:8, x0:x1:8].reshape(-1, 3)
+            jitter.apply(o, sub.sum(0, dtype=np.uint32) / len(sub), out=o)
     return out
 
 
