@@ -119,6 +119,7 @@ def test_one_camera_and_no_proprio(tiny_vlm_dir, vla_data_root):
     assert "proprio" not in batch and int(batch["mm_token_type_ids"][0].sum()) == 4  # one 64² image = 4 tokens
     out = model(batch)
     out["loss"].backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     with pytest.raises(LatentVLAError, match="predicts no codes"):
         model.predict_codes(batch)
     with pytest.raises(LatentVLAError, match="camera"):
@@ -276,6 +277,8 @@ def test_pro_version_and_gradient_checkpointing(tiny_vlm_dir, vla_data_root):
     out = model(batch_for(vla_data_root, model))
     out["loss"].backward()
     assert model.action_head.chunk_queries.grad.abs().sum() > 0
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused  # DDP runs without find_unused_parameters
 
 
 def test_inference_equals_training_forward_in_eval_mode(tiny_vlm_dir, vla_data_root):
