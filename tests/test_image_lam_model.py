@@ -128,10 +128,21 @@ def test_our_checkpoint_round_trip(dino_dir, tmp_path):
     src = tiny_model(dino_dir)
     save_lam_checkpoint(tmp_path / "ck", src, step=7)
     model, meta = load_image_lam(tmp_path / "ck")
-    assert meta["step"] == 7 and model.config == src.config
+    assert meta["step"] == 7 and model.config == src.config and model.config.image_resample == "bicubic"
     x = torch.rand(2, 2, 3, 56, 56)
     torch.testing.assert_close(model(x)["recon"], src(x)["recon"])
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp leftovers
+    # a checkpoint from before image_resample existed: its frames were Lanczos-resized, and annotation must match
+    import json
+
+    from latentvla.lam.latent_labeler import LatentLabeler
+
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    del cfg["lam"]["image_resample"]
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    legacy, _ = load_image_lam(tmp_path / "ck")
+    assert legacy.config.image_resample == "lanczos"
+    assert LatentLabeler(legacy, pair_offset=2, device="cpu", decode_threads=1).image_resample == "lanczos"
 
 
 def test_univla_stage_one_checkpoint_names(dino_dir, tmp_path):

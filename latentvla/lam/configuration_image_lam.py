@@ -28,6 +28,7 @@ class ImageLAMConfig:
     dino_dim: int = 768  # width of the DINO patch tokens
     num_patches: int = 256  # DINO patch tokens per frame
     image_size: int = 224
+    image_resample: str = "bicubic"  # resize filter of the frames (training and annotation must agree)
     pair_offset: int = 32  # k of the training pairs (t, t+k); the action head regresses k actions
     action_dim: int = 7  # D of the regressed action chunk (0: no action head)
     text_dim: int = 768  # T5 hidden size (stage 1)
@@ -44,6 +45,9 @@ class ImageLAMConfig:
             raise LatentVLAError(f"{source}: stage must be 1 or 2, got {self.stage}")
         if self.action_dim < 0:
             raise LatentVLAError(f"{source}: action_dim must be >= 0, got {self.action_dim}")
+        from latentvla.data.transforms import check_resample  # numpy + PIL only: keeps this module light
+
+        check_resample(self.image_resample, f"{source}: image_resample")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +58,8 @@ class ImageLAMConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise LatentVLAError(f"{source}: unknown LAM config key(s) {', '.join(unknown)}")
-        cfg = cls(**data)
+        # checkpoints written before image_resample existed were trained on Lanczos-resized frames
+        cfg = cls(**{"image_resample": "lanczos", **data})
         cfg.validate(source)
         return cfg
 
@@ -85,6 +90,8 @@ class ImageLAMTrainConfig:
     num_codes: int = arg(4, "Codes per transition.")
     pair_offset: int = arg(32, "Frame distance k of training pairs (t, min(t+k, T-1)).")
     image_size: int = arg(224, "Frame size fed to DINO (a multiple of its patch size).")
+    image_resample: Literal["bicubic", "bilinear", "lanczos"] = arg(
+        "bicubic", "Frame resize filter (antialiased); saved with the LAM so annotation resizes the same way.")
     learning_rate: float = arg(1e-4, "AdamW learning rate.")
     weight_decay: float = arg(0.01, "AdamW weight decay.")
     grad_clip: float = arg(0.1, "Gradient norm clip (0: off).")
@@ -124,7 +131,8 @@ class ImageLAMTrainConfig:
             model_dim=self.model_dim, enc_blocks=self.enc_blocks, dec_blocks=self.dec_blocks,
             num_heads=self.num_heads, latent_dim=self.latent_dim, codebook_size=self.codebook_size,
             num_codes=self.num_codes, stage=int(self.stage), dino_dim=dino_dim, num_patches=num_patches,
-            image_size=self.image_size, pair_offset=self.pair_offset, action_dim=action_dim, text_dim=text_dim,
+            image_size=self.image_size, image_resample=self.image_resample, pair_offset=self.pair_offset,
+            action_dim=action_dim, text_dim=text_dim,
         )
 
 

@@ -22,7 +22,7 @@ def open_frame_pairs(cfg):
 
     ds = FramePairDataset(cfg.data_root_dir, cfg.data_mix, image_size=cfg.image_size, train=True,
                           image_aug=cfg.image_aug, seed=cfg.seed, dataset_registry=cfg.dataset_registry,
-                          pair_offset=cfg.pair_offset)
+                          pair_offset=cfg.pair_offset, resample=cfg.image_resample)
     if len(ds) == 0:
         raise LatentVLAError(f"--data_mix {cfg.data_mix}: no transitions to train on")
     if not hasattr(ds, "action_dim"):

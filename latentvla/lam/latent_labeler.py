@@ -28,11 +28,11 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def decode_frame(data: bytes, size: int) -> np.ndarray:
+def decode_frame(data: bytes, size: int, resample: str = "bicubic") -> np.ndarray:
     """Encoded image → uint8 [size, size, 3], exactly as the training samples (`process_image`, no augmentation)."""
     from latentvla.data.transforms import process_image
 
-    return process_image(data, size)
+    return process_image(data, size, None, resample)
 
 
 def pair_targets(num_steps: int, offset: int) -> np.ndarray:
@@ -52,6 +52,7 @@ class LatentLabeler:
         self.pair_offset = int(pair_offset)
         self.batch_size = int(batch_size)
         self.image_size = int(model.config.image_size)
+        self.image_resample = model.config.image_resample  # as the LAM's training frames were made
         use_bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         threads = decode_threads if decode_threads is not None else min(8, os.cpu_count() or 1)
@@ -60,7 +61,7 @@ class LatentLabeler:
         self.latent_dim = model.config.latent_dim
 
     def _decode(self, images: Sequence[bytes]) -> np.ndarray:
-        fn = lambda b: decode_frame(b, self.image_size)  # noqa: E731
+        fn = lambda b: decode_frame(b, self.image_size, self.image_resample)  # noqa: E731
         frames = list(self._pool.map(fn, images)) if self._pool else [fn(b) for b in images]
         return np.stack(frames) if frames else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
