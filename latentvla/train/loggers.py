@@ -5,7 +5,11 @@
   uninterrupted run.
 - W&B with `--use_wandb True` (project `--wandb_project`); SwanLab only when the environment
   has `ENABLE_SWANLAB=1`; TensorBoard with `--use_tensorboard True`. A requested backend that
-  is not installed is a clear error naming the extra to install.
+  is not installed, or that cannot start (e.g. not logged in), is a clear error naming the fix.
+  Offline use: `WANDB_MODE=offline`, `SWANLAB_MODE=offline` (or `local`).
+- A run that ends with an exception is reported to W&B / SwanLab as failed / crashed.
+- On resume, TensorBoard drops the events after the resumed step (`purge_step`); W&B and SwanLab
+  in offline mode start a new local run that continues at the resumed step.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +28,16 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
+
+
+def _failure() -> BaseException | None:
+    """The exception being handled while a logger is closed (run.py closes them in its `except`)."""
+    return sys.exc_info()[1]
+
+
+def _wandb_run_id(name: str) -> str:
+    # W&B refuses ids with any of :;,#?/' (UsageError); keep the id readable and at most 128 chars.
+    return "".join(c if c.isalnum() or c in "+-_.=" else "_" for c in name)[:128]
 
 
 class JSONLLogger:
@@ -54,14 +69,21 @@ class WandbLogger:
         except ImportError:
             raise LatentVLAError("--use_wandb True needs the wandb package: pip install 'latentvla[wandb]'") from None
         self._wandb = wandb
-        self._run = wandb.init(project=project, entity=entity, name=name, id=name.replace("/", "_")[:128],
-                               config=config, dir=str(run_dir), resume="allow" if resume else None)
+        try:
+            self._run = wandb.init(project=project, entity=entity, name=name, id=_wandb_run_id(name),
+                                   config=config, dir=str(run_dir), resume="allow" if resume else None)
+        except Exception as e:
+            raise LatentVLAError(f"--use_wandb True: W&B could not start a run ({type(e).__name__}: {e}); log in "
+                                 "with `wandb login` (or set WANDB_API_KEY), or log locally with WANDB_MODE=offline") from e
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         self._run.log(dict(metrics), step=step)
 
     def close(self) -> None:
-        self._run.finish()
+        if _failure() is not None:
+            self._run.finish(exit_code=1)  # shown as failed, not finished
+        else:
+            self._run.finish()
 
 
 class SwanLabLogger:
@@ -71,22 +93,39 @@ class SwanLabLogger:
         except ImportError:
             raise LatentVLAError("ENABLE_SWANLAB=1 needs the swanlab package: pip install 'latentvla[swanlab]'") from None
         self._swanlab = swanlab
-        self._run = swanlab.init(project=project, experiment_name=name, config=config, logdir=str(run_dir / "swanlab"))
+        try:
+            # experiment_name / logdir: the names every swanlab release accepts (newer ones alias name / log_dir).
+            self._run = swanlab.init(project=project, experiment_name=name, config=config,
+                                     logdir=str(run_dir / "swanlab"))
+        except Exception as e:
+            raise LatentVLAError(f"ENABLE_SWANLAB=1: SwanLab could not start a run ({type(e).__name__}: {e}); log "
+                                 "in with `swanlab login` (or set SWANLAB_API_KEY), or log locally with "
+                                 "SWANLAB_MODE=offline") from e
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         self._swanlab.log(dict(metrics), step=step)
 
     def close(self) -> None:
-        self._swanlab.finish()
+        err = _failure()
+        if err is None:
+            self._swanlab.finish()
+        else:
+            state = "aborted" if isinstance(err, KeyboardInterrupt) else "crashed"
+            self._swanlab.finish(state=state, error=f"{type(err).__name__}: {err}")
 
 
 class TensorBoardLogger:
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, resume_step: int | None = None, config: dict | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise LatentVLAError("--use_tensorboard True needs the tensorboard package: pip install 'latentvla[tensorboard]'") from None
-        self._w = SummaryWriter(str(log_dir))
+        # purge_step: TensorBoard discards the earlier files' events from the resumed step on, so
+        # the steps redone after a resume are not shown twice.
+        self._w = SummaryWriter(str(log_dir), purge_step=None if resume_step is None else resume_step + 1)
+        if config is not None:
+            text = json.dumps(config, indent=2, default=str)
+            self._w.add_text("config", "    " + text.replace("\n", "\n    "), resume_step or 0)
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         for k, v in metrics.items():
@@ -108,8 +147,19 @@ class MultiLogger:
             lg.log(step, metrics)
 
     def close(self) -> None:
+        # Close every backend even if one fails to (e.g. a W&B flush error), then raise the first error,
+        # unless the run is already failing: its own error is the one to show.
+        first: BaseException | None = None
         for lg in self.loggers:
-            lg.close()
+            try:
+                lg.close()
+            except Exception as e:
+                first = first or e
+        if first is not None:
+            if _failure() is None:
+                raise first
+            print(f"[latentvla train] warning: closing a metric logger failed: {type(first).__name__}: {first}",
+                  file=sys.stderr)
 
 
 def swanlab_enabled() -> bool:
@@ -120,10 +170,14 @@ def build_loggers(run_dir: Path, *, resume_step: int | None, run_name: str, conf
                   use_wandb: bool = False, wandb_project: str = "latentvla", wandb_entity: str | None = None,
                   use_tensorboard: bool = False) -> MultiLogger:
     loggers: list = [JSONLLogger(run_dir / "metrics.jsonl", resume_step=resume_step)]
-    if use_wandb:
-        loggers.append(WandbLogger(wandb_project, wandb_entity, run_name, config, run_dir, resume_step is not None))
-    if swanlab_enabled():
-        loggers.append(SwanLabLogger(wandb_project, run_name, config, run_dir))
-    if use_tensorboard:
-        loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+    try:
+        if use_wandb:
+            loggers.append(WandbLogger(wandb_project, wandb_entity, run_name, config, run_dir, resume_step is not None))
+        if swanlab_enabled():
+            loggers.append(SwanLabLogger(wandb_project, run_name, config, run_dir))
+        if use_tensorboard:
+            loggers.append(TensorBoardLogger(run_dir / "tensorboard", resume_step=resume_step, config=config))
+    except BaseException:
+        MultiLogger(loggers).close()  # a backend that started must not be left open (reported as failed)
+        raise
     return MultiLogger(loggers)
