@@ -139,14 +139,16 @@ def test_swanlab_offline_records_config_steps_and_failure(offline, monkeypatch):
         reader.close()
         (start,) = [r.start for r in recs if r.HasField("start")]
         assert start.project == "proj" and start.name == "exp:1#a"
-        losses = [(r.scalar.step, r.scalar.value.number) for r in recs if r.HasField("scalar") and r.scalar.key == "loss"]
+        scalars = [r.scalar for r in recs if r.HasField("scalar")]
+        losses = [(x.step, x.value.number) for x in scalars if x.key == "loss"]
         (finish,) = [r.finish for r in recs if r.HasField("finish")]
         state = finish.DESCRIPTOR.fields_by_name["state"].enum_type.values_by_number[finish.state].name
         summary.append(((start.started_at.seconds, start.started_at.nanos), losses, state, finish.error))
         config = (path.parent / "files" / "config.yaml").read_text()
         assert "learning_rate:" in config and "world_size: 1" in config
-    assert [s[1:] for s in sorted(summary)] == [([(1, 1.0), (2, 0.5), (3, 1 / 3)], "RUN_STATE_CRASHED", "RuntimeError: boom"),
-                                                ([(3, 13.0), (4, 14.0)], "RUN_STATE_FINISHED", "")]
+    assert [s[1:] for s in sorted(summary)] == [
+        ([(1, 1.0), (2, 0.5), (3, 1 / 3)], "RUN_STATE_CRASHED", "RuntimeError: boom"),
+        ([(3, 13.0), (4, 14.0)], "RUN_STATE_FINISHED", "")]
 
 
 def test_tensorboard_scalars_config_and_resume_purge(offline):

@@ -74,7 +74,8 @@ class WandbLogger:
                                    config=config, dir=str(run_dir), resume="allow" if resume else None)
         except Exception as e:
             raise LatentVLAError(f"--use_wandb True: W&B could not start a run ({type(e).__name__}: {e}); log in "
-                                 "with `wandb login` (or set WANDB_API_KEY), or log locally with WANDB_MODE=offline") from e
+                                 "with `wandb login` (or set WANDB_API_KEY), or log locally with "
+                                 "WANDB_MODE=offline") from e
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         self._run.log(dict(metrics), step=step)
