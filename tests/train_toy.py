@@ -104,6 +104,7 @@ def main(argv):
         logger.close()
         torch.save(weights, Path(out) / "final_weights.pt")
         (Path(out) / "applied_norms.json").write_text(json.dumps(applied))
+    D.barrier()  # as `latentvla train` does: no rank destroys the group while another still uses it
     D.teardown_distributed()
 
 

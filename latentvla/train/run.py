@@ -103,7 +103,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> int:
         if info.is_main:
             for note in pre.notes:
                 print(f"[latentvla train] note: {note}")
-        return _train(cfg, pre, info, D, callbacks or [])
+        code = _train(cfg, pre, info, D, callbacks or [])
+        D.barrier()  # every rank done (rank 0's last checkpoint write included) before the group goes away
+        return code
     finally:
         D.teardown_distributed()
 
