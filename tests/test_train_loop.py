@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -150,11 +148,11 @@ def test_too_small_dataset_is_a_clear_error(tmp_path):
 
 
 def _torchrun(out, strategy, max_norm, mode="", expect_ok=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(REPO / "tests" / "train_toy.py"), str(out), strategy, "16", "4", "6", str(max_norm), mode],
-                       capture_output=True, text=True, env=env, timeout=180)
-    assert (r.returncode == 0) == expect_ok, r.stdout[-3000:] + r.stderr[-3000:]
+    from torchrun_helpers import completed, torchrun
+
+    r = torchrun([str(REPO / "tests" / "train_toy.py"), str(out), strategy, "16", "4", "6", str(max_norm), mode],
+                 env={"PYTHONPATH": str(REPO)}, timeout=180)
+    assert (completed(r) if expect_ok else r.returncode != 0), r.stdout[-3000:] + r.stderr[-3000:]
     return out
 
 

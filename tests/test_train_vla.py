@@ -181,13 +181,12 @@ def test_two_process_matches_one_process(tmp_path, tiny_vlm_dir, vla_data_root, 
     """Global batch 2: 1 process x 1 x 2 accumulation vs torchrun 2 processes x 1 (DDP / FSDP2)."""
     flags = paper_flags(tiny_vlm_dir, vla_data_root, tmp_path / "one", "baseline", max_steps=3, save_step=3)
     assert main(["train", *flags]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(REPO / "exp" / "train_vla.py"),
-                        *paper_flags(tiny_vlm_dir, vla_data_root, tmp_path / "two", "baseline", max_steps=3, save_step=3,
-                                    strategy=strategy)],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    from torchrun_helpers import completed, torchrun
+
+    r = torchrun([str(REPO / "exp" / "train_vla.py"),
+                  *paper_flags(tiny_vlm_dir, vla_data_root, tmp_path / "two", "baseline", max_steps=3, save_step=3,
+                               strategy=strategy)], timeout=300)
+    assert completed(r), r.stderr[-3000:]
     one, two = _records(_run_dir(tmp_path / "one")), _records(_run_dir(tmp_path / "two"))
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
