@@ -160,6 +160,7 @@ def color_matrix(params: AugmentParams, channel_mean: np.ndarray) -> tuple[float
 
 RESAMPLE_CHOICES = ("bicubic", "bilinear", "lanczos")
 DEFAULT_RESAMPLE = "bicubic"
+LEGACY_RESAMPLE = "lanczos"  # what checkpoints without an `image_resample` record were trained with
 _cv2_module: object = None  # None: not tried yet; False: not installed
 
 

@@ -44,6 +44,8 @@ def read_checkpoint_info(ckpt_dir: str) -> dict:
     num_images = _find(cfg, "num_images_in_input")
     if num_images is None and use_wrist is not None:
         num_images = 2 if use_wrist else 1
+    from latentvla.data.transforms import LEGACY_RESAMPLE  # numpy + PIL: not at import (light module)
+
     return {
         "vla_id": _find(cfg, "vla_id"),
         "platform": platform.get("name") if isinstance(platform, Mapping) else platform,
@@ -53,8 +55,7 @@ def read_checkpoint_info(ckpt_dir: str) -> dict:
         "data_mix": _find(cfg, "data_mix"),
         "image_aug": _find(cfg, "image_aug"),
         "image_size": _find(cfg, "default_image_size") or _find(cfg, "image_size"),
-        # checkpoints from before the field existed were trained with the Lanczos resize
-        "image_resample": _find(cfg, "image_resample") or "lanczos",
+        "image_resample": _find(cfg, "image_resample") or LEGACY_RESAMPLE,
     }
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from latentvla.errors import LatentVLAError
 from latentvla.eval.rollout import EpisodeSpec
-from latentvla.eval.transforms import convert_actions_to_env, flip_image, prepare_policy_image, quat_to_axis_angle
+from latentvla.eval.transforms import convert_actions_to_env, flip_image, quat_to_axis_angle
 
 # Suite -> max policy steps per episode (the community's protocol; settle steps come on top).
 SUITE_MAX_STEPS = {
@@ -209,14 +209,9 @@ class LiberoTaskEnv:
 
     action_dim = ACTION_DIM
 
-    def __init__(self, libero: SimpleNamespace, task: LiberoTask, image_size: int = 256,
-                 num_images: int = 2, policy_image_size: int | None = None, center_crop: bool = False,
-                 image_resample: str = "bicubic"):
+    def __init__(self, libero: SimpleNamespace, task: LiberoTask, image_size: int = 256, num_images: int = 2):
         self.task = task
         self.num_images = num_images
-        self.policy_image_size = policy_image_size
-        self.center_crop = center_crop
-        self.image_resample = image_resample
         self.init_states = load_init_states(task.init_states_file)
         try:
             self.env = libero.OffScreenRenderEnv(bddl_file_name=task.bddl_file, camera_heights=image_size,
@@ -241,10 +236,9 @@ class LiberoTaskEnv:
         return SETTLE_ACTION.copy()
 
     def policy_inputs(self, obs: dict) -> tuple[list[np.ndarray], np.ndarray]:
+        # Raw (flipped) frames: VLA policies and the policy server make them as training did.
         images = [flip_image(obs["agentview_image"]), flip_image(obs["robot0_eye_in_hand_image"])]
-        images = [prepare_policy_image(im, self.policy_image_size, self.center_crop, self.image_resample)
-                  for im in images[: self.num_images]]
-        return images, libero_proprio(obs)
+        return images[: self.num_images], libero_proprio(obs)
 
     def to_env_action(self, action: np.ndarray) -> np.ndarray:
         return convert_actions_to_env(action, GRIPPER_DIM, binarize=True)

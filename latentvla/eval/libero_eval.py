@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from latentvla.config import config_to_dict
+from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.eval.checkpoint_info import check_compat_flags, infer_policy_scope, read_checkpoint_info
 from latentvla.eval.configuration_eval import LiberoEvalConfig
@@ -50,9 +51,6 @@ class WorkerPayload:
     num_open_loop_steps: int | None
     env_image_size: int
     num_images: int
-    policy_image_size: int | None
-    center_crop: bool
-    image_resample: str
     save_videos: bool
     output_dir: str
     policy: Any = field(default=None, repr=False)  # an already-built policy (in-process runs only)
@@ -96,8 +94,7 @@ def libero_worker(payload: WorkerPayload, emit) -> None:
                     env.close()
                 suite = suites.setdefault(ep.suite, LiberoSuite(ep.suite, libero))
                 env = LiberoTaskEnv(libero, suite.tasks[ep.task_id], image_size=payload.env_image_size,
-                                    num_images=payload.num_images, policy_image_size=payload.policy_image_size,
-                                    center_crop=payload.center_crop, image_resample=payload.image_resample)
+                                    num_images=payload.num_images)
                 env_key = (ep.suite, ep.task_id)
             result, frames = run_episode(env, policy, ep, max_steps=payload.max_steps,
                                          num_settle_steps=payload.num_steps_wait,
@@ -189,13 +186,10 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     if cfg.num_images_in_input is not None and cfg.num_images_in_input != num_images:
         raise LatentVLAError(f"--num_images_in_input {cfg.num_images_in_input} does not match the policy ({num_images} images)")
     center_crop = bool(info.get("image_aug")) if cfg.center_crop is None else cfg.center_crop
-    image_resample = info.get("image_resample") or "bicubic"  # the checkpoint's training resize
+    # the checkpoint's training resize: recorded here, applied by the policy (or the server)
+    image_resample = info.get("image_resample") or DEFAULT_RESAMPLE
     if cfg.policy_server:  # the server prepares images itself (resize + its checkpoint's crop)
         policy_image_size, center_crop = None, False
-    # The env hands raw frames to VLA policies and the server: both prepare them as training did
-    # (VLAPolicy.prepare_images). The env-side preparation is for other policies.
-    env_image_size, env_center_crop = (None, False) if cfg.policy in ("vla",) or cfg.policy_server else \
-        (policy_image_size, center_crop)
     chunk_len = getattr(policy, "chunk_len", None) if policy is not None else None
     if chunk_len and cfg.num_open_loop_steps and cfg.num_open_loop_steps > chunk_len:
         raise LatentVLAError(f"--num_open_loop_steps {cfg.num_open_loop_steps} exceeds the policy's chunk length "
@@ -261,9 +255,7 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     slices = split_contiguous(pending, cfg.num_workers)
     payloads = [WorkerPayload(worker=i, render_backend=backend, policy_spec=spec, episodes=s, max_steps=max_steps,
                               num_steps_wait=cfg.num_steps_wait, num_open_loop_steps=cfg.num_open_loop_steps,
-                              env_image_size=cfg.env_image_size, num_images=num_images,
-                              policy_image_size=env_image_size, center_crop=env_center_crop,
-                              image_resample=image_resample, save_videos=cfg.save_videos,
+                              env_image_size=cfg.env_image_size, num_images=num_images, save_videos=cfg.save_videos,
                               output_dir=str(out_dir), policy=policy if len(slices) == 1 else None)
                 for i, s in enumerate(slices)]
     try:

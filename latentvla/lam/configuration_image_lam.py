@@ -58,8 +58,9 @@ class ImageLAMConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise LatentVLAError(f"{source}: unknown LAM config key(s) {', '.join(unknown)}")
-        # checkpoints written before image_resample existed were trained on Lanczos-resized frames
-        cfg = cls(**{"image_resample": "lanczos", **data})
+        from latentvla.data.transforms import LEGACY_RESAMPLE  # numpy + PIL only: keeps this module light
+
+        cfg = cls(**{"image_resample": LEGACY_RESAMPLE, **data})
         cfg.validate(source)
         return cfg
 

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.lam.image_lam import ImageLatentActionModel
 
@@ -28,7 +29,7 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def decode_frame(data: bytes, size: int, resample: str = "bicubic") -> np.ndarray:
+def decode_frame(data: bytes, size: int, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
     """Encoded image → uint8 [size, size, 3], exactly as the training samples (`process_image`, no augmentation)."""
     from latentvla.data.transforms import process_image
 

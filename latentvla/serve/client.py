@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.robots import Platform
 from latentvla.serve.protocol import MAX_MESSAGE_BYTES, packb, unpackb
@@ -51,7 +52,7 @@ class PolicyClient:
         self.use_proprio = bool(meta["use_proprio"])
         self.image_size = None if meta.get("image_size") is None else int(meta["image_size"])
         self.center_crop = bool(meta.get("center_crop", False))
-        self.image_resample = str(meta.get("image_resample", "bicubic"))
+        self.image_resample = str(meta.get("image_resample", DEFAULT_RESAMPLE))
 
     def send_raw(self, payload: bytes | str) -> dict:
         """Send one frame as is and return the decoded reply (for tests and debugging)."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.eval.transforms import prepare_policy_image
 from latentvla.serve.protocol import MAX_MESSAGE_BYTES, RequestError, packb, unpackb, validate_request
@@ -33,7 +34,7 @@ class PolicyServer:
     """Answer `predict_action` requests for one policy (see module doc)."""
 
     def __init__(self, policy: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                 center_crop: bool = False, image_resample: str = "bicubic"):
+                 center_crop: bool = False, image_resample: str = DEFAULT_RESAMPLE):
         from latentvla.eval.policies import policy_input_spec
 
         self.policy = policy
@@ -142,7 +143,7 @@ def run_server(cfg) -> int:
     token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
     policy = build_policy(PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, platform=cfg.robot,
                                      device=cfg.device, unnorm_key=cfg.unnorm_key, vlm_path=cfg.vlm_path))
-    center_crop, image_resample = False, "bicubic"
+    center_crop, image_resample = False, DEFAULT_RESAMPLE
     if cfg.policy == "vla":
         from latentvla.eval.checkpoint_info import read_checkpoint_info
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from latentvla.data.transforms import DEFAULT_RESAMPLE, LEGACY_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.robots import normalize, unnormalize
 
@@ -57,7 +58,7 @@ class VLAPolicy:
         # How training made images (set by from_pretrained): raw frames get the same resize filter, and
         # the deterministic center crop when training used random crops.
         self.center_crop = False
-        self.image_resample = "bicubic"
+        self.image_resample = DEFAULT_RESAMPLE
 
     def prepare_images(self, images: Any) -> list[np.ndarray]:
         """Raw camera frames -> training-size images made exactly as training made them.
@@ -87,8 +88,7 @@ class VLAPolicy:
         policy = cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory))
         train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
         policy.center_crop = bool(train_cfg.get("image_aug", False))
-        # checkpoints from before the field existed were trained with the Lanczos resize
-        policy.image_resample = str(train_cfg.get("image_resample") or "lanczos")
+        policy.image_resample = str(train_cfg.get("image_resample") or LEGACY_RESAMPLE)
         model.processor.image_resample = policy.image_resample  # its fallback resize of odd-sized frames
         return policy
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.vla.backbone import SpecialTokenIds
 from latentvla.vla.image_processor import QwenVLImageProcessor
@@ -37,7 +38,7 @@ def format_instruction(instruction: str, chunk_len: int) -> str:
 class VLAProcessor:
     def __init__(self, tokenizer, image_processor: QwenVLImageProcessor, ids: SpecialTokenIds,
                  slot_ids: Sequence[int], chunk_len: int, num_images: int, image_size: int,
-                 proprio_dim: int, use_proprio: bool, image_resample: str = "bicubic"):
+                 proprio_dim: int, use_proprio: bool, image_resample: str = DEFAULT_RESAMPLE):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.ids = ids
