@@ -181,9 +181,6 @@ class _MixDataset(_TorchDataset):
             raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e} step {steps[k]} camera "
                                  f"{idx.camera_keys[cameras[k]]!r}: {err}") from None
 
-    def image(self, d: int, e: int, t: int, camera: int, size: int, params) -> np.ndarray:
-        return self.frames(d, e, [t], [camera], size, params)[0]
-
     def step_feature(self, d: int, e: int, t: int, length: int, key: str) -> np.ndarray:
         """Per-step feature `key` for steps t..t+length-1 (past the end: the last step repeated)."""
         idx = self.indexes[d]

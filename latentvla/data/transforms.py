@@ -208,6 +208,12 @@ def _crop_box(params: AugmentParams | None, W: int, H: int) -> tuple[float, floa
     return (x0 * W, y0 * H, x1 * W, y1 * H)
 
 
+def _crop_means(a: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Channel means of a crop, from every 8th pixel each way: contrast's pivot (a subsample is plenty)."""
+    sub = a[y0:y1:8, x0:x1:8].reshape(-1, 3)
+    return sub.sum(0, dtype=np.uint32) / len(sub)
+
+
 def _lanczos_frame(src, size: int, params: AugmentParams | None) -> np.ndarray:
     img = src if isinstance(src, Image.Image) else Image.fromarray(src)
     W, H = img.size
@@ -216,8 +222,7 @@ def _lanczos_frame(src, size: int, params: AugmentParams | None) -> np.ndarray:
                      else img, dtype=np.uint8)
     if params is None or params.is_identity_color:
         return np.ascontiguousarray(out)
-    a = np.asarray(img)  # contrast pivots on the crop's channel means; a strided subsample is plenty
-    mean = a[int(box[1]):int(math.ceil(box[3])):8, int(box[0]):int(math.ceil(box[2])):8].mean(axis=(0, 1))
+    mean = _crop_means(np.asarray(img), int(box[0]), int(box[1]), int(math.ceil(box[2])), int(math.ceil(box[3])))
     return apply_color(out, params, mean)
 
 
@@ -251,9 +256,8 @@ def process_frames(frames, size: int, params: AugmentParams | None = None, resam
     out = np.ascontiguousarray(crops.numpy())  # channels-last output memory: already NHWC-contiguous (no copy)
     if params is not None and not params.is_identity_color:
         jitter = ColorJitter(params)
-        for a, o in zip(arrays, out):  # contrast pivots on the crop's channel means; a strided subsample is plenty
-            sub = a[y0:y1:8, x0:x1:8].reshape(-1, 3)
-            jitter.apply(o, sub.sum(0, dtype=np.uint32) / len(sub), out=o)
+        for a, o in zip(arrays, out):
+            jitter.apply(o, _crop_means(a, x0, y0, x1, y1), out=o)
     return out
 
 
