@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from latentvla.errors import LatentVLAError
+from latentvla.errors import LatentVLAError, format_error
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,17 @@ COMMANDS: dict[str, Command] = {
                           "Print per-dataset action/proprio statistics of a data mix as JSON (cached)."),
     "data inspect": Command("latentvla.data.configuration_data:DataInspectConfig", "latentvla.data.commands:data_inspect",
                             "Print a data mix's episodes (lengths, instructions; --episode K: actions, proprio, image shapes) as JSON."),
+    "data declare-latents": Command("latentvla.data.configuration_data:DataDeclareLatentsConfig",
+                                    "latentvla.data.commands:data_declare_latents",
+                                    "Declare in features.json the latent labels a dataset's records carry undeclared "
+                                    "(the paper's latent.py output)."),
     "eval libero": Command("latentvla.eval.configuration_eval:LiberoEvalConfig", "latentvla.eval.libero_eval:run_libero_eval",
                            "Closed-loop LIBERO evaluation: success per task and suite, JSONL + summary + MP4s, resumable."),
+    "eval robustness": Command("latentvla.eval.configuration_eval:RobustnessEvalConfig",
+                               "latentvla.eval.robustness:run_robustness",
+                               "A LIBERO suite and each of its LIBERO-PRO perturbations: success and drop per perturbation."),
+    "eval compare": Command("latentvla.eval.configuration_eval:EvalCompareConfig", "latentvla.eval.compare:run_compare",
+                            "Two evaluations on the same initial states: per-task difference, exact McNemar test."),
     "serve": Command("latentvla.serve.configuration_serve:ServeConfig", "latentvla.serve.server:run_server",
                      "Serve a policy checkpoint over a websocket (msgpack numpy) for robots and simulators."),
     "lam action-train": Command("latentvla.lam.configuration_action_tokenizer:ActionTrainConfig",
@@ -57,7 +66,7 @@ COMMANDS: dict[str, Command] = {
 }
 
 GROUP_HELP = {
-    "data": "Inspect RLDS datasets: statistics, episodes.",
+    "data": "Inspect RLDS datasets: statistics, episodes; declare latent labels.",
     "lam": "Latent action models: action tokenizer, image LAM, dataset annotation.",
     "eval": "Closed-loop evaluation (LIBERO).",
 }
@@ -128,8 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_config(cfg_cls, argv[n:], prog=f"latentvla {path}", description=cmd.help)
         run: Callable = _load(cmd.run)
         result = run(cfg)
-    except LatentVLAError as e:
-        print(f"latentvla {path}: error: {e}", file=sys.stderr)
+    except (LatentVLAError, OSError) as e:
+        # OSError: an unreadable / unwritable / missing path reaches the user as `<path>: <problem>`,
+        # not a traceback (LATENTVLA_TRACEBACK=1 shows the traceback, for bug reports).
+        if os.environ.get("LATENTVLA_TRACEBACK", "") not in ("", "0"):
+            raise
+        print(f"latentvla {path}: error: {format_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"latentvla {path}: interrupted", file=sys.stderr)

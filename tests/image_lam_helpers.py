@@ -30,11 +30,27 @@ def hf_to_original_dino(sd: dict, layers: int) -> dict:
     return out
 
 
-def univla_lightning_ckpt(model, path: Path, layers: int, with_action_decoder: bool = False) -> Path:
-    """A Lightning checkpoint in UniVLA's layout (lam.<name>, dino_encoder.* original layout)."""
+def univla_lightning_ckpt(model, path: Path, layers: int, with_action_decoder: bool = False, **extra) -> Path:
+    """A Lightning checkpoint in UniVLA's layout (lam.<name>, dino_encoder.* original layout); `extra`
+    adds top-level entries such as `hyper_parameters` / `datamodule_hyper_parameters`."""
     sd = {f"lam.{k}": v.clone() for k, v in model.lam_state_dict().items()
           if with_action_decoder or not k.startswith("action_decoder.")}
     dino = {k[len("model."):]: v for k, v in model.dino_encoder.state_dict().items()}
     sd.update({f"lam.dino_encoder.{k}": v.clone() for k, v in hf_to_original_dino(dino, layers).items()})
-    torch.save({"state_dict": sd, "epoch": 0, "global_step": 10}, path)
+    torch.save({"state_dict": sd, "epoch": 0, "global_step": 10, **extra}, path)
     return path
+
+
+def univla_hyper_parameters(cfg, **over) -> dict:
+    """`hyper_parameters` as Lightning stores a DINO_LAM's init args (the paper's adds goal_image_step,
+    action_dim); the optimizer entry is a pickled callable, as LightningCLI leaves it."""
+    import functools
+
+    hp = {"image_channels": 3, "lam_model_dim": cfg.model_dim, "lam_latent_dim": cfg.latent_dim,
+          "lam_num_latents": cfg.codebook_size, "lam_patch_size": 14, "lam_enc_blocks": cfg.enc_blocks,
+          "lam_dec_blocks": cfg.dec_blocks, "lam_num_heads": cfg.num_heads, "lam_dropout": 0.0, "vq_beta": 0.25,
+          "log_interval": 1000, "log_path": "log_imgs", "task_name": "lam_libero", "stage": f"stage-{cfg.stage}",
+          "optimizer": functools.partial(torch.optim.AdamW, lr=1e-4), "make_data_pair": False,
+          "stage_one_ckpt": None, "goal_image_step": cfg.pair_offset, "action_dim": cfg.action_dim}
+    hp.update(over)
+    return hp

@@ -187,7 +187,7 @@ def test_libero_config_written_without_prompt_and_bad_suite(tmp_path, monkeypatc
     assert suite.num_tasks == 10 and suite.max_steps == 300
     states = load_init_states(suite.tasks[0].init_states_file)
     assert states.ndim == 2 and states.shape[0] >= 50
-    with pytest.raises(LatentVLAError, match="unknown suite"):
+    with pytest.raises(LatentVLAError, match="unknown or unavailable suite"):
         LiberoSuite("libero_100", libero)
 
 

@@ -237,3 +237,64 @@ def test_configure_rendering_sets_both_variables(monkeypatch):
         configure_rendering("egl")
     with pytest.raises(LatentVLAError, match="expected auto, egl or osmesa"):
         configure_rendering("glx")
+
+
+def test_decode_tokens_reaches_the_policy_factory_and_needs_la_tok(tmp_path, monkeypatch):
+    """`eval libero --decode_tokens`: the flag (and --action_tokenizer_ckpt) reach the policy spec the
+    workers build from; a non-la_tok checkpoint is refused before any policy or simulator is loaded."""
+    import latentvla.eval.libero_eval as libero_eval
+    from latentvla.eval.configuration_eval import LiberoEvalConfig
+    from latentvla.eval.policies import PolicySpec, build_policy
+
+    for name in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LP_NUM_THREADS"):  # configure_rendering sets them
+        monkeypatch.setenv(name, "egl" if name != "LP_NUM_THREADS" else "1")
+    specs = []
+
+    class Built(Exception):
+        pass
+
+    def fake_build(spec):
+        specs.append(spec)
+        raise Built
+
+    monkeypatch.setattr(libero_eval, "build_policy", fake_build)
+
+    def checkpoint(vla_id):
+        d = tmp_path / vla_id
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"format": "latentvla-policy", "vla": {"vla_id": vla_id},
+                                                   "platform": {"name": "libero"}, "train": {}}))
+        return str(d)
+
+    def cfg(ckpt, **kw):
+        return LiberoEvalConfig(pretrained_checkpoint=ckpt, output_dir=str(tmp_path / "out"),
+                                log_dir=str(tmp_path / "logs"), **kw)
+
+    with pytest.raises(Built):
+        libero_eval.run_libero_eval(cfg(checkpoint("la_tok"), decode_tokens=True, action_tokenizer_ckpt="/tok/step_9.pt"))
+    (spec,) = specs
+    assert spec.kind == "vla" and spec.decode_tokens and spec.action_tokenizer_ckpt == "/tok/step_9.pt"
+    with pytest.raises(Built):
+        libero_eval.run_libero_eval(cfg(str(tmp_path / "la_tok")))
+    assert not specs[-1].decode_tokens  # off by default
+    with pytest.raises(LatentVLAError, match="--decode_tokens needs a la_tok checkpoint.*'baseline'"):
+        libero_eval.run_libero_eval(cfg(checkpoint("baseline"), decode_tokens=True))
+    assert len(specs) == 2  # refused before the policy was built
+    with pytest.raises(LatentVLAError, match="--decode_tokens needs a local la_tok checkpoint"):
+        cfg("", policy="random", decode_tokens=True).validate()
+    with pytest.raises(LatentVLAError, match="start `latentvla serve` with --decode_tokens True"):
+        cfg("", policy_server="127.0.0.1:8000", decode_tokens=True).validate()
+    with pytest.raises(LatentVLAError, match="--action_tokenizer_ckpt is only used with --decode_tokens True"):
+        cfg(str(tmp_path / "la_tok"), action_tokenizer_ckpt="/tok/step_9.pt").validate()
+    with pytest.raises(LatentVLAError, match="--decode_tokens applies to a local --policy vla"):
+        build_policy(PolicySpec(kind="zero", decode_tokens=True))
+
+
+def test_serve_decode_tokens_options():
+    from latentvla.serve.configuration_serve import ServeConfig
+
+    with pytest.raises(LatentVLAError, match="--decode_tokens needs --policy vla.*--policy zero"):
+        ServeConfig(policy="zero", decode_tokens=True).validate()
+    with pytest.raises(LatentVLAError, match="--action_tokenizer_ckpt is only used with --decode_tokens True"):
+        ServeConfig(pretrained_checkpoint="x", action_tokenizer_ckpt="t.pt").validate()
+    ServeConfig(pretrained_checkpoint="x", decode_tokens=True, action_tokenizer_ckpt="t.pt").validate()

@@ -174,3 +174,74 @@ def test_action_head_of_another_robot_starts_fresh(dino_dir, capsys):
     assert "action-regression head starts from random initialisation" in capsys.readouterr().out
     torch.testing.assert_close(dst.action_decoder[0].weight, src.action_decoder[0].weight)
     torch.testing.assert_close(dst.to_codebook.weight, src.to_codebook.weight)
+
+
+def test_lightning_hyper_parameters_size_the_model(dino_dir, tmp_path, capsys):
+    """A stage-2 .ckpt trained at k != 32: heads, k and D come from its hyper_parameters; flags override."""
+    from image_lam_helpers import univla_hyper_parameters
+
+    from latentvla.lam.image_lam_checkpoint import load_image_lam, read_lam_checkpoint
+    from latentvla.lam.univla_checkpoint import check_train_flags
+
+    src = tiny_model(dino_dir, pair_offset=5, action_dim=7)  # action_decoder.2: 35 outputs, not a multiple of 32
+    ckpt = univla_lightning_ckpt(src, tmp_path / "k5.ckpt", layers=1, with_action_decoder=True,
+                                 hyper_parameters=univla_hyper_parameters(src.config))
+    model, meta = load_image_lam(ckpt)
+    assert (model.config.num_heads, model.config.pair_offset, model.config.action_dim) == (2, 5, 7)
+    torch.testing.assert_close(model.action_decoder[2].weight, src.action_decoder[2].weight)
+    assert meta["settings"]["pair_offset"] == "5 (hyper_parameters.goal_image_step)"
+    assert meta["settings"]["num_heads"] == "2 (hyper_parameters.lam_num_heads)"
+    out = capsys.readouterr().out
+    assert "LAM settings: num_heads 2 (hyper_parameters.lam_num_heads)" in out and "action_dim 7" in out
+    x = torch.rand(2, 2, 3, 56, 56)
+    torch.testing.assert_close(model(x)["recon"], src(x)["recon"])
+
+    # explicit values win over the stored ones, and say so
+    model, meta = load_image_lam(ckpt, num_heads=1, pair_offset=7)
+    assert (model.config.num_heads, model.config.pair_offset, model.config.action_dim) == (1, 7, 5)
+    assert meta["settings"]["num_heads"] == "1 (--num_heads)" and meta["settings"]["pair_offset"] == "7 (--lam_pair_offset)"
+
+    # the data module's goal_image_step is used when the model's hyper_parameters lack it
+    univla_lightning_ckpt(src, tmp_path / "dm.ckpt", layers=1, with_action_decoder=True,
+                          datamodule_hyper_parameters={"data_mix": ["libero_goal"], "goal_image_step": 5})
+    model, meta = load_image_lam(tmp_path / "dm.ckpt", num_heads=2)
+    assert model.config.action_dim == 7 and meta["settings"]["pair_offset"] == "5 (datamodule_hyper_parameters.goal_image_step)"
+
+    # nothing stored and 35 outputs: strict loading still works, without the (unused) action head
+    univla_lightning_ckpt(src, tmp_path / "bare.ckpt", layers=1, with_action_decoder=True)
+    capsys.readouterr()
+    model, meta = load_image_lam(tmp_path / "bare.ckpt", num_heads=2)
+    assert model.config.action_dim == 0 and not hasattr(model, "action_decoder")
+    out = capsys.readouterr().out
+    assert "action_decoder.2 has 35 outputs" in out and "--lam_pair_offset" in out
+    for a, b in zip(model.encode_latent_actions(src.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32)),
+                    src.encode_latent_actions(src.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32))):
+        torch.testing.assert_close(a, b)
+
+    # a stored size that contradicts the weights is reported; the weights decide
+    univla_lightning_ckpt(src, tmp_path / "odd.ckpt", layers=1, hyper_parameters=univla_hyper_parameters(
+        src.config, lam_model_dim=64, lam_num_heads="two"))
+    model, _ = load_image_lam(tmp_path / "odd.ckpt", num_heads=2)
+    out = capsys.readouterr().out
+    assert model.config.model_dim == 32 and model.config.num_heads == 2
+    assert "lam_model_dim = 64 disagrees with the weights (model_dim 32)" in out and "ignoring hyper_parameters.lam_num_heads" in out
+
+    # `lam image-train --lam_path`: the stored head count must match --num_heads
+    _, _, stored = read_lam_checkpoint(ckpt)
+    with pytest.raises(LatentVLAError, match=r"trained with 2 attention heads \(hyper_parameters.lam_num_heads\).*--num_heads 2"):
+        check_train_flags(stored, num_heads=12, pair_offset=32, source="--lam_path x")
+    check_train_flags(stored, num_heads=2, pair_offset=32, source="--lam_path x")
+    assert "trained with pair_offset 5" in capsys.readouterr().out
+
+
+def test_plain_pth_state_dict_loads_with_flags(dino_dir, tmp_path, capsys):
+    """The `.pth` form (bare LAM state dict, no Lightning wrapper, no hyper_parameters): flags size it."""
+    from latentvla.lam.image_lam_checkpoint import load_image_lam
+
+    src = tiny_model(dino_dir, pair_offset=5, action_dim=7)
+    ckpt = torch.load(univla_lightning_ckpt(src, tmp_path / "x.ckpt", layers=1, with_action_decoder=True))
+    torch.save({k[len("lam."):]: v for k, v in ckpt["state_dict"].items()}, tmp_path / "lam.pth")
+    model, meta = load_image_lam(tmp_path / "lam.pth", num_heads=2, pair_offset=5)
+    assert (model.config.pair_offset, model.config.action_dim) == (5, 7)
+    torch.testing.assert_close(model.action_decoder[2].bias, src.action_decoder[2].bias)
+    assert meta["settings"]["action_dim"] == "7 (action_decoder.2 outputs 35 / pair_offset 5)"

@@ -50,3 +50,10 @@ def test_main_fit_config_trains_and_latent_py_annotates_one_shard(tmp_path):
         assert np.array_equal(ra["steps/action"], rb["steps/action"])
     assert latent([str(shard), "--lam_path", str(tmp_path / "nope")]) == 0  # existing output: skipped
     assert latent([str(shard), "--lam_path", str(tmp_path / "nope"), "--overwrite"]) == 2
+
+
+def test_main_py_maps_the_papers_goal_image_step():
+    translate = runpy.run_path(str(SHIMS / "main.py"), run_name="shim")["translate"]
+    for cfg in ({"model": {"goal_image_step": 20}}, {"data": {"goal_image_step": 20}}):
+        argv, _, ignored = translate(cfg)
+        assert argv == ["--pair_offset", "20"] and ignored == []

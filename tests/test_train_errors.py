@@ -114,7 +114,7 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     assert "--robot 'aloha'" in err and "libero" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True")
     assert "--pretrained_checkpoint" in err
-    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--pretrained_checkpoint", tmp_path)
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True", "--pretrained_checkpoint", tmp_path)
     assert "--pretrained_checkpoint" in err and "model.safetensors" in err
     import torch
     from safetensors.torch import save_file
@@ -125,7 +125,7 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     merged.mkdir(parents=True)
     (merged / "config.json").write_text("{}")
     save_file({"w": torch.zeros(1)}, str(merged / "model.safetensors"), metadata={"format": MERGED_FORMAT})
-    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--pretrained_checkpoint", merged)
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True", "--pretrained_checkpoint", merged)
     assert "--merge_lora export" in err and "checkpoints/step_N" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--lr_scheduler_type", "cosine")
     assert "linear-warmup+cosine-decay" in err

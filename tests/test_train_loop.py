@@ -58,6 +58,20 @@ def test_checkpoint_manager_keeps_newest_complete(tmp_path):
     assert (m.latest() / COMPLETE_MARKER).is_file()
 
 
+def test_only_the_newest_checkpoint_keeps_training_state(tmp_path):
+    """Optimizer + RNG state (2x the weights) lives in the newest checkpoint only; older ones are
+    weights-only policies, and resuming from one says so instead of failing inside torch.load."""
+    tr, lg = _trainer(tmp_path / "run", steps=8, save_step=3)  # checkpoints at 3, 6, 8; keep 2
+    tr.fit()
+    lg.close()
+    done = CheckpointManager(tmp_path / "run" / "checkpoints").complete()
+    assert [s for s, _ in done] == [6, 8]
+    assert (done[-1][1] / "training_state.pt").is_file() and not (done[0][1] / "training_state.pt").exists()
+    assert (done[0][1] / "model.safetensors").is_file()
+    with pytest.raises(LatentVLAError, match="weights only.*--from_pretrained True"):
+        _trainer(tmp_path / "run", resume=done[0][1])
+
+
 def _trainer(run_dir, *, resume=None, callbacks=(), max_norm=1.0, dropout=0.2, accum=2, steps=8, save_step=3):
     torch.manual_seed(0)
     ds = ToyDataset(n=40)

@@ -101,6 +101,12 @@ def test_variant_trains_with_paper_flags(tmp_path, tiny_vlm_dir, vla_data_root, 
     assert policy.image_resample == "bicubic" and policy.center_crop  # how training made images travels along
     chunk = policy.predict_action([np.zeros((64, 64, 3), np.uint8)] * 2, "put the bowl on the plate", np.zeros(8, np.float32))
     assert chunk.shape == (8, 7) and np.isfinite(chunk).all()
+    if vla_id == "la_tok":  # the run records its tokenizer, so `--decode_tokens` finds it with no extra flag
+        saved = json.loads((ckpt / "config.json").read_text())["train"]["action_tokenizer_ckpt"]
+        assert saved == str(Path(tokenizer_ckpt).resolve())
+        decoded = VLAPolicy.from_pretrained(ckpt, device="cpu", decode_tokens=True)
+        assert decoded.predict_action([np.zeros((64, 64, 3), np.uint8)] * 2, "put the bowl on the plate",
+                                      np.zeros(8, np.float32)).shape == (8, 7)
 
 
 def test_latent_codebook_size_from_the_annotation(tmp_path, tiny_vlm_dir, vla_data_root):
@@ -173,7 +179,7 @@ def test_resume_continues_exactly(tmp_path, tiny_vlm_dir, vla_data_root, capsys)
     out = capsys.readouterr().out
     assert f"warm-started from {ckpt}" in out and "from scratch" not in out
     with pytest.raises(LatentVLAError, match="do not match"):
-        train(cfg(tmp_path / "bad", vla_id="la_direct", pretrained_checkpoint=ckpt, max_steps=1))
+        train(cfg(tmp_path / "bad", vla_id="la_direct", from_pretrained=True, pretrained_checkpoint=ckpt, max_steps=1))
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -220,3 +226,28 @@ def test_validation_uses_held_out_episodes(tmp_path, tiny_vlm_dir, vla_data_root
     recs = _records(run)
     assert "val/l1" not in recs[0] and math.isfinite(recs[1]["val/l1"])
     assert "val_transitions: 9" in (run / "config.yaml").read_text()
+
+
+def test_pretrained_checkpoint_is_read_only_with_from_pretrained(tmp_path, tiny_vlm_dir, vla_data_root, capsys):
+    """The paper's scripts pass `--from_pretrained False --pretrained_checkpoint /placeholder/...`: the path is
+    ignored (a note says so) and nothing is loaded; only --from_pretrained True reads it."""
+    from safetensors.torch import save_file
+
+    def flags(runs, **over):
+        return paper_flags(tiny_vlm_dir, vla_data_root, runs, "baseline", max_steps=1, save_checkpoint=False, **over)
+
+    placeholder = "/placeholder/path/that/does/not/exist"
+    assert main(["train", *flags(tmp_path / "a", pretrained_checkpoint=placeholder)]) == 0
+    out = capsys.readouterr().out
+    assert f"--pretrained_checkpoint {placeholder} ignored" in out and "from scratch" in out
+    assert [r["step"] for r in _records(_run_dir(tmp_path / "a"))] == [1]
+    # A checkpoint-shaped dir whose weights fit no model: loading it fails, so a clean run proves it was not read.
+    bogus = tmp_path / "bogus"
+    bogus.mkdir()
+    (bogus / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, str(bogus / "model.safetensors"))
+    train(parse_config(TrainConfig, flags(tmp_path / "b", pretrained_checkpoint=bogus, from_pretrained=False)))
+    out = capsys.readouterr().out
+    assert "from scratch" in out and "warm-started" not in out
+    with pytest.raises(LatentVLAError, match="do not match"):
+        train(parse_config(TrainConfig, flags(tmp_path / "c", pretrained_checkpoint=bogus, from_pretrained=True)))

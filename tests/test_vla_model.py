@@ -155,6 +155,9 @@ def test_padding_and_image_tokens_are_masked(tiny_vlm_dir, vla_data_root):
     # pitfall 8: image states are sliced by token type, padding is masked: a sample's prediction
     # does not depend on what it is batched with (different prompt lengths -> left padding).
     model = make_model(tiny_vlm_dir, "la_direct").eval()
+    with torch.no_grad():  # a trained gate: at init (0) the image states would not reach the chunk at all
+        for block in model.action_head.blocks:
+            block.image_gate.fill_(1.0)
     ds = dataset_for(vla_data_root, model)
     a, b = ds[0], dict(ds[25])
     b["instruction"] = "open the top drawer of the cabinet and then put the bowl inside it carefully"
@@ -169,6 +172,41 @@ def test_padding_and_image_tokens_are_masked(tiny_vlm_dir, vla_data_root):
     ids = batch["input_ids"]
     flat = states[0].squeeze(-1)
     assert bool((ids.view(-1)[flat] == model.ids.image_pad).all())
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_padded_image_slots_carry_no_influence(rotary):
+    """pitfall 8, head side: samples with different image-token counts are padded to the longest; the
+    padded slots are masked, so a sample's chunk equals its chunk alone whatever the padding holds."""
+    from latentvla.vla.head import ActionHead
+
+    torch.manual_seed(0)
+    H, P, D, L, T = 32, 8, 7, 2, 12
+    head = ActionHead(L, H, H, 4, P, D, rotary=rotary).eval()
+    with torch.no_grad():  # a trained gate: at init (0) the image attention would not count at all
+        for block in head.blocks:
+            block.image_gate.fill_(1.0)
+    mm = torch.zeros(2, T, dtype=torch.long)  # 8 and 5 image tokens, at different positions
+    mm[0, 2:10] = 1
+    mm[1, [1, 3, 4, 8, 11]] = 1
+    hs = [torch.randn(2, T, H) for _ in range(L)]
+    img, mask = LatentVLA._image_states(hs, list(range(L)), mm)
+    assert mask.sum(1).tolist() == [8, 5] and img[0].shape == (2, 8, H)
+    torch.testing.assert_close(img[1][1, :5], hs[1][1, [1, 3, 4, 8, 11]])
+    queries = [torch.randn(2, P, H) for _ in range(L)]
+    proprio = torch.randn(2, 1, H)
+    with torch.no_grad():
+        out = head(queries, img, mask, proprio)
+        alone = head([q[1:] for q in queries], [s[1:, :5] for s in img], mask[1:, :5], proprio[1:])
+        torch.testing.assert_close(out[1], alone[0], atol=1e-5, rtol=1e-5)
+        # whatever the padded slots hold (here: large noise) does not reach the chunk ...
+        noisy = [torch.where(mask[..., None], s, 100 * torch.randn_like(s)) for s in img]
+        torch.testing.assert_close(head(queries, noisy, mask, proprio), out, atol=1e-5, rtol=1e-5)
+        # ... though unmasked it would (so the checks above can fail), and the real image tokens do count
+        assert (head(queries, noisy, torch.ones_like(mask), proprio)[1] - out[1]).abs().max() > 1e-2
+        moved = [s.clone() for s in img]
+        moved[0][1, 0] = 3 * torch.randn(H)  # (not a constant shift: the head's LayerNorm removes those)
+        assert (head(queries, moved, mask, proprio)[1] - out[1]).abs().max() > 1e-3
 
 
 def test_no_full_vocabulary_logits(tiny_vlm_dir, vla_data_root):

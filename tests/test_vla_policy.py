@@ -44,7 +44,9 @@ def trained(tiny_vlm_dir, vla_data_root, tmp_path_factory):
         out["loss"].backward()
         opt.step()
     ckpt = tmp_path_factory.mktemp("policy") / "step_5"
-    save_policy_checkpoint(ckpt, model, {"max_steps": 5, "vla_id": "la_tok", "image_resample": "bicubic"}, ds.statistics)
+    # the train config records the tokenizer as `latentvla train` does (for --decode_tokens)
+    save_policy_checkpoint(ckpt, model, {"max_steps": 5, "vla_id": "la_tok", "image_resample": "bicubic",
+                                         "action_tokenizer_ckpt": str(tok_path)}, ds.statistics)
     return model.eval(), ckpt, ds
 
 
@@ -272,3 +274,138 @@ def test_merged_export_loads_and_predicts_like_the_lora_checkpoint(trained, tmp_
     save_file({k: v.contiguous() for k, v in sd.items()}, str(merged / "model.safetensors"), metadata={"format": MERGED_FORMAT})
     with pytest.raises(LatentVLAError, match="lacks"):
         load_policy_model(merged)
+
+
+def _decoded_reference(model, sample, stats, tok_path):
+    """--decode_tokens by hand: top-1 codes -> the tokenizer's decoder -> un-normalized like the head's chunk."""
+    from latentvla.lam.action_tokenizer import ActionChunkTokenizer
+
+    codes = model.predict_codes(model.processor.collate([sample]))
+    decoded = ActionChunkTokenizer.from_checkpoint(tok_path).decode(codes)[0].numpy()
+    return unnormalize(decoded, stats["action"], LIBERO.action_norm_mask, LIBERO.normalization)
+
+
+def test_decode_tokens_returns_the_tokenizer_decoded_chunk(trained):
+    from latentvla.eval.policies import PolicySpec, build_policy
+
+    model, ckpt, ds = trained
+    tok_path = json.loads((ckpt / "config.json").read_text())["train"]["action_tokenizer_ckpt"]
+    stats = ds.statistics["libero_goal_no_noops"]
+    s = ds[6]
+    raw_proprio = unnormalize(s["proprio"], stats["proprio"], LIBERO.proprio_norm_mask, LIBERO.normalization)
+    expected = _decoded_reference(model, s, stats, tok_path)
+    # the eval libero / serve factory, the tokenizer loaded from the path the checkpoint records
+    policy = build_policy(PolicySpec(kind="vla", checkpoint=str(ckpt), device="cpu", decode_tokens=True))
+    assert policy.decode_tokens and policy.model.action_tokenizer is not None
+    chunk = policy.predict_action(list(s["images"]), s["instruction"], raw_proprio)
+    assert chunk.shape == (8, 7) and chunk.dtype == np.float32
+    np.testing.assert_allclose(chunk, expected, atol=1e-4)
+    batched = policy.predict_action([list(s["images"]), list(ds[9]["images"])], [s["instruction"], "push the plate"],
+                                    [raw_proprio, raw_proprio])
+    np.testing.assert_allclose(batched[0], expected, atol=1e-4)
+    # never the default path: without the flag no tokenizer is loaded and the head's chunk comes back
+    default = VLAPolicy.from_pretrained(ckpt, device="cpu")
+    assert not default.decode_tokens and default.model.action_tokenizer is None
+    head_chunk = default.predict_action(list(s["images"]), s["instruction"], raw_proprio)
+    assert not np.allclose(head_chunk, chunk, atol=1e-3)
+
+
+def test_decode_tokens_errors(trained, tmp_path, monkeypatch):
+    import shutil
+
+    from latentvla.lam.action_tokenizer import ActionTokenizerModel
+    from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
+    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
+
+    model, ckpt, ds = trained
+    tok_path = json.loads((ckpt / "config.json").read_text())["train"]["action_tokenizer_ckpt"]
+
+    def copy(name, edit):
+        d = tmp_path / name
+        shutil.copytree(ckpt, d)
+        cfg = json.loads((d / "config.json").read_text())
+        edit(cfg)
+        (d / "config.json").write_text(json.dumps(cfg))
+        return d
+
+    baseline = copy("baseline", lambda c: c["vla"].update(vla_id="baseline"))
+    moved = copy("moved", lambda c: c["train"].update(action_tokenizer_ckpt=str(tmp_path / "gone" / "tokenizer_step_1.pt")))
+    unrecorded = copy("unrecorded", lambda c: c["train"].pop("action_tokenizer_ckpt"))
+    with monkeypatch.context() as m:  # each of these fails before any backbone is loaded
+        m.setattr(LatentVLA, "from_config", lambda *a, **k: pytest.fail("loaded a model before the check"))
+        with pytest.raises(LatentVLAError, match="--decode_tokens needs a la_tok checkpoint.*'baseline'"):
+            VLAPolicy.from_pretrained(baseline, device="cpu", decode_tokens=True)
+        with pytest.raises(LatentVLAError, match="gone/tokenizer_step_1.pt.*recorded in config.json.*--action_tokenizer_ckpt"):
+            VLAPolicy.from_pretrained(moved, device="cpu", decode_tokens=True)
+        with pytest.raises(LatentVLAError, match="records no train.action_tokenizer_ckpt; pass --action_tokenizer_ckpt"):
+            VLAPolicy.from_pretrained(unrecorded, device="cpu", decode_tokens=True)
+        with pytest.raises(LatentVLAError, match="--action_tokenizer_ckpt .*missing.pt: not found"):
+            VLAPolicy.from_pretrained(moved, device="cpu", decode_tokens=True,
+                                      action_tokenizer_ckpt=str(tmp_path / "missing.pt"))
+        with pytest.raises(LatentVLAError, match="--action_tokenizer_ckpt is only used with --decode_tokens True"):
+            VLAPolicy.from_pretrained(ckpt, device="cpu", action_tokenizer_ckpt=tok_path)
+        small = save_tokenizer_checkpoint(tmp_path / "small" / "tokenizer_step_1.pt", ActionTokenizerModel(
+            ActionTokenizerConfig(hidden_dim=16, codebook_size=16, num_heads=2, ffn_dim=32, decoder_hidden_dim=16)),
+            step=1, statistics={}, platform=LIBERO.to_dict())
+        with pytest.raises(LatentVLAError, match="codebook size 16 != the checkpoint's codebook_size 32"):
+            VLAPolicy.from_pretrained(moved, device="cpu", decode_tokens=True, action_tokenizer_ckpt=str(small))
+    # the override flag finds the moved tokenizer
+    relocated = tmp_path / "relocated.pt"
+    shutil.copy(tok_path, relocated)
+    policy = VLAPolicy.from_pretrained(moved, device="cpu", decode_tokens=True, action_tokenizer_ckpt=str(relocated))
+    s = ds[3]
+    stats = ds.statistics["libero_goal_no_noops"]
+    raw_proprio = unnormalize(s["proprio"], stats["proprio"], LIBERO.proprio_norm_mask, LIBERO.normalization)
+    np.testing.assert_allclose(policy.predict_action(list(s["images"]), s["instruction"], raw_proprio),
+                               _decoded_reference(model, s, stats, tok_path), atol=1e-4)
+    # a model without its tokenizer cannot decode
+    plain, _, statistics = load_policy_model(ckpt)
+    with pytest.raises(LatentVLAError, match="decode_tokens needs a la_tok model with its action tokenizer"):
+        VLAPolicy(plain, statistics, decode_tokens=True)
+
+
+def test_serve_decode_tokens_answers_with_the_decoded_chunk(trained, monkeypatch):
+    from latentvla.serve.client import PolicyClient
+    from latentvla.serve.configuration_serve import ServeConfig
+    from latentvla.serve.server import PolicyServer, run_server
+
+    model, ckpt, ds = trained
+    tok_path = json.loads((ckpt / "config.json").read_text())["train"]["action_tokenizer_ckpt"]
+    built = []
+    start = PolicyServer.start
+    monkeypatch.setattr(PolicyServer, "start", lambda self, timeout=30.0: built.append(self) or self)  # no blocking loop
+    assert run_server(ServeConfig(pretrained_checkpoint=str(ckpt), port=0, device="cpu", decode_tokens=True)) == 0
+    (server,) = built
+    assert server.policy.decode_tokens and server.metadata["decode_tokens"] is True
+    stats = ds.statistics["libero_goal_no_noops"]
+    s = ds[6]
+    raw_proprio = unnormalize(s["proprio"], stats["proprio"], LIBERO.proprio_norm_mask, LIBERO.normalization)
+    start(server)
+    try:
+        with PolicyClient("127.0.0.1", server.port) as client:
+            assert client.metadata["decode_tokens"] is True
+            actions = client.predict_action(list(s["images"]), s["instruction"], raw_proprio)
+    finally:
+        server.stop()
+    np.testing.assert_allclose(actions, _decoded_reference(model, s, stats, tok_path), atol=1e-4)
+
+
+def test_checkpoint_without_head_dim_loads_with_its_trained_width(tiny_vlm_dir, vla_data_root, tmp_path):
+    """Checkpoints record head_dim None when it was the default; the default changed (H -> H/4, at least 64),
+    so the loader takes the width from the weights: checkpoints written before keep loading."""
+    from latentvla.vla.modeling_vla import default_head_dim
+
+    assert (default_head_dim(2048), default_head_dim(256), default_head_dim(64), default_head_dim(32)) == (512, 64, 64, 32)
+    torch.manual_seed(0)
+    model = LatentVLA.from_config(VLAConfig(vlm_path=str(tiny_vlm_dir), default_image_size=64, head_dim=32), LIBERO,
+                                  device="cpu").eval()
+    ds = VLADataset(vla_data_root, "libero_goal", image_size=64, image_aug=False, progress=False)
+    save_policy_checkpoint(tmp_path / "old", model, {}, ds.statistics)
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    cfg["vla"]["head_dim"] = None
+    del cfg["vla"]["head_mlp_ratio"]  # a config written before the option existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    loaded, _, _ = load_policy_model(tmp_path / "old")
+    assert loaded.action_head.chunk_queries.shape[1] == 32
+    batch = model.processor.collate([ds[1]])
+    torch.testing.assert_close(loaded.predict_actions(batch), model.predict_actions(batch))

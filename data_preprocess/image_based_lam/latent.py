@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image_key", default="observation/image", help="primary camera step key")
     p.add_argument("--k", "--pair_offset", dest="pair_offset", type=int, default=11, help="pair (t, min(t+k, T-1))")
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--num_heads", type=int, default=None, help="heads of a UniVLA .ckpt (default 12)")
+    p.add_argument("--num_heads", type=int, default=None,
+                   help="heads of a UniVLA .ckpt (default: its hyper_parameters, else 12)")
+    p.add_argument("--lam_pair_offset", type=int, default=None,
+                   help="k the .ckpt was trained with (default: its goal_image_step, else 32)")
     p.add_argument("--non_strict", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", default=None)
@@ -33,13 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         from latentvla.lam.annotate import annotate_shard_file
         from latentvla.lam.image_lam_checkpoint import load_image_lam
         from latentvla.lam.latent_labeler import LatentLabeler
+        from latentvla.utils.hub import resolve_model_flags
 
         out = (args.output_dir or args.tfrecord.parent / "output") / args.tfrecord.name
         if out.exists() and not args.overwrite:
             print(f"{out}: already annotated; skipping (pass --overwrite to redo it)")
             return 0
+        # either may be a Hugging Face repo id (a UniVLA repo with one .ckpt: that file)
+        resolve_model_flags(args, {"lam_path": (".ckpt",), "dino_path": (".pth", ".pt")})
         model, _ = load_image_lam(args.lam_path, dino_path=args.dino_path, num_heads=args.num_heads,
-                                  strict=not args.non_strict, with_text_encoder=False)
+                                  pair_offset=args.lam_pair_offset, strict=not args.non_strict, with_text_encoder=False)
         labeler = LatentLabeler(model, pair_offset=args.pair_offset, batch_size=args.batch_size, device=args.device)
         try:
             annotate_shard_file(args.tfrecord, out, labeler, args.image_key, overwrite=args.overwrite)

@@ -8,6 +8,7 @@ Maps the Lightning-CLI YAML of the paper / UniVLA onto `latentvla lam image-trai
 | model.dino_path / model.t5_path (ours; UniVLA used torch.hub) | --dino_path / --t5_path |
 | model.stage ("stage-1" / "stage-2")                   | --stage                      |
 | model.lam_model_dim, lam_latent_dim, lam_num_latents, lam_enc_blocks, lam_dec_blocks, lam_num_heads | size flags |
+| model.pair_offset, or the paper's model.goal_image_step / data.goal_image_step | --pair_offset |
 | model.vq_beta, model.optimizer.init_args.{lr, weight_decay} | --commitment_weight, --learning_rate, --weight_decay |
 | model.task_name, model.log_path                        | --run_id, --results_dir      |
 | data.data_root_dir (or data.data_root), data.data_mix, data.batch_size, data.resolution, data.image_aug | data flags |
@@ -33,7 +34,8 @@ DIRECT = {
     ("model", "lam_num_latents"): "codebook_size", ("model", "lam_enc_blocks"): "enc_blocks",
     ("model", "lam_dec_blocks"): "dec_blocks", ("model", "lam_num_heads"): "num_heads",
     ("model", "vq_beta"): "commitment_weight", ("model", "task_name"): "run_id", ("model", "log_path"): "results_dir",
-    ("model", "pair_offset"): "pair_offset", ("model", "num_codes"): "num_codes",
+    ("model", "pair_offset"): "pair_offset", ("model", "goal_image_step"): "pair_offset",
+    ("data", "goal_image_step"): "pair_offset", ("model", "num_codes"): "num_codes",
     ("model", "action_loss_weight"): "action_loss_weight", ("model", "action_loss_fraction"): "action_loss_fraction",
     ("data", "data_root_dir"): "data_root_dir", ("data", "data_root"): "data_root_dir", ("data", "data_mix"): "data_mix",
     ("data", "batch_size"): "batch_size", ("data", "resolution"): "image_size", ("data", "image_aug"): "image_aug",

@@ -1,4 +1,4 @@
-"""`latentvla data stats` and `latentvla data inspect`: JSON on stdout, one-line errors (exit 2)."""
+"""`latentvla data stats|inspect` (JSON on stdout) and `latentvla data declare-latents`; one-line errors (exit 2)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from latentvla.data.configuration_data import DataInspectConfig, DataStatsConfig
+from latentvla.data.configuration_data import DataDeclareLatentsConfig, DataInspectConfig, DataStatsConfig
 from latentvla.data.index import feature_path, load_or_build_index
 from latentvla.data.registry import parse_key_slice, resolve_data_mix
 from latentvla.data.statistics import load_or_compute_statistics
@@ -75,4 +75,41 @@ def data_inspect(cfg: DataInspectConfig) -> int:
             info["episode"] = _episode_detail(r, builder, cfg.episode, cfg.split)
         out[r.name] = info
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def data_declare_latents(cfg: DataDeclareLatentsConfig) -> int:
+    """Write the declaration of undeclared latent labels into features.json (and dataset_info.json
+    when that lists the features too), after checking the first record of every shard."""
+    from latentvla.data.latent_labels import LATENT_PATHS, declare_in_features, find_undeclared_latents, resolve_version_dir
+    from latentvla.utils.atomic import atomic_write_text
+
+    cfg.validate()
+    path = resolve_version_dir(cfg.dataset_dir)
+    builder = TFDSBuilderDir(path)
+    found = find_undeclared_latents(builder, every_shard=True, num_codes=cfg.num_codes, latent_dim=cfg.latent_dim,
+                                    codebook_size=cfg.codebook_size)
+    if found is not None and found.problem:
+        raise LatentVLAError(found.problem)
+    if found is None or not found.specs:
+        declared = [p for p in LATENT_PATHS if p in builder.specs]
+        msg = f"{path}: nothing to declare: no shard's first record carries latent labels that features.json lacks"
+        if declared:
+            msg += f"; features.json already declares {', '.join(declared)}"
+        if found is not None and found.others:
+            msg += f"; undeclared keys that are not latent labels: {', '.join(found.others)} (declare those by hand)"
+        elif not declared:
+            msg += "; annotate the dataset with `latentvla lam annotate`"
+        raise LatentVLAError(msg)
+    features = declare_in_features(builder.features, found.specs)
+    info = builder.info
+    lists_features = isinstance(info.get("features"), dict) and ("featuresDict" in info["features"] or "type" in info["features"])
+    if lists_features:  # some TFDS versions repeat the schema in dataset_info.json
+        info = {**info, "features": declare_in_features(info["features"], found.specs)}
+        atomic_write_text(path / "dataset_info.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path / "features.json", json.dumps(features, indent=4, sort_keys=True))
+    print(f"{path}: declared {found.shapes_text()} in features.json{' and dataset_info.json' if lists_features else ''}; "
+          f"{found.sizes_text()}; checked the first record of {len(found.checked)} shard(s)")
+    if found.others:
+        print(f"{path}: left undeclared (not latent labels): {', '.join(found.others)}")
     return 0

@@ -38,6 +38,26 @@ class DataInspectConfig:
             raise LatentVLAError(f"--episode must be >= 0, got {self.episode}")
 
 
+@dataclass
+class DataDeclareLatentsConfig:
+    """Declare in features.json the latent labels (steps/latent_idx, steps/latent_z) that a dataset's
+    records carry but its features.json lacks, as the paper's latent.py leaves them; written atomically."""
+
+    dataset_dir: str = arg(help="Dataset version directory <root>/<name>/<version> (or <root>/<name> holding one version).",
+                           positional=True)
+    num_codes: int | None = arg(None, "C, codes per step (default: latent_annotation.json, else latent_idx's values "
+                                      "per step, else 4).")
+    latent_dim: int | None = arg(None, "Z, code vector size (default: latent_annotation.json, else latent_z's values "
+                                       "per step / C, else 128).")
+    codebook_size: int | None = arg(None, "K: the codes must lie in [0, K) (default: latent_annotation.json, else 16).")
+
+    def validate(self) -> None:
+        for name in ("num_codes", "latent_dim", "codebook_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise LatentVLAError(f"--{name} must be >= 1, got {v}")
+
+
 def _require(root: str, mix: str) -> None:
     if not root:
         raise LatentVLAError("--data_root_dir is required")

@@ -21,8 +21,11 @@ and inference resizes the same way (`transforms.process_image`).
 
 Annotated data: with extra_keys, a dataset whose directory lacks them is replaced by its sibling
 `<dir>_latent/<version>` when that exists (`latentvla lam annotate` output); `--data_mix
-libero_goal_latent` names it explicitly. Missing everywhere -> LatentVLAError naming the dataset
-and the key. Statistics always come from the train split, keyed by the base dataset name.
+libero_goal_latent` names it explicitly. Labels the records carry but features.json does not
+declare (the paper's latent.py output) are used with a notice (`latentvla.data.latent_labels`);
+codes stored as floats are checked integral and >= 0 (and < K for undeclared ones). Missing
+everywhere, or missing from some episodes -> LatentVLAError naming the dataset and the key.
+Statistics always come from the train split, keyed by the base dataset name.
 
 ActionChunkDataset: same index, no images: {"actions", "action_pad", "dataset_name", "episode", "step"}.
 FramePairDataset(pair_offset=k): {"frames" uint8 [2, S, S, 3] (primary at t and min(t+k, T-1)),
@@ -39,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from latentvla.data.example import FLOAT, FeatureSpan, decode_span
+from latentvla.data.example import FLOAT, FeatureSpan, decode_span, record_context
 from latentvla.data.index import DatasetIndex, load_or_build_index
 from latentvla.data.registry import ResolvedDataset, latent_sibling, resolve_data_mix
 from latentvla.data.statistics import load_or_compute_statistics
@@ -81,10 +84,19 @@ class _MixDataset(_TorchDataset):
                     if all(sidx.has_step_key(k) for k in self.extra_keys):
                         r, idx, missing = sib, sidx, []
             if missing:
-                raise LatentVLAError(
+                problem = getattr(idx.undeclared, "problem", None)  # labels in the records that cannot be used
+                raise LatentVLAError(problem or (
                     f"dataset {r.name!r} ({r.path}) lacks per-step key(s) {', '.join(map(repr, missing))} needed here "
                     f"(extra_keys={list(self.extra_keys)}); annotate it with `latentvla lam annotate` (writes "
-                    f"{r.path.parent.name}_latent/{r.path.name}) or use a variant that does not need latent labels")
+                    f"{r.path.parent.name}_latent/{r.path.name}) or use a variant that does not need latent labels"))
+            for k in self.extra_keys:
+                lacking = idx.episodes_lacking(k)
+                if len(lacking):  # e.g. the paper's latent.py run on some of the shards only
+                    e0 = int(lacking[0])
+                    raise LatentVLAError(
+                        f"dataset {r.name!r} ({r.path}): {len(lacking)} of {idx.num_episodes} episodes lack per-step key "
+                        f"{k!r} (first: episode {e0} in {idx.shard_files[int(idx.ep_shard[e0])]}); annotate every "
+                        "shard, or the whole dataset with `latentvla lam annotate`")
             self.resolved.append(r)
             self.indexes.append(idx)
         self.statistics: dict[str, dict] = {r.name: load_or_compute_statistics(r, "train", progress) for r in self.resolved}
@@ -201,7 +213,8 @@ class _MixDataset(_TorchDataset):
             out = vals[np.asarray(rows) - lo]
         else:
             buf = self._read(path, start, end)
-            vals = np.asarray(decode_span(buf, FeatureSpan(kind, 0, len(buf), bool(packed))))
+            with record_context(f"{path} (record at offset {int(idx.ep_offset[e])}, episode {e})"):
+                vals = np.asarray(decode_span(buf, FeatureSpan(kind, 0, len(buf), bool(packed))))
             if vals.size != T * spec.numel:
                 raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e}: {key!r} has {vals.size} values, "
                                      f"expected {T} steps x {spec.numel}")
@@ -259,8 +272,18 @@ class VLADataset(_MixDataset):
         }
         for key in self.extra_keys:
             v = self.step_feature(d, e, t, self.chunk_len, key)
+            if key == "latent_idx" and v.dtype.kind == "f":  # the paper's files store codes as floats
+                self._check_float_codes(v, d, e, t)
             sample[key] = v.astype(np.int64) if key == "latent_idx" else v.astype(np.float32, copy=False)
         return sample
+
+    def _check_float_codes(self, v: np.ndarray, d: int, e: int, t: int) -> None:
+        from latentvla.data.latent_labels import check_codes
+
+        idx = self.indexes[d]
+        und = idx.undeclared
+        limit = und.codebook_size if und is not None and und.usable and "steps/latent_idx" in und.specs else None
+        check_codes(v, limit, f"dataset {idx.name!r} ({idx.shard_path(e)}) episode {e} near step {t}", idx.path)
 
 
 class ActionChunkDataset(_MixDataset):

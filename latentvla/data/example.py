@@ -23,9 +23,11 @@ API:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +39,40 @@ KIND_NAMES = {BYTES: "bytes_list", FLOAT: "float_list", INT64: "int64_list"}
 
 class ExampleDecodeError(LatentVLAError):
     """A record is not a well-formed tf.train.Example."""
+
+    where: str | None = None  # set by `record_context`: the shard and offset it came from
+
+
+@contextlib.contextmanager
+def record_context(where: str) -> Iterator[None]:
+    """Decode errors raised inside name the record (`where`: shard path and byte offset).
+
+    Readers wrap the decoding of each record they read in it, so a record whose CRCs match but
+    whose payload is garbage is reported like any other corruption, with its shard and offset."""
+    try:
+        yield
+    except ExampleDecodeError as e:
+        if e.where is not None:
+            raise
+        err = ExampleDecodeError(f"{where}: not a valid tf.train.Example ({e}); its CRCs match, so the shard "
+                                 "was written with these bytes: rewrite or re-download it")
+        err.where = where
+        raise err from None
+
+
+def _malformed(fn):
+    """Any parsing failure (bad UTF-8 key, a length past the end, ...) -> ExampleDecodeError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ExampleDecodeError:
+            raise
+        except (UnicodeDecodeError, struct.error, IndexError, ValueError, OverflowError) as e:
+            raise ExampleDecodeError(f"tf.train.Example: malformed record ({type(e).__name__}: {e})") from None
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- varints
@@ -160,6 +196,7 @@ def _parse_list(data, start: int, end: int, kind: int) -> tuple[int, int, bool]:
     return start, end, False  # unpacked or several packed chunks: decode generically
 
 
+@_malformed
 def scan_example(data: bytes | memoryview, keys: Iterable[str] | None = None) -> dict[str, FeatureSpan]:
     """Map feature name -> FeatureSpan, in file order, without copying payloads."""
     wanted = None if keys is None else set(keys)
@@ -229,6 +266,7 @@ def _skip(data, tag: int, pos: int, end: int) -> int:
     raise ExampleDecodeError(f"tf.train.Example: unsupported wire type {wire}")
 
 
+@_malformed
 def bytes_list_spans(data: bytes | memoryview, span: FeatureSpan) -> list[tuple[int, int]]:
     """(start, end) of every item of a bytes_list feature, relative to `data`."""
     out = []
@@ -243,6 +281,7 @@ def bytes_list_spans(data: bytes | memoryview, span: FeatureSpan) -> list[tuple[
     return out
 
 
+@_malformed
 def decode_span(data: bytes | memoryview, span: FeatureSpan):
     """The value of one feature: float32 / int64 array or list of bytes."""
     mv = memoryview(data)

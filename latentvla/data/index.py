@@ -12,7 +12,10 @@ For one (dataset directory, split, registry entry) the index holds
 Cache: `<builder dir>/.latentvla_cache/index-<key>.npz` when the directory is writable, else
 `$LATENTVLA_CACHE_DIR` (default `~/.cache/latentvla`)/<name>-<version>-<pathhash>/. The key hashes
 the shard names, sizes and mtimes plus the registry entry fields that shape the index, so editing
-the data or the entry rebuilds it. Under torch.distributed rank 0 builds while the others wait;
+the data or the entry rebuilds it.
+
+Latent labels the records carry but `features.json` does not declare (the paper's `latent.py`
+output) are indexed like declared step keys, with a notice (`latentvla.data.latent_labels`). Under torch.distributed rank 0 builds while the others wait;
 without it concurrent builders are safe (atomic rename of identical content).
 """
 
@@ -23,11 +26,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from latentvla.data.example import BYTES, FLOAT, FeatureSpan, bytes_list_spans, decode_span, scan_example
+from latentvla.data.example import BYTES, FLOAT, FeatureSpan, bytes_list_spans, decode_span, record_context, scan_example
 from latentvla.data.features import FeatureSpec
 from latentvla.data.registry import ResolvedDataset, parse_key_slice
 from latentvla.data.tfds import TFDSBuilderDir, episode_key, step_key
@@ -58,12 +62,14 @@ def files_fingerprint(builder: TFDSBuilderDir, split: str) -> list:
     return out
 
 
-def index_key(resolved: ResolvedDataset, builder: TFDSBuilderDir, split: str) -> str:
+def index_key(resolved: ResolvedDataset, builder: TFDSBuilderDir, split: str, undeclared=None) -> str:
     e = resolved.entry
     p = e.platform
     payload = {"format": INDEX_FORMAT, "split": split, "files": files_fingerprint(builder, split),
                "entry": [e.image_keys, e.proprio_keys, e.action_key, e.language_key, e.action_standardization],
                "platform": [p.action_dim, p.proprio_dim]}
+    if undeclared is not None and undeclared.usable:  # indexed keys beyond features.json (keys of other data unchanged)
+        payload["undeclared"] = sorted(undeclared.specs)
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -102,6 +108,7 @@ class DatasetIndex:
     step_keys: list[str]  # other step features with a byte-range per episode
     step_spans: np.ndarray  # int64 [E, K, 4] (start, end, kind, packed)
     specs: dict[str, FeatureSpec] = field(default_factory=dict)
+    undeclared: Any = None  # latent_labels.UndeclaredLatents found beside features.json (not saved)
 
     @property
     def num_episodes(self) -> int:
@@ -121,6 +128,10 @@ class DatasetIndex:
 
     def has_step_key(self, key: str) -> bool:
         return key in self.step_keys
+
+    def episodes_lacking(self, key: str) -> np.ndarray:
+        """Episodes whose record lacks step key `key` (declared, or adopted, but absent there)."""
+        return np.flatnonzero(self.step_spans[:, self.step_keys.index(key), 2] < 0)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:
@@ -150,8 +161,13 @@ def _check_finite(arr: np.ndarray, what: str, shard: Path, offset: int, episode:
         raise LatentVLAError(f"{shard} (record at offset {offset}, episode {episode}): {what} has NaN/inf at step {t}")
 
 
-def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool = True) -> DatasetIndex:
-    builder = TFDSBuilderDir(resolved.path)
+def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool = True,
+                builder: TFDSBuilderDir | None = None) -> DatasetIndex:
+    if builder is None:
+        from latentvla.data.latent_labels import adopt_undeclared_latents
+
+        builder = TFDSBuilderDir(resolved.path)
+        adopt_undeclared_latents(builder)
     e = resolved.entry
     plat = e.platform
     name = e.name
@@ -189,37 +205,38 @@ def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool 
         count = 0
         for offset, data in iter_records(shard):
             where = f"{shard} (record at offset {offset}, episode {ep_idx})"
-            spans = scan_example(data)
-            for p in [*cams, act_path, lang_path, *[p for p, _, _ in prop_parts]]:
-                if p not in spans:
-                    raise LatentVLAError(f"{where}: feature {p!r} is missing from the record")
-            a = decode_span(data, spans[act_path])
-            if a.size % plat.action_dim:
-                raise LatentVLAError(f"{where}: {act_path!r} has {a.size} values, not a multiple of {plat.action_dim}")
-            T = a.size // plat.action_dim
-            a = a.reshape(T, plat.action_dim)
-            _check_finite(a, "action", shard, offset, ep_idx)
-            parts = []
-            for path, sl, _ in prop_parts:
-                v = decode_span(data, spans[path]).astype(np.float32)
-                numel = specs[path].numel
-                if v.size != T * numel:
-                    raise LatentVLAError(f"{where}: {path!r} has {v.size} values, expected {T} steps x {numel}")
-                parts.append(v.reshape(T, numel)[:, sl])
-            pr = np.concatenate(parts, 1) if parts else np.zeros((T, 0), np.float32)
-            _check_finite(pr, "proprio", shard, offset, ep_idx)
-            cam_spans = []
-            for c in cams:
-                items = bytes_list_spans(data, spans[c])
-                if len(items) != T:
-                    raise LatentVLAError(f"{where}: {c!r} has {len(items)} images for {T} steps")
-                cam_spans.append(np.asarray(items, np.int64).reshape(T, 2) + offset + _HEADER)
-            lang_items = bytes_list_spans(data, spans[lang_path])
-            instr = data[lang_items[0][0]:lang_items[0][1]].decode("utf-8", errors="replace") if lang_items else ""
-            row = np.zeros((len(other), 4), np.int64)
-            for k, p in enumerate(other):
-                s = spans.get(p, FeatureSpan(BYTES, 0, 0))
-                row[k] = (s.start + offset + _HEADER, s.end + offset + _HEADER, s.kind, int(s.packed)) if p in spans else (0, 0, -1, 0)
+            with record_context(where):  # a garbage payload (CRCs fine) is named by shard and offset
+                spans = scan_example(data)
+                for p in [*cams, act_path, lang_path, *[p for p, _, _ in prop_parts]]:
+                    if p not in spans:
+                        raise LatentVLAError(f"{where}: feature {p!r} is missing from the record")
+                a = decode_span(data, spans[act_path])
+                if a.size % plat.action_dim:
+                    raise LatentVLAError(f"{where}: {act_path!r} has {a.size} values, not a multiple of {plat.action_dim}")
+                T = a.size // plat.action_dim
+                a = a.reshape(T, plat.action_dim)
+                _check_finite(a, "action", shard, offset, ep_idx)
+                parts = []
+                for path, sl, _ in prop_parts:
+                    v = decode_span(data, spans[path]).astype(np.float32)
+                    numel = specs[path].numel
+                    if v.size != T * numel:
+                        raise LatentVLAError(f"{where}: {path!r} has {v.size} values, expected {T} steps x {numel}")
+                    parts.append(v.reshape(T, numel)[:, sl])
+                pr = np.concatenate(parts, 1) if parts else np.zeros((T, 0), np.float32)
+                _check_finite(pr, "proprio", shard, offset, ep_idx)
+                cam_spans = []
+                for c in cams:
+                    items = bytes_list_spans(data, spans[c])
+                    if len(items) != T:
+                        raise LatentVLAError(f"{where}: {c!r} has {len(items)} images for {T} steps")
+                    cam_spans.append(np.asarray(items, np.int64).reshape(T, 2) + offset + _HEADER)
+                lang_items = bytes_list_spans(data, spans[lang_path])
+                instr = data[lang_items[0][0]:lang_items[0][1]].decode("utf-8", errors="replace") if lang_items else ""
+                row = np.zeros((len(other), 4), np.int64)
+                for k, p in enumerate(other):
+                    s = spans.get(p, FeatureSpan(BYTES, 0, 0))
+                    row[k] = (s.start + offset + _HEADER, s.end + offset + _HEADER, s.kind, int(s.packed)) if p in spans else (0, 0, -1, 0)
             ep_shard.append(si)
             ep_offset.append(offset)
             ep_len.append(T)
@@ -264,13 +281,16 @@ def _dist_rank() -> tuple[int, bool]:
 def load_or_build_index(resolved: ResolvedDataset, split: str = "train", progress: bool = True, sync: bool = True) -> DatasetIndex:
     """The cached index (built on first use). With torch.distributed initialised and `sync`, rank 0
     builds while the others wait at a barrier — every rank must then make the same calls."""
+    from latentvla.data.latent_labels import adopt_undeclared_latents
+
     builder = TFDSBuilderDir(resolved.path)
     if split not in builder.split_names:
         raise LatentVLAError(f"{resolved.path / 'dataset_info.json'}: dataset {resolved.name!r} has no split {split!r}; "
                              f"splits: {', '.join(builder.split_names) or '(none)'}")
     if builder.num_episodes(split) == 0:
         raise LatentVLAError(f"{resolved.path}: dataset {resolved.name!r} split {split!r} is empty (0 episodes)")
-    path = cache_dir(builder) / f"index-{index_key(resolved, builder, split)}.npz"
+    undeclared = adopt_undeclared_latents(builder)  # the paper's latent.py output: labels not in features.json
+    path = cache_dir(builder) / f"index-{index_key(resolved, builder, split, undeclared)}.npz"
     rank, distributed = _dist_rank()
     distributed = distributed and sync
     if distributed and rank != 0:
@@ -287,8 +307,10 @@ def load_or_build_index(resolved: ResolvedDataset, split: str = "train", progres
                 import torch.distributed as dist
 
                 dist.barrier()
+            idx.undeclared = undeclared
             return idx
-    idx = build_index(resolved, split, progress=progress and rank == 0)
+    idx = build_index(resolved, split, progress=progress and rank == 0, builder=builder)
+    idx.undeclared = undeclared
     try:
         idx.save(path)
     except OSError:

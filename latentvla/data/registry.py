@@ -325,6 +325,12 @@ def parse_key_slice(spec: str, where: str = "registry") -> tuple[str, slice]:
 
 
 def pick_version(dataset_dir: Path, version: str | None) -> Path:
+    from latentvla.utils.paths import entry_problem
+
+    for x in dataset_dir.iterdir():  # a version directory that is a symlink loop / broken link
+        if (version is None and re.fullmatch(r"\d+\.\d+\.\d+", x.name) or x.name == version) and \
+                (problem := entry_problem(x)) is not None:
+            raise LatentVLAError(f"{x}: {problem}")
     if version is not None:
         p = dataset_dir / version
         if not p.is_dir():
@@ -338,10 +344,17 @@ def pick_version(dataset_dir: Path, version: str | None) -> Path:
 
 
 def find_dataset_dir(data_root_dir: str | os.PathLike, entry: DatasetEntry) -> Path:
+    from latentvla.utils.paths import entry_problem
+
     root = Path(data_root_dir)
+    if str(data_root_dir) and (problem := entry_problem(root)) is not None:
+        raise LatentVLAError(f"--data_root_dir {str(data_root_dir)!r}: {problem}")
     if not str(data_root_dir) or not root.is_dir():
         raise LatentVLAError(f"--data_root_dir {str(data_root_dir)!r}: directory not found")
     for d in entry.directories:
+        # A symlink loop / broken link is there but unusable: say so, not "unknown dataset".
+        if (problem := entry_problem(root / d)) is not None:
+            raise LatentVLAError(f"dataset {entry.name!r}: {root / d}: {problem}")
         if (root / d).is_dir():
             return pick_version(root / d, entry.version)
     raise LatentVLAError(f"dataset {entry.name!r}{' (annotated)' if entry.annotated else ''}: no directory "

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from latentvla.data.example import decode_example
+from latentvla.data.example import decode_example, record_context
 from latentvla.data.features import STEPS, FeatureSpec, parse_features_json
 from latentvla.data.tfrecord import read_record_at
 from latentvla.errors import LatentVLAError
@@ -73,7 +73,9 @@ class TFDSBuilderDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_dir():
-            raise LatentVLAError(f"{self.path}: dataset version directory not found")
+            from latentvla.utils.paths import entry_problem
+
+            raise LatentVLAError(f"{self.path}: {entry_problem(self.path) or 'dataset version directory not found'}")
         info = _load_json(self.path / "dataset_info.json", "dataset_info.json")
         self.info = info
         self.features = _load_json(self.path / "features.json", "features.json")
@@ -113,7 +115,10 @@ class TFDSBuilderDir:
         template = str(s.get("filepathTemplate") or DEFAULT_TEMPLATE)
         n = len(self.shard_lengths(split))
         paths = [self.path / shard_filename(template, self.name, split, i, n, self.file_format) for i in range(n)]
-        missing = [p.name for p in paths if not p.is_file()]
+        from latentvla.utils.paths import entry_problem
+
+        missing = [p.name + (f" ({problem})" if (problem := entry_problem(p, want_dir=False)) else "")
+                   for p in paths if not p.is_file()]
         if missing:
             raise LatentVLAError(f"{self.path}: split {split!r} shard file(s) missing: {', '.join(missing[:3])}"
                                  + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
@@ -171,7 +176,8 @@ class TFDSBuilderDir:
 
     def decode_record(self, data: bytes, keys: Sequence[str] | None = None, where: str = "record") -> Episode:
         paths = self._resolve_keys(keys)
-        raw = decode_example(data, paths)
+        with record_context(where):
+            raw = decode_example(data, paths)
         return decode_episode(raw, {p: self.specs[p] for p in paths}, where)
 
     def read_episode(self, index: int, split: str = "train", keys: Sequence[str] | None = None) -> Episode:

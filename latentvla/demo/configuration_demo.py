@@ -90,6 +90,8 @@ class DemoConfig:
     vlm_path: Optional[str] = arg(None, "Use this local Qwen3-VL directory instead of writing a tiny random one.")
     action_noise: float = arg(0.1, "Std of Gaussian noise added to the executed expert xyz action (labels stay clean).")
     seed: int = arg(7, "Seed of everything (demo seeds, training, evaluation).")
+    seeds: int = arg(1, "Run the whole demo with N seeds (--seed, --seed+1, ...; one resumable run per seed under "
+                     "<output_dir>/seed_<s>/) and report each policy's mean success with a 95 percent interval across seeds.")
     device: Optional[str] = arg(None, "cuda or cpu for training/evaluation (default: cuda when available).")
     num_workers: int = arg(0, "DataLoader workers for training (0 = in the main process; best on 2 cores).")
     restart_from: Optional[str] = arg(None, "Redo this stage and every later one (" + ", ".join(STAGES) + ").")
@@ -106,6 +108,8 @@ class DemoConfig:
             raise LatentVLAError(f"demo --variants: unknown {bad or 'empty list'}; choose from {', '.join(VARIANTS)}")
         if self.mujoco_gl not in ("egl", "osmesa", "glfw"):
             raise LatentVLAError(f"demo --mujoco_gl: expected egl or osmesa, got {self.mujoco_gl!r}")
+        if self.seeds < 1:
+            raise LatentVLAError(f"demo --seeds must be >= 1, got {self.seeds}")
         if self.action_noise < 0:
             raise LatentVLAError(f"demo --action_noise must be >= 0, got {self.action_noise}")
         self.resolved()

@@ -9,7 +9,7 @@ a trained `VLAPolicy` (or the policy-server client), `RandomActionPolicy` (the f
 
 `evaluate(...)` runs every (task, episode) once, appends one JSON line per finished episode to
 `episodes.jsonl` (an interrupted run resumes: finished episodes are skipped), saves MP4s of the
-first episodes, and writes `summary.json` (success per task and overall).
+first episodes, and writes `summary.json` (success per task and overall, with Wilson 95% intervals).
 """
 
 from __future__ import annotations
@@ -168,19 +168,28 @@ def evaluate(make_policy: Callable[[Any], Any], tasks: Sequence[str], episodes_p
 
 
 def summarize(done: dict[tuple[str, int], dict], tasks: Sequence[str], episodes_per_task: int, label: str) -> dict:
+    """Success per task and overall, each with its Wilson 95% interval (`ci95`, `latentvla.eval.stats`)."""
+    from latentvla.eval.stats import ci_list
+
     per_task = {}
     for name in tasks:
         recs = [done[(name, i)] for i in range(episodes_per_task) if (name, i) in done]
+        k = sum(bool(r["success"]) for r in recs)
         per_task[name] = {
             "success_rate": float(np.mean([r["success"] for r in recs])) if recs else None,
             "episodes": len(recs),
+            "successes": k,
+            "ci95": ci_list(k, len(recs)),
             "mean_steps": float(np.mean([r["steps"] for r in recs])) if recs else None,
         }
     rates = [v["success_rate"] for v in per_task.values() if v["success_rate"] is not None]
     all_recs = [r for (t, i), r in done.items() if t in tasks and i < episodes_per_task]
+    k_all = sum(bool(r["success"]) for r in all_recs)
     return {
         "label": label,
         "success_rate": float(np.mean([r["success"] for r in all_recs])) if all_recs else None,
+        "successes": k_all,
+        "ci95": ci_list(k_all, len(all_recs)),
         "mean_task_success_rate": float(np.mean(rates)) if rates else None,
         "episodes": len(all_recs),
         "seconds": float(sum(r["seconds"] for r in all_recs)),

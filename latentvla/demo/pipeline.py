@@ -12,7 +12,13 @@ on the next run, an unfinished one resumes from what its command left behind):
   train:<variant>   `latentvla train --vla_id <variant> ...` (the paper's flags)
   evaluate:reference  random policy and scripted expert on the held-out seeds
   evaluate:<variant>  the trained policy, closed loop (`VLAPolicy`)
-  report            table, results.json, bar plot PNG (rollout MP4s are under eval/<variant>/videos)
+  report            table, results.json, bar plot PNG (rollout MP4s are under eval/<variant>/videos);
+                    every success rate with its Wilson 95% interval
+
+`--seeds N` (N > 1): the whole pipeline once per seed (--seed, --seed+1, ...) in
+`<output_dir>/seed_<s>/`, each a resumable run as above, then `<output_dir>/results.json|md` and
+`success_rates.png` with each policy's mean success and a 95% t-interval across seeds
+(`latentvla.demo.report.write_seeds_report`).
 
 Every other helper's work is called through its registered CLI command (`latentvla.cli.COMMANDS`)
 with the same flags a user would type; the exact command lines are appended to `commands.sh`.
@@ -21,6 +27,7 @@ A command that is not available yet fails the stage with a message naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import shutil
@@ -382,11 +389,54 @@ def last_metrics(path: Path) -> dict:
     return last
 
 
+SEEDS_FILE = "seeds.json"
+
+
 def run_demo(cfg: DemoConfig) -> int:
     from latentvla.demo.metaworld_env import configure_rendering
 
     configure_rendering(cfg.mujoco_gl)
+    root = Path(cfg.output_dir)
+    if cfg.seeds > 1:
+        return run_seeds(cfg)
+    if (root / SEEDS_FILE).is_file():
+        raise LatentVLAError(f"{root} holds a `--seeds N` demo (seed_<s>/ runs); pass the same --seeds, or point "
+                             f"--output_dir at one of its seed_<s>/ dirs, or use another --output_dir")
     Demo(cfg).run()
+    return 0
+
+
+def seed_list(cfg: DemoConfig) -> list[int]:
+    return [cfg.seed + i for i in range(cfg.seeds)]
+
+
+def run_seeds(cfg: DemoConfig) -> int:
+    """The demo once per seed (each its own resumable run dir), then the across-seed report."""
+    from latentvla.demo.report import write_seeds_report
+
+    root = Path(cfg.output_dir)
+    if (root / "demo_config.json").is_file():
+        raise LatentVLAError(f"{root} holds a single-seed demo run; use another --output_dir for --seeds {cfg.seeds} "
+                             f"(or move that run to {root / f'seed_{cfg.seed}'} to reuse it as the first seed)")
+    root.mkdir(parents=True, exist_ok=True)
+    seeds = seed_list(cfg)
+    atomic_write_json(root / SEEDS_FILE, {"seeds": seeds, "config": config_to_dict(cfg)})
+    per_seed: dict[int, dict] = {}
+    missing = []
+    for i, s in enumerate(seeds, 1):
+        sub = dataclasses.replace(cfg, seed=s, seeds=1, output_dir=str(root / f"seed_{s}"))
+        print(f"=== demo seed {s} ({i}/{len(seeds)}): {sub.output_dir}", flush=True)
+        Demo(sub).run()
+        res = root / f"seed_{s}" / "results.json"
+        if res.is_file():
+            per_seed[s] = json.loads(res.read_text())
+        else:
+            missing.append(s)
+    if missing:
+        print(f"demo --seeds: no report yet for seed(s) {', '.join(map(str, missing))} (--stop_after?); "
+              "the across-seed table covers the others")
+    if per_seed:
+        write_seeds_report(root, per_seed, {**config_to_dict(cfg), "seeds": seeds})
     return 0
 
 

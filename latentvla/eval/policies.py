@@ -6,7 +6,8 @@ dataset's gripper convention (1 open, 0 close), plus `.platform`, `.chunk_len` a
 - `RandomPolicy`: arm dims uniform in [-1, 1], gripper 0 or 1; seeded (re-seeded per episode
   through `reset(seed)`), to exercise the environment side without a model.
 - `ZeroPolicy`: no motion with the gripper held open.
-- `build_policy(spec)`: "vla" -> `latentvla.vla.policy.VLAPolicy.from_pretrained(checkpoint)`;
+- `build_policy(spec)`: "vla" -> `latentvla.vla.policy.VLAPolicy.from_pretrained(checkpoint)`
+  (with `decode_tokens`, la_tok only: actions decoded from the predicted codes, for analysis);
   with `server` set -> `latentvla.serve.client.PolicyClient` (whatever policy the server runs).
 """
 
@@ -71,6 +72,8 @@ class PolicySpec:
     seed: int = 7
     vlm_path: str | None = None  # backbone dir when the one recorded in the checkpoint moved
     center_crop: bool | None = None  # override the checkpoint's (image_aug) center crop of camera frames
+    decode_tokens: bool = False  # la_tok: actions from the predicted codes through the action tokenizer
+    action_tokenizer_ckpt: str | None = None  # that tokenizer, when the one recorded in the checkpoint moved
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -81,6 +84,9 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 
 def build_policy(spec: PolicySpec):
+    if spec.decode_tokens and (spec.server or spec.kind != "vla"):
+        raise LatentVLAError("--decode_tokens applies to a local --policy vla checkpoint (for a policy server, start "
+                             "`latentvla serve` with --decode_tokens True)")
     if spec.server:
         from latentvla.serve.client import PolicyClient
 
@@ -99,7 +105,8 @@ def build_policy(spec: PolicySpec):
     except ImportError as e:
         raise LatentVLAError(f"--policy vla: cannot import latentvla.vla.policy.VLAPolicy ({e})") from None
     policy = VLAPolicy.from_pretrained(spec.checkpoint, device=spec.device, unnorm_key=spec.unnorm_key,
-                                       vlm_path=spec.vlm_path)
+                                       vlm_path=spec.vlm_path, decode_tokens=spec.decode_tokens,
+                                       action_tokenizer_ckpt=spec.action_tokenizer_ckpt)
     if spec.center_crop is not None:
         policy.center_crop = bool(spec.center_crop)
     return policy

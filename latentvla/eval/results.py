@@ -8,7 +8,8 @@ Simulator independent (LIBERO and Meta-World evaluators share it).
   error naming the file and line.
 - `check_run_meta(out_dir, meta, keys)`: an output dir remembers the settings that decide episode
   outcomes (`run.json`); resuming with different settings is refused instead of mixing results.
-- `summarize(records, ...)`: success per task and per suite (+ totals); `format_table(summary)`.
+- `summarize(records, ...)`: success per task and per suite (+ totals), each with its Wilson 95%
+  interval (`ci95`: [lo, hi], `latentvla.eval.stats`); `format_table(summary)`.
 
 An episode record has at least: `suite`, `task_id`, `task`, `instruction`, `trial`, `success`,
 `steps`, `seconds` (plus optional `seed`, `policy_calls`, `video`, `worker`).
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from latentvla.errors import LatentVLAError
+from latentvla.eval.stats import ci_list, format_rate
 from latentvla.utils.atomic import atomic_write_json, atomic_write_text
 
 REQUIRED_RECORD_KEYS = ("suite", "task_id", "task", "trial", "success", "steps", "seconds")
@@ -117,12 +119,14 @@ def summarize(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | No
     suites: dict[str, dict] = {}
     for t in tasks.values():
         t["success_rate"] = _rate(t["successes"], t["episodes"])
+        t["ci95"] = ci_list(t["successes"], t["episodes"])
         s = suites.setdefault(t["suite"], {"suite": t["suite"], "tasks": 0, "episodes": 0, "successes": 0})
         s["tasks"] += 1
         s["episodes"] += t["episodes"]
         s["successes"] += t["successes"]
     for s in suites.values():
         s["success_rate"] = _rate(s["successes"], s["episodes"])
+        s["ci95"] = ci_list(s["successes"], s["episodes"])
     episodes = sum(t["episodes"] for t in tasks.values())
     successes = sum(t["successes"] for t in tasks.values())
     steps = sum(t["steps"] for t in tasks.values())
@@ -132,6 +136,7 @@ def summarize(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | No
         "episodes": episodes,
         "successes": successes,
         "success_rate": _rate(successes, episodes),
+        "ci95": ci_list(successes, episodes),  # Wilson 95% interval of success_rate
         "complete": expected_episodes is None or episodes >= expected_episodes,
         "expected_episodes": expected_episodes,
         "env_steps": steps,
@@ -150,19 +155,31 @@ def write_summary(path: str | os.PathLike, summary: Mapping[str, Any]) -> Path:
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """A plain-text table: one row per task, one per suite, and the total."""
-    rows = [("suite", "task", "episodes", "success")]
+    """A plain-text table: one row per task, one per suite, and the total; success with its Wilson 95% interval."""
+    rows = [("suite", "task", "episodes", "success", "95% CI (Wilson)")]
+
+    def cells(d: Mapping[str, Any]) -> tuple[str, str]:
+        ci = d.get("ci95")
+        if ci is None and d.get("episodes"):  # a summary written before intervals were recorded
+            ci = ci_list(int(d["successes"]), int(d["episodes"]))
+        return format_rate(d["success_rate"]), "-" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+    from_bddl = (summary.get("run") or {}).get("instruction_source") == "bddl"
     for t in summary["tasks"]:
-        name = t["task"] if len(t["task"]) <= 60 else t["task"][:57] + "..."
-        rows.append((t["suite"], f"{t['task_id']:>2} {name}", str(t["episodes"]), f"{100 * t['success_rate']:.1f}%"))
+        name = t["task"]
+        if from_bddl and t.get("instruction"):  # LIBERO-PRO _lan / _task: the name is the original task's
+            name = f'"{t["instruction"]}"'
+        name = name if len(name) <= 60 else name[:57] + "..."
+        rows.append((t["suite"], f"{t['task_id']:>2} {name}", str(t["episodes"]), *cells(t)))
     sep = len(rows)
     for s in summary["suites"]:
-        rows.append((s["suite"], f"(all {s['tasks']} tasks)", str(s["episodes"]), f"{100 * s['success_rate']:.1f}%"))
-    rows.append(("TOTAL", "", str(summary["episodes"]), f"{100 * summary['success_rate']:.1f}%"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((s["suite"], f"(all {s['tasks']} tasks)", str(s["episodes"]), *cells(s)))
+    rows.append(("TOTAL", "", str(summary["episodes"]), *cells(summary)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
 
     def fmt(r):
-        return f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+        return (f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
+                f"{r[4]:>{widths[4]}}")
 
     rule = "-" * len(fmt(rows[0]))
     lines = [fmt(rows[0]), rule, *map(fmt, rows[1:sep]), rule, *map(fmt, rows[sep:])]

@@ -29,7 +29,8 @@ from latentvla.lam.action_tokenizer_checkpoint import (checkpoint_name, list_che
                                                        save_tokenizer_checkpoint)
 from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig, ActionTrainConfig
 from latentvla.robots import Platform, unnormalize
-from latentvla.utils.atomic import atomic_write_json, atomic_write_text
+from latentvla.utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
+from latentvla.utils.paths import check_writable_dir
 from latentvla.utils.seeding import seed_everything
 
 _LATENT_BUFFER = 4096  # recent encoder outputs kept to restart dead codes from
@@ -230,6 +231,9 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     device = _resolve_device(cfg.device)
     results = Path(cfg.results_dir)
+    check_writable_dir(results, "--results_dir")  # before the data is read
+    for line in remove_stale_temps(results).describe():  # what a killed run's writers left
+        print(line)
     existing = list_checkpoints(results)
     if existing and not cfg.resume:
         raise LatentVLAError(f"--results_dir {results} already holds {existing[-1][1].name}; pass --resume to continue "

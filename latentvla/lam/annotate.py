@@ -26,13 +26,13 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from latentvla.data.example import decode_example, encode_example
+from latentvla.data.example import decode_example, encode_example, record_context
 from latentvla.data.features import tensor_feature
 from latentvla.data.tfds import DEFAULT_TEMPLATE, TFDSBuilderDir, shard_filename
 from latentvla.data.tfrecord import iter_records, write_records
 from latentvla.errors import LatentVLAError
 from latentvla.lam.configuration_image_lam import AnnotateConfig
-from latentvla.utils.atomic import atomic_write_json
+from latentvla.utils.atomic import atomic_write_json, remove_stale_temps
 
 LATENT_IDX = "steps/latent_idx"
 LATENT_Z = "steps/latent_z"
@@ -127,7 +127,8 @@ class Annotator:
                     progress.update(1)
 
         for offset, rec in iter_records(shard):
-            imgs = decode_example(rec, [image_path]).get(image_path)
+            with record_context(f"{shard} (record at offset {offset})"):
+                imgs = decode_example(rec, [image_path]).get(image_path)
             if not isinstance(imgs, list):
                 raise LatentVLAError(f"{shard} (record at offset {offset}): no image feature {image_path!r} "
                                      "(choose the camera with --image_key)")
@@ -150,6 +151,13 @@ def _check_source(src: TFDSBuilderDir, image_key: str) -> str:
     for key in (LATENT_IDX, LATENT_Z):
         if key in src.specs:
             raise LatentVLAError(f"{src.path}: already carries {key}; annotate the original dataset instead")
+    from latentvla.data.latent_labels import find_undeclared_latents
+
+    found = find_undeclared_latents(src)  # labels the paper's latent.py wrote without declaring them
+    if found is not None and found.stored:
+        raise LatentVLAError(f"{src.path}: its records already carry {', '.join(found.stored)} (undeclared in "
+                             "features.json, as the paper's latent.py leaves them); use them as they are, declare them "
+                             f"with `latentvla data declare-latents {src.path}`, or annotate the original dataset instead")
     return image_path
 
 
@@ -206,8 +214,7 @@ def annotate_builder(src: TFDSBuilderDir, out: Path, image_key: str, labeler, *,
             print(f"{staging}: left by a different annotation job; starting over")
             shutil.rmtree(staging)
         else:
-            for leftover in staging.glob(".*"):  # temp files of an interrupted shard
-                leftover.unlink()
+            remove_stale_temps(staging)  # temp files of a killed run's unfinished shard (never a live one's)
     staging.mkdir(parents=True, exist_ok=True)
     atomic_write_json(staging / JOB_FILE, job)
 
@@ -275,8 +282,13 @@ def annotate_shard_file(shard: Path, out_path: Path, labeler, image_key: str = D
 def run_annotate(cfg: AnnotateConfig) -> list[Path]:
     from latentvla.lam.image_lam_checkpoint import load_image_lam
     from latentvla.lam.latent_labeler import LatentLabeler
+    from latentvla.utils.hub import resolve_model_flags
+    from latentvla.utils.paths import check_writable_dir
 
     cfg.validate()
+    # Hub repo ids -> local snapshots (a UniVLA repo with one .ckpt: that file).
+    for name, h in resolve_model_flags(cfg, {"lam_ckpt": (".ckpt",), "dino_path": (".pth", ".pt")}).items():
+        print(f"--{name} {h['repo_id']}: Hugging Face snapshot {h['local_path']}")
     targets = _resolve_targets(cfg)
     if cfg.output_dir and len(targets) > 1:
         raise LatentVLAError("--output_dir names one dataset; --data_mix resolved to several (omit --output_dir)")
@@ -287,12 +299,14 @@ def run_annotate(cfg: AnnotateConfig) -> list[Path]:
             print(f"{out}: already annotated; skipping (pass --overwrite to redo it)")
         else:
             _check_source(src, key)  # fail before loading the model
+            # the staging directory is created beside the output: a read-only disk fails now
+            check_writable_dir(out.parent, f"{'--output_dir' if cfg.output_dir else 'annotation output'} {out}: its directory")
             pending.append((src, key, out))
     if not pending:
         return [s.path if cfg.in_place else Path(cfg.output_dir) if cfg.output_dir else default_output_dir(s)
                 for s, _ in targets]
     model, meta = load_image_lam(cfg.lam_ckpt, dino_path=cfg.dino_path, num_heads=cfg.num_heads,
-                                 strict=not cfg.non_strict, with_text_encoder=False)
+                                 pair_offset=cfg.lam_pair_offset, strict=not cfg.non_strict, with_text_encoder=False)
     labeler = LatentLabeler(model, pair_offset=cfg.pair_offset, batch_size=cfg.batch_size, device=cfg.device,
                             mixed_precision=cfg.mixed_precision, decode_threads=cfg.decode_threads)
     job = {"lam_ckpt": str(Path(meta["source"]).resolve()), "lam_step": meta["step"], "pair_offset": cfg.pair_offset,

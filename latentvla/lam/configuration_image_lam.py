@@ -72,9 +72,10 @@ class ImageLAMTrainConfig:
     data_root_dir: str = arg("", "Directory holding <name>/<version>/ RLDS builder dirs.")
     data_mix: str = arg("", "Mixture name, dataset name, or JSON list of dataset names.")
     dataset_registry: Optional[str] = arg(None, "YAML/JSON file registering extra datasets.")
-    dino_path: Optional[str] = arg(None, "DINOv2-with-registers: HF directory or original .pth (may be omitted when "
-                                         "--lam_path carries dino_encoder weights).")
-    lam_path: Optional[str] = arg(None, "Start from this checkpoint: UniVLA stage-2 Lightning .ckpt or one of ours.")
+    dino_path: Optional[str] = arg(None, "DINOv2-with-registers: HF directory, original .pth or Hugging Face repo id "
+                                         "(may be omitted when --lam_path carries dino_encoder weights).")
+    lam_path: Optional[str] = arg(None, "Start from this checkpoint: UniVLA stage-2 Lightning .ckpt or one of ours, or "
+                                        "a Hugging Face repo id holding one.")
     stage_one_ckpt: Optional[str] = arg(None, "Stage-1 checkpoint whose task-irrelevant codebook and queries start stage 2.")
     t5_path: Optional[str] = arg(None, "Local T5 encoder directory (stage 1 language conditioning).")
     stage: Literal[1, 2] = arg(2, "1: task-irrelevant codes with language (needs --t5_path); 2: task-centric codes.")
@@ -142,17 +143,21 @@ class AnnotateConfig:
     """Annotate an RLDS dataset with image-LAM latent actions (steps/latent_idx, steps/latent_z)."""
 
     lam_ckpt: str = arg("", "LAM checkpoint: a `lam image-train` run dir (its newest checkpoint) or checkpoints/step_N dir, "
-                        "or a UniVLA Lightning .ckpt.", aliases=("--lam_path",))
+                        "or a UniVLA Lightning .ckpt, or a Hugging Face repo id holding one.", aliases=("--lam_path",))
     data_root_dir: Optional[str] = arg(None, "Directory holding <name>/<version>/ (with --data_mix).")
     data_mix: Optional[str] = arg(None, "Dataset name (or JSON list of names) to annotate.")
     dataset_registry: Optional[str] = arg(None, "YAML/JSON file registering extra datasets.")
     dataset_dir: Optional[str] = arg(None, "Annotate this builder dir <root>/<name>/<version> instead of --data_mix.")
     image_key: Optional[str] = arg(None, "Step image key (default: the registry's primary camera, else observation/image).")
     output_dir: Optional[str] = arg(None, "Output builder dir (default: <root>/<name>_latent/<version>; one dataset only).")
-    dino_path: Optional[str] = arg(None, "DINOv2 backbone, when the checkpoint does not carry one.")
+    dino_path: Optional[str] = arg(None, "DINOv2 backbone (directory, .pth or Hugging Face repo id), when the checkpoint "
+                                         "does not carry one.")
     pair_offset: int = arg(11, "k_annotate: pair step t with min(t+k, T-1) (paper annotation: 11).")
     batch_size: int = arg(64, "Frames per forward pass.")
-    num_heads: Optional[int] = arg(None, "Attention heads of a UniVLA .ckpt (not stored there; default 12).")
+    num_heads: Optional[int] = arg(None, "Attention heads of a UniVLA .ckpt (default: its hyper_parameters "
+                                         "lam_num_heads, else 12).")
+    lam_pair_offset: Optional[int] = arg(None, "k a UniVLA .ckpt was trained with, to size its action head (default: "
+                                               "its hyper_parameters goal_image_step, else 32; the head is unused here).")
     non_strict: bool = arg(False, "Load the checkpoint even when keys are missing or unexpected (reported).")
     overwrite: bool = arg(False, "Replace an existing complete annotation.")
     in_place: bool = arg(False, "Replace the input dataset by its annotated copy once that is complete.")
@@ -172,3 +177,5 @@ class AnnotateConfig:
             raise LatentVLAError("--in_place and --output_dir exclude each other")
         if self.pair_offset < 1 or self.batch_size < 1:
             raise LatentVLAError("--pair_offset and --batch_size must be >= 1")
+        if self.lam_pair_offset is not None and self.lam_pair_offset < 1:
+            raise LatentVLAError(f"--lam_pair_offset must be >= 1, got {self.lam_pair_offset}")

@@ -19,7 +19,8 @@ from latentvla.errors import LatentVLAError
 from latentvla.lam.configuration_image_lam import ImageLAMConfig
 from latentvla.lam.dino import DinoFeatures, dino_from_config_dict, dino_from_original, is_original_dino_state_dict, load_dino
 from latentvla.lam.image_lam import ImageLatentActionModel
-from latentvla.lam.univla_checkpoint import infer_config, load_lam_weights, read_lightning_state_dict, rename_for_stage
+from latentvla.lam.univla_checkpoint import (describe_settings, load_lam_weights, read_lightning_checkpoint,
+                                             read_lightning_state_dict, rename_for_stage, resolve_config)
 from latentvla.utils.atomic import atomic_directory, atomic_write_json
 
 FORMAT = "latentvla-image-lam"
@@ -94,13 +95,15 @@ def _build(cfg: ImageLAMConfig, dino: DinoFeatures, t5_path: str | None, with_te
 
 
 def load_image_lam(path: str | Path, *, dino_path: str | None = None, t5_path: str | None = None,
-                   num_heads: int | None = None, pair_offset: int = 32, strict: bool = True,
-                   with_text_encoder: bool = True) -> tuple[ImageLatentActionModel, dict]:
+                   num_heads: int | None = None, pair_offset: int | None = None, action_dim: int | None = None,
+                   strict: bool = True, with_text_encoder: bool = True) -> tuple[ImageLatentActionModel, dict]:
     """Load a LAM (our checkpoint dir or a UniVLA Lightning `.ckpt`) on CPU in fp32.
 
-    Returns (model, meta) where meta holds "step" and "source". `with_text_encoder=False` skips
-    T5 for stage-1 models used only to encode (the encoder does not need language at inference
-    in stage 2; stage-1 annotation still needs it and keeps it).
+    Returns (model, meta) where meta holds "step", "source" and, for a `.ckpt`, "settings" ({field:
+    "value (where from)"}, also printed). `with_text_encoder=False` skips T5 for stage-1 models used
+    only to encode (the encoder does not need language at inference in stage 2; stage-1 annotation
+    still needs it and keeps it). `num_heads` / `pair_offset` / `action_dim` override what a `.ckpt`
+    stores in its hyper-parameters (None: use those, else the defaults 12 / 32 / from the weights).
     """
     path = resolve_lam_checkpoint(path)
     if path.is_dir():
@@ -116,16 +119,19 @@ def load_image_lam(path: str | Path, *, dino_path: str | None = None, t5_path: s
         model = _build(cfg, dino, t5_path or meta.get("t5_path"), with_text_encoder)
         load_lam_weights(model, tensors, strict=strict, source=str(path))
         return model.float().eval(), {"step": int(meta.get("step", 0)), "source": str(path), "t5_path": meta.get("t5_path")}
-    sd = read_lightning_state_dict(path)
+    sd, stored = read_lightning_checkpoint(path)
     dino = load_dino(dino_path) if dino_path else _stored_dino(path, None, sd)
     # The public DINOv2 weights are stored at 518 px; UniVLA feeds 224 px frames (256 patches).
     native = int(dino.model.config.image_size)
     image_size = 224 if native == 518 else native
-    cfg = infer_config(sd, num_heads=num_heads or 12, image_size=image_size, patch_size=dino.patch_size,
-                       pair_offset=pair_offset, source=str(path))
+    cfg, used = resolve_config(sd, stored, num_heads=num_heads, pair_offset=pair_offset, action_dim=action_dim,
+                               image_size=image_size, patch_size=dino.patch_size, source=str(path))
+    print(f"note: {path}: LAM settings: {describe_settings(used)}")
+    if cfg.action_dim == 0:  # no head, or one whose k × D is unknown: leave it out (reported by resolve_config)
+        sd = {k: v for k, v in sd.items() if not k.startswith("action_decoder.")}
     model = _build(cfg, dino, t5_path, with_text_encoder)
     load_lam_weights(model, rename_for_stage(sd, cfg.stage), strict=strict, source=str(path))
-    return model.float().eval(), {"step": 0, "source": str(path), "t5_path": t5_path}
+    return model.float().eval(), {"step": 0, "source": str(path), "t5_path": t5_path, "settings": used}
 
 
 def _stored_dino(path: Path, meta: dict | None, tensors: dict) -> DinoFeatures:
@@ -154,12 +160,21 @@ def checkpoint_dino(path: str | Path) -> DinoFeatures:
 
 def read_lam_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:
     """LAM tensors (our names) and stage of a checkpoint of either format (for --stage_one_ckpt)."""
+    tensors, stage, _ = read_lam_checkpoint(path)
+    return tensors, stage
+
+
+def read_lam_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None, dict[str, tuple[int, str]]]:
+    """(tensors, stage, stored settings {field: (value, where)}) of a checkpoint of either format:
+    ours from config.json, a `.ckpt` from its Lightning hyper-parameters."""
     path = resolve_lam_checkpoint(path)
     if path.is_dir():
         from safetensors.torch import load_file
 
         meta = read_checkpoint_config(path)
-        return load_file(str(path / "model.safetensors")), int(meta["lam"]["stage"])
-    sd = read_lightning_state_dict(path)
+        lam = meta["lam"]
+        stored = {k: (int(lam[k]), f"config.json lam.{k}") for k in ("num_heads", "pair_offset") if k in lam}
+        return load_file(str(path / "model.safetensors")), int(lam["stage"]), stored
+    sd, stored = read_lightning_checkpoint(path)
     stage = 2 if "vq_action.codebook.weight" in sd else 1
-    return rename_for_stage(sd, stage), stage
+    return rename_for_stage(sd, stage), stage, stored

@@ -34,8 +34,10 @@ from latentvla.lam.configuration_image_lam import ImageLAMTrainConfig
 from latentvla.lam.image_lam import ImageLatentActionModel
 from latentvla.lam.image_lam_data import FramePairStream, open_frame_pairs
 from latentvla.lam.latent_labeler import pick_device
-from latentvla.utils.atomic import atomic_write_text
+from latentvla.utils.atomic import atomic_write_text, remove_stale_temps
+from latentvla.utils.paths import check_writable_dir
 from latentvla.utils.seeding import seed_everything
+from latentvla.utils.weight_files import load_safetensors, load_torch_file
 
 
 # ----------------------------------------------------------------------------- model set-up
@@ -48,8 +50,8 @@ def _load_dino(cfg: ImageLAMTrainConfig):
 
 
 def build_model(cfg: ImageLAMTrainConfig, action_dim: int) -> ImageLatentActionModel:
-    from latentvla.lam.image_lam_checkpoint import read_lam_tensors
-    from latentvla.lam.univla_checkpoint import load_lam_weights, stage_one_transfer
+    from latentvla.lam.image_lam_checkpoint import read_lam_checkpoint, read_lam_tensors
+    from latentvla.lam.univla_checkpoint import check_train_flags, load_lam_weights, stage_one_transfer
 
     dino = _load_dino(cfg)
     if cfg.image_size % dino.patch_size:
@@ -66,7 +68,9 @@ def build_model(cfg: ImageLAMTrainConfig, action_dim: int) -> ImageLatentActionM
                             text_dim=text_dim)
     model = ImageLatentActionModel(mcfg, dino=dino, text_encoder=text)
     if cfg.lam_path:
-        tensors, stage = read_lam_tensors(cfg.lam_path)
+        tensors, stage, stored = read_lam_checkpoint(cfg.lam_path)
+        # heads are not in the weights: the checkpoint's own settings catch a silent mismatch
+        check_train_flags(stored, num_heads=mcfg.num_heads, pair_offset=mcfg.pair_offset, source=f"--lam_path {cfg.lam_path}")
         if stage != mcfg.stage:
             raise LatentVLAError(f"--lam_path {cfg.lam_path} is a stage-{stage} checkpoint but --stage is {mcfg.stage}"
                                  + ("; use --stage_one_ckpt to start stage 2 from it" if stage == 1 else ""))
@@ -194,14 +198,29 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
     """Train; returns the run directory."""
     from tqdm import tqdm
 
+    from latentvla.utils.hub import resolve_model_flags
+
     cfg.validate()
+    # Hub repo ids -> local snapshots before anything else reads the paths (a UniVLA repo: its one .ckpt).
+    hub = resolve_model_flags(cfg, {"dino_path": (".pth", ".pt"), "lam_path": (".ckpt",)})
     rank, world, local_rank = _init_distributed()
+    if rank == 0:
+        for name, h in hub.items():
+            print(f"--{name} {h['repo_id']}: Hugging Face snapshot {h['local_path']}")
     default = f"cuda:{local_rank}" if world > 1 and torch.cuda.is_available() else None
     device = pick_device(cfg.device or default)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     seed_everything(cfg.seed + rank)
     run_dir = Path(cfg.results_dir) / (cfg.run_id or f"lam-stage{cfg.stage}-{_slug(cfg.data_mix)}")
+    for d in (run_dir, run_dir / "checkpoints"):  # before the data is indexed and DINO loaded
+        check_writable_dir(d, f"--results_dir {cfg.results_dir}: run directory")
+    if rank == 0:
+        for d in (run_dir, run_dir / "checkpoints"):  # what a killed run's writers left
+            for line in remove_stale_temps(d).describe():
+                print(line)
+    if world > 1:
+        torch.distributed.barrier()  # no rank lists checkpoints while rank 0 cleans
     dataset = open_frame_pairs(cfg)
     model = build_model(cfg, action_dim=dataset.action_dim).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -213,15 +232,13 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
     step, consumed, start_state = 0, 0, None
     done = _checkpoints(run_dir)
     if done and cfg.resume:
-        from safetensors.torch import load_file
-
         from latentvla.lam.image_lam_checkpoint import read_checkpoint_config
         from latentvla.lam.univla_checkpoint import load_lam_weights
 
         step, ckpt = done[-1]
         _check_same_architecture(read_checkpoint_config(ckpt)["lam"], model, ckpt)
-        load_lam_weights(model, load_file(str(ckpt / "model.safetensors")), strict=True, source=str(ckpt))
-        start_state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+        load_lam_weights(model, load_safetensors(ckpt / "model.safetensors"), strict=True, source=str(ckpt))
+        start_state = load_torch_file(ckpt / "training_state.pt")
         opt.load_state_dict(start_state["optimizer"])
         scaler.load_state_dict(start_state["scaler"])
         consumed = int(start_state["consumed"])

@@ -3,21 +3,30 @@
 A checkpoint is built under a temporary name and renamed into place when complete; a
 `COMPLETE` marker inside is written last before the rename, so a directory without it (from an
 older, crashed writer or a copy in progress) is never resumed from. `checkpoints/latest` holds
-the name of the newest complete one. Only the newest `keep` complete checkpoints are kept.
+the name of the newest complete one. Only the newest `keep` complete checkpoints are kept, and
+only the newest keeps `training_state.pt` (optimizer state is twice the weights; exact resume
+needs just the newest): older ones stay loadable policies and warm-start sources.
 
 Contents (written by the trainer's save function): the policy checkpoint files
 (`model.safetensors`, `config.json`, `dataset_statistics.json`, ...) plus `training_state.pt`
 (optimizer, scheduler, step, data-stream position, RNG state of every rank).
+
+Recovery: `clean_stale_temps()` removes what killed writers left (`.step_N.tmp-*`, `.latest.tmp-*`;
+never a live writer's); `resume_point()` verifies the newest checkpoint's files (a header check, no
+load) and, when one is damaged, falls back to the newest older checkpoint that is intact and still
+has `training_state.pt`; `set_aside()` renames the newer ones out of the way (`step_N.damaged`,
+`step_N.superseded`) so the resumed run neither counts nor prunes them. Nothing is deleted.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from latentvla.utils.atomic import atomic_directory, atomic_write_text
+from latentvla.utils.atomic import StaleTemps, atomic_directory, atomic_write_text, remove_stale_temps
 
 COMPLETE_MARKER = "COMPLETE"
 TRAINING_STATE = "training_state.pt"
@@ -58,8 +67,64 @@ class CheckpointManager:
         return target
 
     def prune(self) -> None:
-        if self.keep <= 0:
-            return
         done = self.complete()
-        for _, d in done[:-self.keep]:
-            shutil.rmtree(d, ignore_errors=True)
+        if self.keep > 0:
+            for _, d in done[:-self.keep]:
+                shutil.rmtree(d, ignore_errors=True)
+            done = done[-self.keep:]
+        for _, d in done[:-1]:  # weights only from here on (the newest one resumes the run)
+            (d / TRAINING_STATE).unlink(missing_ok=True)
+
+    def clean_stale_temps(self) -> StaleTemps:
+        """Remove the temporaries of killed writers (a finished one whose swap-in was cut is restored)."""
+        return remove_stale_temps(self.root, complete=lambda d: (d / COMPLETE_MARKER).is_file())
+
+    def resume_point(self) -> "ResumePoint":
+        """The checkpoint to resume from: the newest complete one whose files are intact and that has
+        the training state. `newer` lists the complete checkpoints after it, each with its problem."""
+        point = ResumePoint()
+        for _, d in reversed(self.complete()):
+            problem = damage(d)
+            # a damaged training state alone leaves the weights usable for a warm start
+            if point.warm_start is None and (problem is None or problem[0].name == TRAINING_STATE):
+                point.warm_start = d
+            if problem is None and (d / TRAINING_STATE).is_file():
+                point.path = d
+                return point
+            point.newer.append((d, problem))
+        return point
+
+    def set_aside(self, point: "ResumePoint") -> list[tuple[Path, Path]]:
+        """Rename the checkpoints newer than `point.path` to `step_N.damaged` / `step_N.superseded`
+        (kept; not counted, pruned or resumed from any more) and point `latest` at `point.path`."""
+        moved = []
+        for d, problem in point.newer:
+            base = d.with_name(d.name + (".damaged" if problem is not None else ".superseded"))
+            target, n = base, 1
+            while target.exists():
+                target, n = base.with_name(f"{base.name}-{n}"), n + 1
+            d.rename(target)
+            moved.append((d, target))
+        if point.path is not None:
+            atomic_write_text(self.root / "latest", point.path.name + "\n")
+        return moved
+
+
+@dataclass
+class ResumePoint:
+    path: Path | None = None  # None: no checkpoint can resume the run exactly
+    newer: list[tuple[Path, tuple[Path, str] | None]] = field(default_factory=list)  # (dir, damage or None)
+    warm_start: Path | None = None  # newest checkpoint with intact weights (for --from_pretrained)
+
+
+def damage(directory: Path) -> tuple[Path, str] | None:
+    """(file, problem) of the first damaged weight / state file of a checkpoint; None when intact."""
+    from latentvla.utils.weight_files import safetensors_problem, torch_file_problem
+
+    for f in sorted(directory.glob("*.safetensors")):
+        if (problem := safetensors_problem(f)) is not None:
+            return f, problem
+    state = directory / TRAINING_STATE
+    if state.is_file() and (problem := torch_file_problem(state)) is not None:
+        return state, problem
+    return None

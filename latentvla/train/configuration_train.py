@@ -42,14 +42,20 @@ class TrainConfig:
     save_checkpoint: bool = arg(True, "Write checkpoints (every --save_step and at the end).")
     save_step: int = arg(5000, "Save a checkpoint every this many optimizer steps.")
     keep_checkpoints: int = arg(3, "Keep only the newest N complete checkpoints (0 = keep all).")
-    resume: bool = arg(False, "Continue from the newest complete checkpoint in the run directory.")
-    from_pretrained: bool = arg(False, "Warm-start the trainable weights from --pretrained_checkpoint (weights only).")
-    pretrained_checkpoint: Optional[str] = arg(None, "A checkpoint directory written by `latentvla train` to warm-start from.")
+    resume: bool = arg(False, "Continue from the newest intact checkpoint in the run directory (a damaged newest one "
+                              "is reported and set aside); refused when the run directory does not exist.")
+    resume_or_start: bool = arg(False, "Like --resume True, but start the run when its directory does not exist yet "
+                                       "(for job scripts resubmitted unchanged).")
+    from_pretrained: bool = arg(False, "Warm-start the trainable weights from --pretrained_checkpoint (weights only); "
+                                       "without it that flag is ignored.")
+    pretrained_checkpoint: Optional[str] = arg(None, "A checkpoint directory written by `latentvla train` (or a Hugging "
+                                               "Face repo id) to warm-start from with --from_pretrained True.")
     merge_lora: bool = arg(False, "At the end, also export merged full weights (backbone with LoRA folded in) for deployment.")
 
     # --- model ---------------------------------------------------------------------------------
     vla_id: str = arg("baseline", "Variant: " + ", ".join(VLA_IDS) + ".")
-    vlm_path: str = arg("", "Local Qwen3-VL directory (Hugging Face layout) used as the backbone.")
+    vlm_path: str = arg("", "Qwen3-VL directory (Hugging Face layout) used as the backbone, or a Hugging Face repo id "
+                        "org/name[@revision] (HF cache; HF_HUB_OFFLINE=1 reads only the cache).")
     vlm_model_id: Optional[str] = arg(None, "Name of the backbone, recorded in the run config (e.g. Qwen3-VL-2B-Instruct).")
     default_image_size: int = arg(224, "Image side length fed to the backbone (multiple of 32).")
     use_pro_version: bool = arg(False, "Rotary positions in the action head (VLA-Adapter-Pro style).")
@@ -58,6 +64,10 @@ class TrainConfig:
     lora_alpha: float = arg(16.0, "LoRA alpha.")
     lora_dropout: float = arg(0.0, "LoRA dropout.")
     head_layers: Optional[int] = arg(None, "Number of last LLM layers read by the action head (default: VLA config's).")
+    head_dim: Optional[int] = arg(None, "Action-head width (default: LLM hidden size / 4, at least 64: 512 for Qwen3-VL-2B; "
+                                        "2048 = the 806 M-parameter head of earlier versions).")
+    head_mlp_ratio: int = arg(4, "Action-head MLP width as a multiple of --head_dim.")
+    head_num_heads: int = arg(8, "Attention heads in the action head.")
     align_layer: Optional[int] = arg(None, "la_align: LLM layer whose action-query states are aligned (default: 2/3 of depth).")
     gradient_checkpointing: bool = arg(False, "Recompute backbone activations in backward to save memory.")
     attn_implementation: Optional[str] = arg(None, "Backbone attention kernel (default: flash_attention_2 on GPU if installed, else sdpa).")
@@ -93,7 +103,7 @@ class TrainConfig:
     weight_decay: float = arg(0.0, "AdamW weight decay.")
     max_grad_norm: float = arg(1.0, "Clip the global gradient norm to this (0 = no clipping).")
     lr_scheduler_type: str = arg("constant", "Schedule: " + ", ".join(SCHEDULERS) + ".")
-    warmup_ratio: float = arg(0.0, "Fraction of steps with linear warm-up (linear-warmup+cosine-decay; also honoured by the others).")
+    warmup_ratio: float = arg(0.03, "Fraction of steps with linear warm-up (the paper's 0.03; honoured by every schedule).")
     lr_decay_steps: list[int] = arg([], "step-decay: steps at which the lr is multiplied by --lr_decay_gamma (default: at 80 percent of training).")
     lr_decay_gamma: float = arg(0.1, "step-decay: multiplicative factor.")
     strategy: Literal["ddp", "fsdp"] = arg("ddp", "Multi-process strategy under torchrun: DDP or FSDP2 (fully_shard).")
@@ -146,7 +156,8 @@ class TrainConfig:
         if self.from_pretrained and not self.pretrained_checkpoint:
             raise LatentVLAError("--from_pretrained True needs --pretrained_checkpoint DIR (a checkpoint written by latentvla train)")
         if not self.vlm_path:
-            raise LatentVLAError("--vlm_path is required: a local Qwen3-VL directory (config.json + weights + tokenizer)")
+            raise LatentVLAError("--vlm_path is required: a local Qwen3-VL directory (config.json + weights + tokenizer) "
+                                 "or a Hugging Face repo id")
         if not self.data_root_dir:
             raise LatentVLAError("--data_root_dir is required: the directory holding <name>/<version>/ dataset dirs")
         world = world_size_from_env()

@@ -2,7 +2,7 @@
 
 - `metrics.jsonl` in the run dir: one JSON object per logged step (`{"step": N, ...}`).
   On resume, records after the resumed step are dropped first, so the file reads like one
-  uninterrupted run.
+  uninterrupted run; a torn last line (killed mid-write, full disk) is dropped with a notice.
 - W&B with `--use_wandb True` (project `--wandb_project`); SwanLab only when the environment
   has `ENABLE_SWANLAB=1`; TensorBoard with `--use_tensorboard True`. A requested backend that
   is not installed, or that cannot start (e.g. not logged in), is a clear error naming the fix.
@@ -40,16 +40,49 @@ def _wandb_run_id(name: str) -> str:
     return "".join(c if c.isalnum() or c in "+-_.=" else "_" for c in name)[:128]
 
 
+def _record_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None when the line is not a whole record."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), int):
+        return None
+    return int(rec.get("step", 0))
+
+
+def _records_up_to(path: Path, resume_step: int) -> list[str]:
+    """The lines of `path` with step <= resume_step. A torn last line (a kill or a full disk during a
+    write) is dropped with a notice: it is always a step after the last checkpoint, so nothing that
+    the resumed run keeps is lost. A damaged line elsewhere is dropped too, and reported."""
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    keep, bad = [], []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        step = _record_step(line)
+        if step is None:
+            bad.append(i)
+        elif step <= resume_step:
+            keep.append(line)
+    if bad:
+        last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+        what = ("its last line is cut off (the run was killed while writing it)" if bad == [last] else
+                f"line(s) {', '.join(str(i + 1) for i in bad[:10])} are not JSON records")
+        print(f"[latentvla] note: {path}: {what}; dropped, the metrics up to step {resume_step} are kept",
+              file=sys.stderr)
+    return keep
+
+
 class JSONLLogger:
     def __init__(self, path: str | Path, resume_step: int | None = None):
+        from latentvla.utils.atomic import atomic_write_text
+
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(ln + "\n" for ln in keep))
-            os.replace(tmp, self.path)
+            keep = _records_up_to(self.path, resume_step)
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._f = open(self.path, "a", buffering=1)

@@ -7,9 +7,14 @@ Each failure is one `LatentVLAError` naming the flag / file and what was expecte
   - `--window_size` != the platform's chunk length;
   - la_align / la_direct / la_cond on a dataset without `latent_idx` / `latent_z` step keys
     (neither the dataset nor its annotated `<dir>_latent` sibling has them);
+  - the run directory not writable (read-only disk, permissions, a regular file on the way);
+  - a truncated / corrupt `*.safetensors` under `--vlm_path` or `--pretrained_checkpoint`;
   - la_tok without `--action_tokenizer_ckpt`, or with one whose codebook / action dim / chunk
     length does not fit `--codebook_size` and the platform;
-  - `--pretrained_checkpoint` that is not a checkpoint (or run) directory, or is a `--merge_lora` export.
+  - `--pretrained_checkpoint` (read only with `--from_pretrained True`) that is not a checkpoint (or
+    run) directory, or is a `--merge_lora` export.
+`--vlm_path` / `--pretrained_checkpoint` may also be Hugging Face repo ids (`org/name[@revision]`):
+they are resolved here to the local snapshot (`latentvla.utils.hub`), so later code sees local paths.
 (`TrainConfig.validate()` already covered unknown `--vla_id` and batch-size divisibility.)
 """
 
@@ -37,13 +42,15 @@ class PreflightResult:
     latent_codebook_size: int | None = None  # K from the annotation when --latent_codebook_size is not given
     dataset_dirs: list[Path] = field(default_factory=list)  # directories read (the `_latent` sibling if labelled there)
     notes: list[str] = field(default_factory=list)
+    hub: dict[str, dict] = field(default_factory=dict)  # option -> {repo_id, revision, local_path}: given as a Hub id
 
 
 def check_vlm_dir(vlm_path: str) -> None:
     p = Path(vlm_path)
     if not p.is_dir():
         raise LatentVLAError(f"--vlm_path {vlm_path!r}: directory not found (expected a local Qwen3-VL directory "
-                             "with config.json, weights and tokenizer; `latentvla tiny-vlm DIR` writes a tiny one)")
+                             "with config.json, weights and tokenizer, or a Hugging Face repo id such as "
+                             "Qwen/Qwen3-VL-2B-Instruct; `latentvla tiny-vlm DIR` writes a tiny one)")
     cfg_file = p / "config.json"
     if not cfg_file.is_file():
         raise LatentVLAError(f"--vlm_path {vlm_path}: no config.json (not a Hugging Face model directory)")
@@ -53,6 +60,10 @@ def check_vlm_dir(vlm_path: str) -> None:
     if model_type != "qwen3_vl" and not any(a.startswith("Qwen3VL") for a in archs):
         raise LatentVLAError(f"--vlm_path {vlm_path}: config.json has model_type {model_type!r} "
                              f"(architectures {archs}); expected a Qwen3-VL model (model_type 'qwen3_vl')")
+    from latentvla.utils.weight_files import check_safetensors_dir
+
+    # A truncated download / copy fails here in seconds, naming the file, not inside transformers.
+    check_safetensors_dir(p, "--vlm_path", "download or copy the backbone again")
 
 
 @dataclass
@@ -80,6 +91,7 @@ def _annotation_codebook_size(directory: Path) -> int | None:
 
 
 def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> LatentLabels:
+    from latentvla.data.latent_labels import adopt_undeclared_latents
     from latentvla.data.registry import latent_sibling
     from latentvla.data.tfds import TFDSBuilderDir
 
@@ -89,14 +101,24 @@ def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> Latent
     for r in resolved:
         candidates = [r] + ([s] if (s := latent_sibling(r)) is not None else [])
         found = None
+        problems: list[str] = []
         for c in candidates:
-            specs = TFDSBuilderDir(c.path).specs
+            builder = TFDSBuilderDir(c.path)
+            if not all(f"steps/{k}" in builder.specs for k in keys):
+                # labels in the records that features.json does not declare (the paper's latent.py): used
+                # with a notice, or a message with the fix
+                undeclared = adopt_undeclared_latents(builder)
+                if undeclared is not None and undeclared.problem:
+                    problems.append(undeclared.problem)
+            specs = builder.specs
             if all(f"steps/{k}" in specs for k in keys):
                 found = specs
                 directories.append(Path(c.path))
                 if (k := _annotation_codebook_size(Path(c.path))) is not None:
                     sizes.append(k)
                 break
+        if found is None and problems:
+            raise LatentVLAError(f"--vla_id {vla_id} needs image-LAM latent labels: {problems[0]}")
         if found is None:
             raise LatentVLAError(
                 f"--vla_id {vla_id} needs image-LAM latent labels (step keys {', '.join(keys)}) but dataset "
@@ -168,6 +190,9 @@ def check_pretrained(path: str) -> Path:
     if not (p / "model.safetensors").is_file() or not (p / "config.json").is_file():
         raise LatentVLAError(f"--pretrained_checkpoint {path}: expected a checkpoint directory written by latentvla "
                              "train (model.safetensors + config.json), e.g. <run>/checkpoints/step_N or the run dir <run>")
+    from latentvla.utils.weight_files import check_safetensors
+
+    check_safetensors(p / "model.safetensors", "--pretrained_checkpoint: choose another checkpoint of the run")
     if _safetensors_format(p / "model.safetensors") == MERGED_FORMAT:
         raise LatentVLAError(f"--pretrained_checkpoint {path}: this is a --merge_lora export (LoRA folded into the "
                              "backbone), which cannot warm-start LoRA training; pass the run's checkpoint instead "
@@ -208,11 +233,28 @@ def _check_backends(cfg: TrainConfig) -> None:
             raise LatentVLAError(f"--device {cfg.device!r}: expected cuda, cuda:N or cpu")
 
 
+def check_run_dir(cfg: TrainConfig) -> None:
+    """The run directory (and its checkpoints/) can be created and written: a read-only disk or a
+    regular file on the way fails now, not after the backbone is loaded and the data indexed."""
+    from latentvla.train.run import run_dir_of
+    from latentvla.utils.paths import check_writable_dir
+
+    run_dir = run_dir_of(cfg)
+    for d in (run_dir, run_dir / "checkpoints"):
+        check_writable_dir(d, f"--run_root_dir {cfg.run_root_dir}: run directory")
+
+
 def preflight(cfg: TrainConfig) -> PreflightResult:
     """All file-level checks; cheap (reads JSON metadata and, for la_tok, the small tokenizer)."""
     from latentvla.data.registry import resolve_data_mix
+    from latentvla.utils.hub import resolve_model_flags
 
     cfg.validate()
+    check_run_dir(cfg)
+    # Only --from_pretrained True reads --pretrained_checkpoint: the paper's scripts pass a placeholder with False.
+    hub = resolve_model_flags(cfg, {"vlm_path": (), **({"pretrained_checkpoint": ()} if cfg.from_pretrained else {})})
+    if "vlm_path" in hub and not cfg.vlm_model_id:
+        cfg.vlm_model_id = hub["vlm_path"]["repo_id"]  # the backbone's name, recorded in the run config
     check_vlm_dir(cfg.vlm_path)
     resolved = resolve_data_mix(cfg.data_root_dir, cfg.data_mix, cfg.dataset_registry)
     platforms = sorted({r.entry.platform_name for r in resolved})
@@ -228,7 +270,9 @@ def preflight(cfg: TrainConfig) -> PreflightResult:
         raise LatentVLAError(f"--window_size {cfg.window_size} does not match the chunk length {platform.chunk_len} "
                              f"of platform {platform.name!r} (dataset {resolved[0].name!r}); use --window_size "
                              f"{platform.chunk_len} or leave it out")
-    res = PreflightResult(platform, [r.name for r in resolved], dataset_dirs=[Path(r.path) for r in resolved])
+    res = PreflightResult(platform, [r.name for r in resolved], dataset_dirs=[Path(r.path) for r in resolved], hub=hub)
+    res.notes += [f"--{name} {h['repo_id']}{'@' + h['revision'] if h['revision'] else ''}: Hugging Face snapshot "
+                  f"{h['local_path']}" for name, h in hub.items()]
     keys = LATENT_KEYS[cfg.vla_id]
     if keys:
         labels = _latent_shapes(resolved, keys, cfg.vla_id)
@@ -244,8 +288,11 @@ def preflight(cfg: TrainConfig) -> PreflightResult:
         res.action_tokenizer = load_action_tokenizer(cfg, platform)
     elif cfg.action_tokenizer_ckpt:
         res.notes.append(f"--action_tokenizer_ckpt is only used by la_tok; ignored for {cfg.vla_id}")
-    if cfg.pretrained_checkpoint:
+    if cfg.from_pretrained:
         res.pretrained_dir = check_pretrained(cfg.pretrained_checkpoint)
+    elif cfg.pretrained_checkpoint:
+        res.notes.append(f"--pretrained_checkpoint {cfg.pretrained_checkpoint} ignored: weights are loaded from it "
+                         "only with --from_pretrained True")
     _check_backends(cfg)
     if cfg.use_latent is not None and cfg.use_latent != bool(keys or cfg.vla_id == "la_tok"):
         res.notes.append(f"--use_latent {cfg.use_latent} ignored: --vla_id {cfg.vla_id} decides which labels are used")

@@ -77,18 +77,96 @@ def _datasets(cfg: TrainConfig, extra_keys: tuple[str, ...], is_main: bool):
     return train, EpisodeSubset(train, train_eps), EpisodeSubset(plain, val_eps)
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, Path | None]:
+def run_dir_of(cfg: TrainConfig) -> Path:
+    return Path(cfg.run_root_dir) / (cfg.run_id or cfg.default_run_id())
+
+
+def _runs_with_checkpoints(root: Path) -> list[str]:
+    try:
+        return sorted(d.name for d in root.iterdir() if (d / "checkpoints").is_dir())
+    except OSError:
+        return []
+
+
+def _no_run_message(run_dir: Path) -> str:
+    import difflib
+
+    runs = _runs_with_checkpoints(run_dir.parent)
+    close = difflib.get_close_matches(run_dir.name, runs, n=1)
+    listed = ", ".join(runs[:10]) + (f" (+{len(runs) - 10} more)" if len(runs) > 10 else "")
+    return (f"--resume True: there is no run directory {run_dir}, so nothing to resume"
+            + (f"; did you mean --run_id {close[0]}?" if close else "")
+            + (f" Runs with checkpoints under {run_dir.parent}: {listed}." if runs else f" ({run_dir.parent} holds no runs.)")
+            + " Check --run_id / --run_root_dir, or pass --resume_or_start True to start the run when it does not exist yet")
+
+
+def _no_resume_point_message(run_dir: Path, point, n_complete: int, flag: str) -> str:
+    from latentvla.train.checkpointing import TRAINING_STATE
+
+    newest, problem = point.newer[0]
+    what = (f"the newest checkpoint {newest} is damaged ({problem[0]}: {problem[1]})" if problem is not None
+            else f"the newest checkpoint {newest} has no {TRAINING_STATE}")
+    older = (f"none of the {n_complete - 1} older checkpoint(s) is intact with its {TRAINING_STATE} (only the newest "
+             "checkpoint keeps the optimizer state)" if n_complete > 1 else "there is no older checkpoint")
+    if point.warm_start is not None:
+        fix = (f"to continue from the weights of {point.warm_start} (optimizer state and data order start afresh), "
+               f"start a new run with --from_pretrained True --pretrained_checkpoint {point.warm_start} and another --run_id")
+    else:
+        fix = "no checkpoint has intact weights; start over with another --run_id"
+    return f"{flag}: cannot resume {run_dir}: {what}, and {older}; {fix} (no checkpoint was deleted or changed)"
+
+
+def _clean_stale_temps(run_dir: Path, manager) -> None:
+    """Remove what killed writers of this run left (rank 0, before anything reads the checkpoints)."""
+    from latentvla.utils.atomic import remove_stale_temps
+
+    for found in (remove_stale_temps(run_dir), manager.clean_stale_temps()):
+        for line in found.describe():
+            print(f"[latentvla train] {line}")
+
+
+def _prepare_run_dir(cfg: TrainConfig, is_main: bool = True, barrier=lambda: None) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None: a new run).
+
+    Every rank calls it; rank 0 alone changes files (stale temporaries, damaged checkpoints set
+    aside), between barriers, so all ranks decide on the same files.
+    """
     from latentvla.train.checkpointing import CheckpointManager
 
-    run_dir = Path(cfg.run_root_dir) / (cfg.run_id or cfg.default_run_id())
+    run_dir = run_dir_of(cfg)
     manager = CheckpointManager(run_dir / "checkpoints", cfg.keep_checkpoints)
-    latest = manager.latest()
-    if cfg.resume:
-        return run_dir, latest
-    if latest is not None:
-        raise LatentVLAError(f"run directory {run_dir} already holds checkpoints (newest {latest.name}); pass "
-                             "--resume True to continue it, or choose another --run_id / --run_root_dir")
-    return run_dir, None
+    if is_main:
+        _clean_stale_temps(run_dir, manager)
+    barrier()
+    done = manager.complete()
+    if not (cfg.resume or cfg.resume_or_start):
+        if done:
+            raise LatentVLAError(f"run directory {run_dir} already holds checkpoints (newest {done[-1][1].name}); pass "
+                                 "--resume True to continue it, or choose another --run_id / --run_root_dir")
+        return run_dir, None
+    if not done:
+        if not run_dir.exists() and not cfg.resume_or_start:
+            raise LatentVLAError(_no_run_message(run_dir))  # a mistyped --run_id must not start over
+        if is_main and not run_dir.exists():
+            print(f"[latentvla train] note: --resume_or_start: {run_dir} does not exist yet; starting the run")
+        elif is_main:
+            print(f"[latentvla train] warning: --resume: {run_dir} holds no complete checkpoint (the run stopped "
+                  "before its first one); starting the run over from step 0")
+        return run_dir, None
+    point = manager.resume_point()
+    if point.path is None:
+        flag = "--resume True" if cfg.resume else "--resume_or_start True"
+        raise LatentVLAError(_no_resume_point_message(run_dir, point, len(done), flag))
+    if point.newer:
+        barrier()  # every rank has read the checkpoints before rank 0 renames any
+        if is_main:
+            for (d, problem), (_, moved) in zip(point.newer, manager.set_aside(point)):
+                why = f"damaged ({problem[0].name}: {problem[1]})" if problem is not None else "newer than the resume point"
+                print(f"[latentvla train] warning: checkpoint {d.name} is {why}; kept as {moved}")
+            print(f"[latentvla train] warning: resuming from {point.path.name}, the newest intact checkpoint "
+                  "with training state")
+        barrier()
+    return run_dir, point.path
 
 
 def train(cfg: TrainConfig, callbacks: list | None = None) -> int:
@@ -111,25 +189,29 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> int:
 
 
 def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> int:
-    from safetensors.torch import load_file
-
     from latentvla.data.sampler import GlobalSampler
     from latentvla.train.loggers import build_loggers
     from latentvla.train.trainer import LoopSettings, Trainer
     from latentvla.utils.atomic import atomic_write_json, atomic_write_text
     from latentvla.utils.seeding import seed_everything
+    from latentvla.utils.weight_files import load_safetensors
     from latentvla.vla.checkpoint import save_policy_checkpoint
     from latentvla.vla.modeling_vla import LatentVLA
 
-    run_dir, resume_from = _prepare_run_dir(cfg)
+    run_dir, resume_from = _prepare_run_dir(cfg, info.is_main, D.barrier)
     accumulation = cfg.accumulation_steps(info.world_size)
     vcfg = build_vla_config(cfg, pre)
     seed_everything(cfg.seed)
     tok = pre.action_tokenizer.to(info.device) if pre.action_tokenizer is not None else None
     model = LatentVLA.from_config(vcfg, pre.platform, action_tokenizer=tok, device=info.device)
+    if info.is_main:
+        from latentvla.vla.parameters import format_parameter_report
+
+        print("[latentvla train] parameters\n" + format_parameter_report(model, cfg.keep_checkpoints))
     if pre.pretrained_dir is not None and resume_from is None:
         path = pre.pretrained_dir / "model.safetensors"
-        model.load_trainable_state_dict(load_file(str(path)), source=f"--pretrained_checkpoint {path}")
+        model.load_trainable_state_dict(load_safetensors(path, "--pretrained_checkpoint"),
+                                        source=f"--pretrained_checkpoint {path}")
     base_ds, train_ds, val_ds = _datasets(cfg, tuple(model.required_sample_keys()), info.is_main)
     statistics = base_ds.statistics
     resolved = {
@@ -138,6 +220,8 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
                     "global_batch_size": cfg.per_device_batch_size * info.world_size * accumulation,
                     "platform": pre.platform.to_dict(), "vla": config_to_dict(vcfg), "datasets": pre.dataset_names,
                     "dataset_dirs": [str(d) for d in pre.dataset_dirs],
+                    # flags given as Hugging Face repo ids (the options above hold the local snapshot paths)
+                    "hub": pre.hub,
                     "device": str(info.device), "train_transitions": len(train_ds),
                     "val_transitions": len(val_ds) if val_ds is not None else 0},
     }
@@ -158,7 +242,7 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
         tmp.rmdir()
 
     def load_weights(directory: Path, m) -> None:
-        m.load_trainable_state_dict(load_file(str(directory / "model.safetensors")), source=str(directory))
+        m.load_trainable_state_dict(load_safetensors(directory / "model.safetensors"), source=str(directory))
 
     on_gpu = info.device.type == "cuda"
     settings = LoopSettings(

@@ -31,6 +31,7 @@ from latentvla.train import distributed as D
 from latentvla.train.checkpointing import TRAINING_STATE, CheckpointManager
 from latentvla.train.data_stream import MicroBatchStream
 from latentvla.train.schedulers import build_scheduler
+from latentvla.utils.weight_files import load_safetensors, load_torch_file
 
 
 @dataclass
@@ -102,12 +103,10 @@ def default_save_weights(directory: Path, state: dict[str, torch.Tensor]) -> Non
 
 
 def default_load_weights(directory: Path, model: nn.Module) -> None:
-    from safetensors.torch import load_file
-
     path = directory / "model.safetensors"
     if not path.is_file():
         raise LatentVLAError(f"{directory}: no model.safetensors (not a checkpoint written by latentvla train)")
-    state = load_file(str(path))
+    state = load_safetensors(path)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
     if missing:
         raise LatentVLAError(f"{path}: lacks trainable weights {missing[:5]} (a checkpoint of a different model?)")
@@ -153,10 +152,20 @@ class Trainer:
                     f"one epoch holds {self.batches_per_epoch} micro-batches per rank, fewer than the "
                     f"{settings.accumulation_steps} accumulation steps of one optimizer step: set --max_steps or a smaller batch")
 
+        if self.ckpt is not None and info.is_main:
+            for line in self.ckpt.clean_stale_temps().describe():  # what killed checkpoint writers left
+                print(f"[latentvla train] {line}")
         start = None
         if resume_from is not None:
+            if not (Path(resume_from) / TRAINING_STATE).is_file():
+                raise LatentVLAError(
+                    f"{resume_from} holds weights only (no {TRAINING_STATE}: only the newest checkpoint of a run keeps "
+                    "the optimizer state); warm-start from it in a new run with --from_pretrained True "
+                    "--pretrained_checkpoint DIR")
             load_weights(Path(resume_from), model)  # before wrapping: FSDP shards what is loaded
-            start = torch.load(Path(resume_from) / TRAINING_STATE, map_location="cpu", weights_only=False)
+            start = load_torch_file(Path(resume_from) / TRAINING_STATE,
+                                    "resume from an intact checkpoint, or warm-start from this one's weights with "
+                                    "--from_pretrained True --pretrained_checkpoint DIR")
             if int(start.get("world_size", 1)) != info.world_size:
                 raise LatentVLAError(
                     f"{resume_from} was written by {start.get('world_size')} process(es); resume it with the same "

@@ -154,7 +154,12 @@ def load_backbone(cfg: VLAConfig, device: torch.device):
     import transformers
     from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 
+    from safetensors import SafetensorError
+
+    from latentvla.utils.weight_files import check_safetensors_dir
+
     path = check_vlm_dir(cfg.vlm_path)
+    check_safetensors_dir(path, f"vlm_path {path}", "download or copy the backbone again")  # names a truncated file
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     attn = resolve_attn_implementation(cfg, device)
@@ -169,7 +174,7 @@ def load_backbone(cfg: VLAConfig, device: torch.device):
             model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=resolve_dtype(cfg, device),
                                                                     attn_implementation="sdpa")
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise LatentVLAError(f"vlm_path {path}: cannot load a Qwen3-VL model ({type(e).__name__}: {e})") from None
     model.config.use_cache = False
     ids = add_special_tokens(tokenizer, cfg)

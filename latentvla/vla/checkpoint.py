@@ -48,8 +48,11 @@ def save_policy_checkpoint(directory: str | Path, model, train_config: dict | No
     vla = config_to_dict(model.cfg)
     if vla.get("vlm_path"):
         vla["vlm_path"] = str(Path(vla["vlm_path"]).resolve())
+    train = dict(train_config or {})
+    if train.get("action_tokenizer_ckpt"):  # absolute, so `--decode_tokens` finds it from any working directory
+        train["action_tokenizer_ckpt"] = str(Path(train["action_tokenizer_ckpt"]).resolve())
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "vla": vla,
-              "platform": model.platform.to_dict(), "train": dict(train_config or {})}
+              "platform": model.platform.to_dict(), "train": train}
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
@@ -96,8 +99,6 @@ def resolve_policy_dir(directory: str | Path) -> Path:
 def load_policy_model(directory: str | Path, device: str | None = "cpu", vlm_path: str | None = None,
                       action_tokenizer=None):
     """-> (LatentVLA in eval mode with the trained weights, config dict, statistics dict)."""
-    from safetensors.torch import load_file
-
     from latentvla.config import config_from_dict
     from latentvla.robots import Platform
     from latentvla.vla.configuration_vla import VLAConfig
@@ -125,16 +126,24 @@ def load_policy_model(directory: str | Path, device: str | None = "cpu", vlm_pat
         raise LatentVLAError(f"{weights}: not found")
     from safetensors import safe_open
 
+    import dataclasses
+
+    from latentvla.utils.weight_files import check_safetensors, load_safetensors
+
+    check_safetensors(weights, "use another checkpoint of the run")  # a truncated file, named, before any model is built
+
     with safe_open(str(weights), "pt") as f:
         merged = (f.metadata() or {}).get("format") == MERGED_FORMAT
+        if cfg.head_dim is None and "action_head.chunk_queries" in f.keys():
+            # The head width the weights were trained with: checkpoints written before the default
+            # changed (head_dim = H, now H/4) keep loading.
+            cfg = dataclasses.replace(cfg, head_dim=int(f.get_slice("action_head.chunk_queries").get_shape()[1]))
     if merged:  # `latentvla train --merge_lora True` export: full weights, LoRA folded in
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, lora_rank=0)
     model = LatentVLA.from_config(cfg, platform, action_tokenizer=action_tokenizer, device=device)
     if merged:
-        model.load_merged_state_dict(load_file(str(weights)), source=str(weights))
+        model.load_merged_state_dict(load_safetensors(weights), source=str(weights))
     else:
-        model.load_trainable_state_dict(load_file(str(weights)), source=str(weights))
+        model.load_trainable_state_dict(load_safetensors(weights), source=str(weights))
     model.eval()
     return model, config, statistics

@@ -1,4 +1,8 @@
-"""Options of `latentvla tiny-vlm`: a tiny random Qwen3-VL checkpoint for tests and demos.
+"""Options of `latentvla tiny-vlm`: a random Qwen3-VL checkpoint for tests, demos and benchmarks.
+
+`--preset tiny` (default) is the hidden-64 test model; `--preset qwen3-vl-2b` has Qwen3-VL-2B-Instruct's
+exact shapes (random weights), depth overridable: `--num_layers 2 --vision_depth 2` keeps every
+width and moves the deepstack blocks to the same relative depth.
 
 Light module (no torch import): `latentvla tiny-vlm --help` stays fast. `validate()` refuses
 configs that transformers would accept but that break at forward time (head_dim, M-RoPE
@@ -8,6 +12,7 @@ sections, deepstack indexes, token ids).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from latentvla.config import arg
 from latentvla.errors import LatentVLAError
@@ -31,33 +36,73 @@ QWEN_SPECIAL_TOKENS = (
 )
 
 
+# Size presets. "qwen3-vl-2b" is Qwen3-VL-2B-Instruct's public config.json (text_config and
+# vision_config), so a random checkpoint of its exact shapes can be written without the weights.
+TINY_VLM_PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128,
+                 vocab_size=512, mrope_section=None, rope_theta=5000000.0, vision_depth=2, vision_hidden_size=32,
+                 vision_num_heads=2, vision_intermediate_size=64, num_position_embeddings=256,
+                 deepstack_visual_indexes=[1], tie_word_embeddings=True, dtype="float32"),
+    "qwen3-vl-2b": dict(hidden_size=2048, num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128,
+                        intermediate_size=6144, vocab_size=151936, mrope_section=[24, 20, 20], rope_theta=5000000.0,
+                        vision_depth=24, vision_hidden_size=1024, vision_num_heads=16, vision_intermediate_size=4096,
+                        num_position_embeddings=2304, deepstack_visual_indexes=[5, 11, 17], tie_word_embeddings=True,
+                        dtype="bfloat16"),
+}
+
+
+def scaled_deepstack(indexes: list[int], preset_depth: int, depth: int) -> list[int]:
+    """The preset's deepstack blocks moved to the same relative depth of a shallower vision tower."""
+    return sorted({min(depth - 1, int(i * depth / preset_depth)) for i in indexes})
+
+
 @dataclass
 class TinyVLMConfig:
-    """Write a tiny random Qwen3-VL checkpoint directory (Hugging Face layout)."""
+    """Write a random Qwen3-VL checkpoint directory (Hugging Face layout): tiny, or of real shapes (--preset)."""
 
     out_dir: str = arg(help="Directory to write (config.json, model.safetensors, tokenizer, preprocessor).", positional=True)
-    hidden_size: int = arg(64, "LLM hidden size.")
-    num_layers: int = arg(2, "Number of LLM decoder layers.")
-    num_heads: int = arg(4, "LLM attention heads.")
-    num_kv_heads: int = arg(2, "LLM key/value heads (grouped-query attention); must divide num_heads.")
-    head_dim: int = arg(16, "LLM per-head dim (even; M-RoPE sections sum to head_dim/2).")
-    intermediate_size: int = arg(128, "LLM MLP width.")
-    vocab_size: int = arg(512, "Rows of the embedding / output matrix (>= tokenizer size, like the real model).")
+    preset: str = arg("tiny", "Size preset: " + ", ".join(TINY_VLM_PRESETS) + " (Qwen3-VL-2B-Instruct's exact config); "
+                              "every size flag below overrides it (e.g. --num_layers 2 --vision_depth 2).")
+    hidden_size: Optional[int] = arg(None, "LLM hidden size (default: the preset's).")
+    num_layers: Optional[int] = arg(None, "Number of LLM decoder layers.")
+    num_heads: Optional[int] = arg(None, "LLM attention heads.")
+    num_kv_heads: Optional[int] = arg(None, "LLM key/value heads (grouped-query attention); must divide num_heads.")
+    head_dim: Optional[int] = arg(None, "LLM per-head dim (even; M-RoPE sections sum to head_dim/2).")
+    intermediate_size: Optional[int] = arg(None, "LLM MLP width.")
+    vocab_size: Optional[int] = arg(None, "Rows of the embedding / output matrix (>= tokenizer size, like the real model).")
     tokenizer_vocab_size: int = arg(384, "Byte-level BPE vocabulary size before the special tokens (>= 256 + 1).")
-    mrope_section: list[int] | None = arg(None, "M-RoPE (t, h, w) sections, summing to head_dim/2 (default: derived).")
-    rope_theta: float = arg(5000000.0, "RoPE base of the LLM.")
-    vision_depth: int = arg(2, "Vision transformer blocks.")
-    vision_hidden_size: int = arg(32, "Vision transformer width.")
-    vision_num_heads: int = arg(2, "Vision transformer heads.")
-    vision_intermediate_size: int = arg(64, "Vision transformer MLP width.")
-    num_position_embeddings: int = arg(256, "Vision position-embedding table size (a square number).")
-    deepstack_visual_indexes: list[int] = arg([1], "Vision blocks whose features are injected into the first LLM layers (< vision_depth).")
+    mrope_section: Optional[list[int]] = arg(None, "M-RoPE (t, h, w) sections, summing to head_dim/2 (default: the "
+                                                   "preset's, else derived).")
+    rope_theta: Optional[float] = arg(None, "RoPE base of the LLM.")
+    vision_depth: Optional[int] = arg(None, "Vision transformer blocks.")
+    vision_hidden_size: Optional[int] = arg(None, "Vision transformer width.")
+    vision_num_heads: Optional[int] = arg(None, "Vision transformer heads.")
+    vision_intermediate_size: Optional[int] = arg(None, "Vision transformer MLP width.")
+    num_position_embeddings: Optional[int] = arg(None, "Vision position-embedding table size (a square number).")
+    deepstack_visual_indexes: Optional[list[int]] = arg(
+        None, "Vision blocks whose features are injected into the first LLM layers (< vision_depth; default: the "
+              "preset's, moved to the same relative depth when --vision_depth is smaller).")
     patch_size: int = arg(16, "Vision patch size (Qwen3-VL: 16).")
     temporal_patch_size: int = arg(2, "Temporal patch size (Qwen3-VL: 2).")
     merge_size: int = arg(2, "Spatial merge size (Qwen3-VL: 2).")
-    tie_word_embeddings: bool = arg(True, "Tie the output matrix to the input embedding (as Qwen3-VL-2B).")
+    tie_word_embeddings: Optional[bool] = arg(None, "Tie the output matrix to the input embedding (as Qwen3-VL-2B).")
+    dtype: Optional[str] = arg(None, "Weight dtype on disk: float32 or bfloat16 (the real checkpoint's; default: the preset's).")
     seed: int = arg(0, "Seed of the random weights.")
     overwrite: bool = arg(False, "Replace OUT_DIR if it exists.")
+
+    def __post_init__(self) -> None:
+        # Unset size fields take the preset's value; explicit ones (flags or kwargs) win.
+        if self.preset not in TINY_VLM_PRESETS:
+            raise LatentVLAError(f"tiny-vlm --preset: {self.preset!r} is unknown; expected one of "
+                                 f"{', '.join(TINY_VLM_PRESETS)}")
+        preset = TINY_VLM_PRESETS[self.preset]
+        depth_given, stack_given = self.vision_depth is not None, self.deepstack_visual_indexes is not None
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, list) else value)
+        if depth_given and not stack_given and self.vision_depth < preset["vision_depth"]:
+            self.deepstack_visual_indexes = scaled_deepstack(preset["deepstack_visual_indexes"],
+                                                             preset["vision_depth"], self.vision_depth)
 
     def validate(self) -> None:
         def bad(field: str, msg: str) -> LatentVLAError:
@@ -90,6 +135,8 @@ class TinyVLMConfig:
         bad_idx = [i for i in self.deepstack_visual_indexes if not 0 <= i < self.vision_depth]
         if bad_idx:
             raise bad("deepstack_visual_indexes", f"{bad_idx} out of range [0, vision_depth={self.vision_depth})")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise bad("dtype", f"must be float32 or bfloat16, got {self.dtype!r}")
         if self.tokenizer_vocab_size < 257:
             raise bad("tokenizer_vocab_size", f"must be >= 257 (256 byte symbols + merges), got {self.tokenizer_vocab_size}")
         need = self.tokenizer_vocab_size + len(QWEN_SPECIAL_TOKENS)

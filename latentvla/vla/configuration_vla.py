@@ -3,7 +3,7 @@
 Light module (no torch). Sizes the model reads from the backbone (hidden size, number of
 layers) are never stored here; `None` fields mean "derive from the backbone / platform":
 - `head_layers`: the last min(12, num_layers) LLM layers feed the action head.
-- `head_dim`: the LLM hidden size.
+- `head_dim`: a quarter of the LLM hidden size, at least 64 (512 for Qwen3-VL-2B: an 88 M-parameter head).
 - `align_layer`: int(2/3 · num_layers) (18 of 28 for Qwen3-VL-2B), at least 1.
 - `num_images_in_input`: the platform's camera count, 1 with `use_wrist_image=False`.
 `codebook_size` is the action tokenizer's M (la_tok, `<LA_i>` tokens); the image LAM's K, C and Z
@@ -38,8 +38,10 @@ class VLAConfig:
     lora_dropout: float = arg(0.0, "LoRA dropout.")
     lora_target_modules: list[str] = arg(list(DEFAULT_LORA_TARGETS), "Backbone linear layers that get LoRA adapters.")
     head_layers: int | None = arg(None, "Last LLM layers read by the action head (default min(12, num_layers)).")
-    head_dim: int | None = arg(None, "Action-head width (default: LLM hidden size).")
+    head_dim: int | None = arg(None, "Action-head width (default: LLM hidden size / 4, at least 64; the hidden size "
+                                     "itself = the 806 M-parameter head at 2B shapes).")
     head_num_heads: int = arg(8, "Attention heads in the action head.")
+    head_mlp_ratio: int = arg(4, "Action-head MLP width as a multiple of head_dim.")
     use_pro_version: bool = arg(False, "Rotary positions on the action head's queries/keys (VLA-Adapter-Pro style).")
     align_layer: int | None = arg(None, "la_align: LLM layer aligned to latent_z (default int(2/3 num_layers)).")
     token_loss_weight: float = arg(1.0, "Weight of the code cross-entropy (la_direct, la_cond, la_tok).")
@@ -63,7 +65,7 @@ class VLAConfig:
         if self.default_image_size < 32 or self.default_image_size % 32:
             raise LatentVLAError(f"default_image_size must be a positive multiple of 32, got {self.default_image_size}")
         for name in ("codebook_size", "latent_codebook_size", "latent_codes_per_step", "latent_dim", "head_num_heads",
-                     "align_proj_dim"):
+                     "align_proj_dim", "head_mlp_ratio"):
             if getattr(self, name) < 1:
                 raise LatentVLAError(f"VLA config {name} must be >= 1, got {getattr(self, name)}")
         if self.lora_rank < 0:

@@ -47,7 +47,7 @@ class ProprioProjector(nn.Module):
 
 
 class HeadBlock(nn.Module):
-    def __init__(self, head_dim: int, llm_dim: int, num_heads: int, rotary: bool):
+    def __init__(self, head_dim: int, llm_dim: int, num_heads: int, rotary: bool, mlp_ratio: int = 4):
         super().__init__()
         if head_dim % num_heads or (head_dim // num_heads) % 2:
             raise ValueError(f"action head width {head_dim} must split into {num_heads} heads of even size")
@@ -62,7 +62,8 @@ class HeadBlock(nn.Module):
         self.image_gate = nn.Parameter(torch.zeros(1))
         self.out = nn.Linear(head_dim, head_dim)
         self.norm_mlp = nn.LayerNorm(head_dim)
-        self.mlp = nn.Sequential(nn.Linear(head_dim, 4 * head_dim), nn.GELU(), nn.Linear(4 * head_dim, head_dim))
+        self.mlp = nn.Sequential(nn.Linear(head_dim, mlp_ratio * head_dim), nn.GELU(),
+                                 nn.Linear(mlp_ratio * head_dim, head_dim))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
@@ -93,12 +94,18 @@ class HeadBlock(nn.Module):
 
 class ActionHead(nn.Module):
     def __init__(self, num_blocks: int, llm_dim: int, head_dim: int, num_heads: int, chunk_len: int,
-                 action_dim: int, rotary: bool = False):
+                 action_dim: int, rotary: bool = False, mlp_ratio: int = 4):
         super().__init__()
         self.chunk_queries = nn.Parameter(torch.randn(chunk_len, head_dim) * 0.02)  # per-step, learned
-        self.blocks = nn.ModuleList(HeadBlock(head_dim, llm_dim, num_heads, rotary) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(HeadBlock(head_dim, llm_dim, num_heads, rotary, mlp_ratio) for _ in range(num_blocks))
         self.norm = nn.LayerNorm(head_dim)
         self.proj = nn.Linear(head_dim, action_dim)
+        # Output layer at std 1/width (not PyTorch's ~1/sqrt(width)): Adam moves every upstream weight
+        # by ~lr whatever its gradient, shifting the normalized features coherently, and the output
+        # moves by that shift times |w| x width: width-independent with 1/width, x sqrt(width) with the
+        # default (at width 2048 one step took the L1 from 0.5 to 6; docs/benchmarks.md).
+        nn.init.normal_(self.proj.weight, std=1.0 / head_dim)
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, query_states: list[torch.Tensor], image_states: list[torch.Tensor], image_mask: torch.Tensor,
                 proprio_token: torch.Tensor | None) -> torch.Tensor:

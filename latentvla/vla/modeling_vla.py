@@ -45,11 +45,12 @@ class LatentVLA(nn.Module):
         P, D = platform.chunk_len, platform.action_dim
         self.strategy = build_strategy(cfg, ids, P, self.llm_dim, self.num_layers)
         self.token_rows.new_output_rows.requires_grad_(self.strategy.predicts_codes)
-        hd = cfg.head_dim or self.llm_dim
+        hd = cfg.head_dim or default_head_dim(self.llm_dim)
         heads = cfg.head_num_heads
         while hd % heads or (hd // heads) % 2:  # tiny widths: fall back to fewer heads
             heads -= 1
-        self.action_head = ActionHead(self.head_layers, self.llm_dim, hd, heads, P, D, rotary=cfg.use_pro_version)
+        self.action_head = ActionHead(self.head_layers, self.llm_dim, hd, heads, P, D, rotary=cfg.use_pro_version,
+                                      mlp_ratio=cfg.head_mlp_ratio)
         self.proprio_projector = ProprioProjector(platform.proprio_dim, self.llm_dim) if cfg.use_proprio else None
         self._action_tokenizer = [action_tokenizer]  # frozen, not a submodule, never saved
         if cfg.vla_id == "la_tok" and action_tokenizer is not None:
@@ -276,6 +277,13 @@ class LatentVLA(nn.Module):
             raise LatentVLAError(f"{source}: weights do not match this model (missing {missing[:4]}, unexpected "
                                  f"{unexpected[:4]}, shape mismatch {bad[:4]})")
         self.load_state_dict(sd, strict=True)
+
+
+def default_head_dim(llm_dim: int) -> int:
+    """H/4, at least 64 (8 heads of 8; H itself below that): 512 at Qwen3-VL-2B's H = 2048, an 88 M-parameter
+    head (12 blocks) instead of 806 M at H, which fits as well (docs/benchmarks.md) and keeps the policy
+    checkpoint well under 1 GB."""
+    return max(llm_dim // 4, min(llm_dim, 64))
 
 
 def check_action_tokenizer(tok, cfg: VLAConfig, platform: Platform) -> None:

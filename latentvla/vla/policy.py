@@ -10,6 +10,11 @@ Raw proprio (robot units) is normalized with the checkpoint's statistics exactly
 predicted actions are un-normalized with them. A checkpoint trained on one dataset picks its
 statistics automatically; on a mixture, `unnorm_key` is required and must be one of the saved
 dataset names. One backbone pass + one head pass per chunk; no latent labels, LAM or tokenizer.
+
+`decode_tokens=True` (la_tok only, for analysis; never the default): the chunk comes from the
+predicted `<LA>` codes decoded by the action tokenizer the checkpoint was trained with (its
+recorded `action_tokenizer_ckpt`, or `action_tokenizer_ckpt=` when that file moved), then
+un-normalized exactly like the head's output.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from latentvla.data.transforms import DEFAULT_RESAMPLE, LEGACY_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.robots import normalize, unnormalize
+from latentvla.utils.json_files import read_json
 
 
 def resolve_unnorm_key(statistics: dict, unnorm_key: str | None, where: str = "checkpoint") -> str:
@@ -40,9 +46,55 @@ def resolve_unnorm_key(statistics: dict, unnorm_key: str | None, where: str = "c
     return unnorm_key
 
 
+def load_decode_tokenizer(directory: str | Path, action_tokenizer_ckpt: str | None = None):
+    """The action tokenizer for `decode_tokens`, checked against the checkpoint's config.json only
+    (no backbone is loaded), so a wrong checkpoint or a missing tokenizer fails in seconds."""
+    from latentvla.vla.checkpoint import resolve_policy_dir
+
+    directory = resolve_policy_dir(directory)
+    config = read_json(directory / "config.json", missing="not found (not a policy checkpoint written by latentvla?)")
+    vla = config.get("vla") if isinstance(config, dict) and isinstance(config.get("vla"), dict) else {}
+    vla_id = vla.get("vla_id")
+    if vla_id != "la_tok":
+        raise LatentVLAError(f"--decode_tokens needs a la_tok checkpoint (its predicted codes are action-tokenizer "
+                             f"codes); {directory} has vla_id {vla_id!r}")
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    recorded = train.get("action_tokenizer_ckpt")
+    if action_tokenizer_ckpt:
+        path, flag = Path(action_tokenizer_ckpt), f"--action_tokenizer_ckpt {action_tokenizer_ckpt}"
+        if not path.exists():
+            raise LatentVLAError(f"{flag}: not found (expected the tokenizer_step_N.pt {directory} was trained with)")
+    elif not recorded:
+        raise LatentVLAError(f"{directory / 'config.json'} records no train.action_tokenizer_ckpt; pass "
+                             "--action_tokenizer_ckpt PATH (the tokenizer checkpoint this policy was trained with)")
+    else:
+        path, flag = Path(recorded), f"action tokenizer {recorded} (recorded in {directory / 'config.json'})"
+        if not path.exists():
+            raise LatentVLAError(f"{directory}: the action tokenizer {recorded!r} recorded in config.json "
+                                 "(train.action_tokenizer_ckpt) does not exist here; pass --action_tokenizer_ckpt PATH "
+                                 "pointing to the same tokenizer checkpoint")
+    from latentvla.lam.action_tokenizer import ActionChunkTokenizer
+
+    try:
+        tok = ActionChunkTokenizer.from_checkpoint(path, device="cpu")
+        if isinstance(config.get("platform"), dict):  # (a config without one fails in load_policy_model)
+            tok.check_platform(config["platform"], where=str(directory))
+    except LatentVLAError as e:
+        raise LatentVLAError(f"{flag}: {e}") from None
+    codebook = vla.get("codebook_size")
+    if codebook is not None and int(tok.codebook_size) != int(codebook):
+        raise LatentVLAError(f"{flag}: codebook size {tok.codebook_size} != the checkpoint's codebook_size {codebook} "
+                             "(not the tokenizer this policy was trained with)")
+    return tok
+
+
 class VLAPolicy:
     def __init__(self, model, statistics: dict, unnorm_key: str | None = None, num_open_loop_steps: int | None = None,
-                 where: str = "policy"):
+                 where: str = "policy", decode_tokens: bool = False):
+        if decode_tokens and (model.cfg.vla_id != "la_tok" or model.action_tokenizer is None):
+            raise LatentVLAError(f"{where}: decode_tokens needs a la_tok model with its action tokenizer "
+                                 f"(vla_id {model.cfg.vla_id!r}, tokenizer {'set' if model.action_tokenizer else 'missing'})")
+        self.decode_tokens = bool(decode_tokens)
         self.model = model.eval()
         self.platform = model.platform
         self.unnorm_key = resolve_unnorm_key(statistics, unnorm_key, where)
@@ -81,11 +133,22 @@ class VLAPolicy:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | None = None, unnorm_key: str | None = None,
-                        vlm_path: str | None = None, num_open_loop_steps: int | None = None) -> "VLAPolicy":
+                        vlm_path: str | None = None, num_open_loop_steps: int | None = None,
+                        decode_tokens: bool = False, action_tokenizer_ckpt: str | None = None) -> "VLAPolicy":
+        from latentvla.utils.hub import resolve_model_path
         from latentvla.vla.checkpoint import load_policy_model
 
-        model, config, statistics = load_policy_model(directory, device=device, vlm_path=vlm_path)
-        policy = cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory))
+        # either may be a Hugging Face repo id (`org/name[@revision]`): its local snapshot is read
+        directory = resolve_model_path(directory, "VLAPolicy.from_pretrained directory")
+        if vlm_path:
+            vlm_path = str(resolve_model_path(vlm_path, "vlm_path"))
+        if action_tokenizer_ckpt and not decode_tokens:
+            raise LatentVLAError("--action_tokenizer_ckpt is only used with --decode_tokens True")
+        tok = load_decode_tokenizer(directory, action_tokenizer_ckpt) if decode_tokens else None  # before the backbone
+        model, config, statistics = load_policy_model(directory, device=device, vlm_path=vlm_path, action_tokenizer=tok)
+        if tok is not None:
+            tok.to(model.device)
+        policy = cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory), decode_tokens=decode_tokens)
         train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
         policy.center_crop = bool(train_cfg.get("image_aug", False))
         policy.image_resample = str(train_cfg.get("image_resample") or LEGACY_RESAMPLE)
@@ -134,8 +197,9 @@ class VLAPolicy:
             proprios = None
         image_sets = [self.prepare_images(ims) for ims in image_sets]
         batch = self.model.processor.build(image_sets, instructions, proprios, where="observation")
-        actions = self.model.predict_actions(batch).float().cpu().numpy()
-        out = self.unnormalize_actions(actions)
+        predict = self.model.decode_predicted_tokens if self.decode_tokens else self.model.predict_actions
+        actions = predict(batch).float().cpu().numpy()
+        out = self.unnormalize_actions(actions)  # both paths give normalized actions
         return out if batched else out[0]
 
     def predict_action_chunk(self, obs: dict) -> np.ndarray:

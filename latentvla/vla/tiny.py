@@ -158,11 +158,18 @@ def write_tiny_vlm(cfg: TinyVLMConfig) -> Path:
     config = build_qwen3vl_config(cfg, special_ids)
 
     torch.manual_seed(cfg.seed)
-    model = Qwen3VLForConditionalGeneration(config).eval()
+    dtype = getattr(torch, cfg.dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the storage dtype: a 2B-shaped model never exists twice in memory
+    try:
+        model = Qwen3VLForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
     with atomic_directory(out, overwrite=cfg.overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(special_ids), indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(cfg), indent=2) + "\n")
-    print(f"wrote tiny Qwen3-VL ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) to {out}")
+    print(f"wrote random Qwen3-VL, preset {cfg.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+          f"{cfg.dtype}) to {out}")
     return out
