@@ -42,7 +42,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     plat = get_platform(args.platform)
     torch.manual_seed(0)
-    tok = ActionChunkTokenizer(ActionTokenizerModel(ActionTokenizerConfig(action_dim=plat.action_dim, chunk_len=plat.chunk_len)))
+    tok = ActionChunkTokenizer(ActionTokenizerModel(ActionTokenizerConfig(action_dim=plat.action_dim,
+                                                                          chunk_len=plat.chunk_len)))
     tok.to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     print(f"platform {plat.name}: chunk {plat.chunk_len} x {plat.action_dim}, device {args.device}, "
@@ -51,8 +52,8 @@ def main() -> None:
     for b in (int(x) for x in args.batch_sizes.split(",")):
         x = (torch.rand(b, plat.chunk_len, plat.action_dim) * 2 - 1).to(args.device)
         codes = tok.encode(x)
-        enc = _rate(lambda: tok.encode(x), b, args.seconds, sync)
-        dec = _rate(lambda: tok.decode(codes), b, args.seconds, sync)
+        enc = _rate(lambda x=x: tok.encode(x), b, args.seconds, sync)
+        dec = _rate(lambda codes=codes: tok.decode(codes), b, args.seconds, sync)
         print(f"{b:>6} {enc:>16,.0f} {dec:>16,.0f}")
 
 

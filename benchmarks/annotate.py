@@ -26,7 +26,8 @@ SIZES = {
     "tiny": dict(dino=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56),
                  lam=dict(model_dim=32, enc_blocks=1, dec_blocks=1, num_heads=2, latent_dim=16, codebook_size=8)),
     "paper": dict(dino=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=224),
-                  lam=dict(model_dim=768, enc_blocks=12, dec_blocks=12, num_heads=12, latent_dim=128, codebook_size=16)),
+                  lam=dict(model_dim=768, enc_blocks=12, dec_blocks=12, num_heads=12, latent_dim=128,
+                           codebook_size=16)),
 }
 
 
@@ -40,7 +41,8 @@ def build_checkpoint(size: str, out: Path) -> Path:
 
     spec = SIZES[size]
     torch.manual_seed(0)
-    dino = DinoFeatures(Dinov2WithRegistersModel(Dinov2WithRegistersConfig(patch_size=14, num_register_tokens=4, **spec["dino"])))
+    dino = DinoFeatures(Dinov2WithRegistersModel(Dinov2WithRegistersConfig(patch_size=14, num_register_tokens=4,
+                                                                           **spec["dino"])))
     image = spec["dino"]["image_size"]
     cfg = ImageLAMConfig(dino_dim=spec["dino"]["hidden_size"], num_patches=(image // 14) ** 2, image_size=image,
                          num_codes=4, action_dim=7, **spec["lam"])
@@ -72,8 +74,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from latentvla.data.synthetic import write_synthetic_dataset
-    from latentvla.lam.annotate import annotate_builder
     from latentvla.data.tfds import TFDSBuilderDir
+    from latentvla.lam.annotate import annotate_builder
     from latentvla.lam.image_lam_checkpoint import load_image_lam
     from latentvla.lam.latent_labeler import LatentLabeler
 

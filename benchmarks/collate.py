@@ -94,7 +94,7 @@ def main() -> None:
     print("path | collate ms/sample | bytes/sample | images->pixel_values ms/sample (model)")
     print("--- | --- | --- | ---")
     for name, processor, model_ms in rows:
-        ms = median_ms(lambda: processor.collate(samples), args.repeats) / B
+        ms = median_ms(lambda processor=processor: processor.collate(samples), args.repeats) / B
         print(f"{name} | {ms:.3g} | {batch_bytes(processor.collate(samples)) / B:,.0f} | {model_ms}")
 
 

@@ -87,7 +87,7 @@ class PeakRSS:
             self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._t.start()
         return self
 
@@ -98,8 +98,9 @@ class PeakRSS:
 
 def decode_bound(ds, indices, backend: str) -> float:
     """Images/s for decoding exactly the camera images of the given samples (one process)."""
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     blobs = []
     for i in indices:
@@ -160,21 +161,26 @@ def stage_costs(ds, indices, size: int, batch_size: int) -> dict[str, float]:
         small = np.asarray(imgs[0].resize((size, size), Image.LANCZOS, box=box))
         m = color_matrix(p, arrs[0][::8, ::8].mean(axis=(0, 1)))
 
+        # The stage closures below read this iteration's images and are timed before the next iteration.
         def torch_resize():
-            crops = torch.stack([torch.from_numpy(a)[y0:y1, x0:x1] for a in arrs]).permute(0, 3, 1, 2)
+            crops = torch.stack([torch.from_numpy(a)[y0:y1, x0:x1] for a in arrs]).permute(0, 3, 1, 2)  # noqa: B023
             return F.interpolate(crops, size=(size, size), mode="bicubic", antialias=True)
 
         stages = [
-            ("decode one image (simplejpeg)", lambda: decode_array(blobs[0]), 1),
+            ("decode one image (simplejpeg)", lambda: decode_array(blobs[0]), 1),  # noqa: B023
             ("crop+resize, bicubic (torch uint8, both cameras in one call)", torch_resize, 2),
-            ("crop+resize, Lanczos (PIL resize(box=...))", lambda: imgs[0].resize((size, size), Image.LANCZOS, box=box), 1),
-            ("colour jitter, 3x4 matrix, PIL convert", lambda: Image.fromarray(small).convert("RGB", m), 1),
-            ("process_frames total, bicubic (decode+crop+resize+jitter)", lambda: process_frames(blobs, size, p, "bicubic"), 2),
-            ("process_frames total, Lanczos", lambda: process_frames(blobs, size, p, "lanczos"), 2),
+            ("crop+resize, Lanczos (PIL resize(box=...))",
+             lambda: imgs[0].resize((size, size), Image.LANCZOS, box=box), 1),  # noqa: B023
+            ("colour jitter, 3x4 matrix, PIL convert",
+             lambda: Image.fromarray(small).convert("RGB", m), 1),  # noqa: B023
+            ("process_frames total, bicubic (decode+crop+resize+jitter)",
+             lambda: process_frames(blobs, size, p, "bicubic"), 2),  # noqa: B023
+            ("process_frames total, Lanczos", lambda: process_frames(blobs, size, p, "lanczos"), 2),  # noqa: B023
         ]
         if cv2:
             m34 = np.asarray(m, np.float32).reshape(3, 4)
-            stages.insert(3, ("colour jitter, 3x4 matrix, OpenCV transform", lambda: cv2.transform(small, m34), 1))
+            stages.insert(3, ("colour jitter, 3x4 matrix, OpenCV transform",
+                              lambda: cv2.transform(small, m34), 1))  # noqa: B023
         for name, fn, per in stages:
             rows.setdefault(name + " — per image", []).append(best(fn) / per)
 
@@ -258,7 +264,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1500, help="timed samples per configuration")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--image_size", type=int, default=224)
-    ap.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (empty: only the decode bound and stages)")
+    ap.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (empty: only the decode "
+                                                       "bound and stages)")
     ap.add_argument("--out_dir", default=None, help="keep the dataset here (default: a temp dir, removed)")
     args = ap.parse_args()
 
@@ -281,20 +288,22 @@ def main() -> None:
         pil = decode_bound(ds, probe, "pil")
         naive = naive_rate(ds, probe[:150])
         load = os.getloadavg()[0]
-        print(f"dataset: {args.episodes} episodes x {args.steps} steps, 2 x 256^2 JPEG/step, {shard_bytes / 2**20:.1f} MiB "
-              f"(write {t_write:.1f} s, first index+statistics pass {t_index:.2f} s); samples at {args.image_size}^2, "
-              f"augmentation on, batch {args.batch_size}, {os.cpu_count()} CPUs, load average {load:.1f} at start")
+        print(f"dataset: {args.episodes} episodes x {args.steps} steps, 2 x 256^2 JPEG/step, "
+              f"{shard_bytes / 2**20:.1f} MiB (write {t_write:.1f} s, first index+statistics pass {t_index:.2f} s); "
+              f"samples at {args.image_size}^2, augmentation on, batch {args.batch_size}, {os.cpu_count()} CPUs, load "
+              f"average {load:.1f} at start")
         print("samples/CPU-s = samples per second of CPU time of the loader process tree (robust to other load);\n"
               "% of bound (CPU) compares that with the one-core JPEG decode bound; wall samples/s is what training\n"
               "sees, and wall / 1-core bound compares it with what one process does decoding only.")
         print(f"{'configuration':<58} {'wall samples/s':>14} {'samples/CPU-s':>13} {'% of bound (CPU)':>16} "
               f"{'wall / 1-core bound':>19} {'peak RSS MiB':>12} {'peak PSS MiB':>12}")
         bound = sj / 2
-        print(f"{'JPEG decode bound, simplejpeg (2 images/sample)':<58} {'-':>14} {bound:>13.0f} {100:>15.0f}% {'-':>19} {'-':>12} {'-':>12}")
-        print(f"{'JPEG decode bound, PIL (2 images/sample)':<58} {'-':>14} {pil / 2:>13.0f} {100 * pil / 2 / bound:>15.0f}% "
+        print(f"{'JPEG decode bound, simplejpeg (2 images/sample)':<58} {'-':>14} {bound:>13.0f} {100:>15.0f}% "
               f"{'-':>19} {'-':>12} {'-':>12}")
-        print(f"{'naive: parse whole episode per sample (bicubic)':<58} {'-':>14} {naive:>13.0f} {100 * naive / bound:>15.0f}% "
-              f"{'-':>19} {'-':>12} {'-':>12}")
+        print(f"{'JPEG decode bound, PIL (2 images/sample)':<58} {'-':>14} {pil / 2:>13.0f} "
+              f"{100 * pil / 2 / bound:>15.0f}% {'-':>19} {'-':>12} {'-':>12}")
+        print(f"{'naive: parse whole episode per sample (bicubic)':<58} {'-':>14} {naive:>13.0f} "
+              f"{100 * naive / bound:>15.0f}% {'-':>19} {'-':>12} {'-':>12}")
         configs = [(w, r, True) for r in ("bicubic", "lanczos") for w in [int(x) for x in args.workers.split(",") if x]]
         if 2 in [c[0] for c in configs]:
             configs.append((2, "bicubic", False))
@@ -304,8 +313,8 @@ def main() -> None:
             name = f"{w} worker(s), {resample}{' (default)' if resample == 'bicubic' else ''}"
             if w and not ring:
                 name += ", no slot ring"
-            print(f"{name:<58} {rate:>14.0f} {per_cpu:>13.0f} {100 * per_cpu / bound:>15.0f}% {100 * rate / bound:>18.0f}% "
-                  f"{rss:>12.0f} {pss:>12.0f}")
+            print(f"{name:<58} {rate:>14.0f} {per_cpu:>13.0f} {100 * per_cpu / bound:>15.0f}% "
+                  f"{100 * rate / bound:>18.0f}% {rss:>12.0f} {pss:>12.0f}")
         import torch
 
         torch.set_num_threads(1)

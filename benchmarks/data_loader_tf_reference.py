@@ -1,4 +1,4 @@
-"""Reference: an OpenVLA-style tf.data RLDS pipeline on the same dataset (for design.md §6's 3x target).
+"""Reference: an OpenVLA-style tf.data RLDS pipeline on the same dataset (our loader targets 3x its rate).
 
 Needs TensorFlow + tensorflow-datasets, which latentvla never installs: run it from a scratch venv,
 on the dataset `benchmarks/data_loader.py --out_dir DIR` wrote:

@@ -57,8 +57,8 @@ def main() -> None:
     print("task | size | physics steps/s | corner ms/render | gripperPOV ms/render | demo steps/s (expert + 2 cams)")
     print("--- | --- | --- | --- | --- | ---")
     for r in rows:
-        print(f"{r['task']} | {r['size']} | {r['physics_steps_s']:.0f} | {r['corner_ms']:.1f} | {r['gripperPOV_ms']:.1f} | "
-              f"{r['demo_steps_s']:.1f}")
+        print(f"{r['task']} | {r['size']} | {r['physics_steps_s']:.0f} | {r['corner_ms']:.1f} | "
+              f"{r['gripperPOV_ms']:.1f} | {r['demo_steps_s']:.1f}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def main() -> None:
           f"{'episodes/h @310 steps':>21} {'wall s':>7} {'render':>6}")
     for r in rows:
         print(f"{r['workers']:>7} {r['episodes']:>8} {r['steps_per_episode']:>8} {r['env_steps_per_s']:>11.2f} "
-              f"{r['episodes_per_hour']:>10.0f} {r['episodes_per_hour_at_limit']:>21.1f} {r['wall_s']:>7.1f} {r['render']:>6}")
+              f"{r['episodes_per_hour']:>10.0f} {r['episodes_per_hour_at_limit']:>21.1f} {r['wall_s']:>7.1f} "
+              f"{r['render']:>6}")
 
 
 if __name__ == "__main__":

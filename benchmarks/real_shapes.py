@@ -103,8 +103,8 @@ def model_flops(model, batch: dict) -> float:
 
 def build_model(args, vla_id: str, dev, attn=None):
     import torch
-
     from vla_step import _Tok
+
     from latentvla.robots import get_platform
     from latentvla.vla.configuration_vla import VLAConfig
     from latentvla.vla.modeling_vla import LatentVLA
@@ -201,12 +201,14 @@ def run_cuda_variant(args, vla_id: str) -> list[dict]:
                 row["seq"] = int(batch["input_ids"].shape[1])
                 flops = model_flops(model, batch)
 
+                # step() is timed in this iteration only. It reads model / batch / opt from the enclosing
+                # scope on purpose (not as bound defaults): setting them to None below frees their memory.
                 def step():
                     with amp():
-                        out = model(batch)
-                    opt.zero_grad(set_to_none=True)
+                        out = model(batch)  # noqa: B023
+                    opt.zero_grad(set_to_none=True)  # noqa: B023
                     out["loss"].backward()
-                    opt.step()
+                    opt.step()  # noqa: B023
 
                 model.train()
                 torch.cuda.synchronize()
@@ -240,7 +242,7 @@ def run_cuda_variant(args, vla_id: str) -> list[dict]:
                 with ctx():
                     for _ in range(3):
                         model.predict_actions(batch)
-                    s = _median_time(lambda: model.predict_actions(batch), args.infer_calls, dev)
+                    s = _median_time(lambda: model.predict_actions(batch), args.infer_calls, dev)  # noqa: B023
                 row[f"infer_ms{key}"] = s * 1e3
                 row[f"Hz{key}"] = model.chunk_len / s
         except torch.cuda.OutOfMemoryError:
@@ -249,8 +251,7 @@ def run_cuda_variant(args, vla_id: str) -> list[dict]:
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del model, opt
-        batch = None
+        model = opt = batch = None
         gc.collect()
         torch.cuda.empty_cache()
     return rows

@@ -12,8 +12,9 @@ client opens its own websocket, then sends LIBERO-shaped requests (two 224² uin
 instruction, 8-dim proprio) one after another, each as soon as the previous answer arrived (closed
 loop). Printed: latency p50 / p90 / p99 / max over all requests, throughput, the mean batch the
 server ran (its `server_timing.batch_size`) and the model's time per answered request
-(`server_timing.infer_ms` / batch size; the rest of a request's latency is queueing and transport). Bounded: `--requests` per client and `--time_limit`
-seconds per configuration; all traffic goes to 127.0.0.1.
+(`server_timing.infer_ms` / batch size; the rest of a request's latency is queueing and transport).
+Bounded: `--requests` per client and `--time_limit` seconds per configuration; all traffic goes to
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import numpy as np
 from latentvla.serve.protocol import packb, unpackb
 
 INSTRUCTIONS = ["put the bowl on the plate", "open the top drawer and put the bowl inside",
-                "push the plate to the front of the stove", "turn on the stove", "put the wine bottle on top of the cabinet"]
+                "push the plate to the front of the stove", "turn on the stove",
+                "put the wine bottle on top of the cabinet"]
 
 
 def build_checkpoint(root: Path) -> Path:
@@ -61,8 +63,8 @@ def build_checkpoint(root: Path) -> Path:
 
 def start_server(checkpoint: Path, args, max_batch_size: int) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.server_threads), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "latentvla.cli", "serve", "--pretrained_checkpoint", str(checkpoint), "--device", "cpu",
-           "--host", "127.0.0.1", "--port", "0", "--max_batch_size", str(max_batch_size),
+    cmd = [sys.executable, "-m", "latentvla.cli", "serve", "--pretrained_checkpoint", str(checkpoint), "--device",
+           "cpu", "--host", "127.0.0.1", "--port", "0", "--max_batch_size", str(max_batch_size),
            "--batch_wait_ms", str(args.batch_wait_ms)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline, line = time.time() + 120, ""
@@ -107,8 +109,8 @@ async def one_client(port: int, payload: bytes, n: int, latencies: list, batches
 async def hog_client(port: int, chars: int, stop: asyncio.Event, result: dict) -> None:
     """One client that keeps sending `chars`-character instructions until the others are done."""
     connect, extra = _connect_kwargs()
-    payload = packb({"images": [np.zeros((224, 224, 3), np.uint8)] * 2, "instruction": ("pick up the bowl " * chars)[:chars],
-                     "proprio": np.zeros(8, np.float32)})
+    payload = packb({"images": [np.zeros((224, 224, 3), np.uint8)] * 2,
+                     "instruction": ("pick up the bowl " * chars)[:chars], "proprio": np.zeros(8, np.float32)})
     async with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=2**26, open_timeout=60, **extra) as ws:
         unpackb(await ws.recv())
         while not stop.is_set():
@@ -180,7 +182,8 @@ def main() -> None:
     ap.add_argument("--max_batch_size", type=int, default=8)
     ap.add_argument("--batch_wait_ms", type=float, default=2.0)
     ap.add_argument("--compare", action="store_true", help="run --max_batch_size 1, then --max_batch_size")
-    ap.add_argument("--hog_chars", type=int, default=0, help="add one client sending instructions of this many characters")
+    ap.add_argument("--hog_chars", type=int, default=0, help="add one client sending instructions of this "
+                                                             "many characters")
     ap.add_argument("--image_side", type=int, default=224)
     ap.add_argument("--server_threads", type=int, default=1, help="torch threads of the served model (OMP_NUM_THREADS)")
     ap.add_argument("--checkpoint", default=None, help="a policy checkpoint dir (default: a tiny random one)")

@@ -53,7 +53,8 @@ def samples(n: int, platform, image_size: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     P, D = platform.chunk_len, platform.action_dim
     return [{"images": rng.integers(0, 256, (platform.num_cameras, image_size, image_size, 3), dtype=np.uint8),
-             "instruction": "put the bowl on the plate", "proprio": rng.uniform(-1, 1, platform.proprio_dim).astype(np.float32),
+             "instruction": "put the bowl on the plate",
+             "proprio": rng.uniform(-1, 1, platform.proprio_dim).astype(np.float32),
              "actions": rng.uniform(-1, 1, (P, D)).astype(np.float32), "action_pad": np.zeros(P, bool),
              "latent_idx": rng.integers(0, 16, (P, 4)), "latent_z": rng.normal(size=(P, 4, 128)).astype(np.float32)}
             for _ in range(n)]
@@ -133,7 +134,7 @@ def bench(vlm_dir, vla_id, batch_size, steps, image_size, device, attn=None, pea
     if peak_tflops:
         n = sum(p.numel() for p in model.backbone.parameters())
         row["mfu"] = 4 * n * batch_size * L / step_s / (peak_tflops * 1e12)
-    del model, opt
+    model = opt = None  # free the memory before empty_cache (step() still refers to both names)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -167,7 +168,8 @@ def main():
         tiny = write_tiny_vlm(TinyVLMConfig(out_dir=str(Path(tmp) / "tiny")))
         rows = [bench(tiny, v, int(b), args.steps, args.image_size, "cpu") for v in variants
                 for b in args.batch_sizes.split(",")]
-        print(f"\n## CPU, tiny Qwen3-VL (hidden 64, 2 layers), {torch.get_num_threads()} threads, image {args.image_size}")
+        print(f"\n## CPU, tiny Qwen3-VL (hidden 64, 2 layers), {torch.get_num_threads()} threads, image "
+              f"{args.image_size}")
         print_table(rows)
         if args.gpu:
             if not torch.cuda.is_available():

@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from latentvla.errors import LatentVLAError, format_error
 
@@ -29,7 +29,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "tiny-vlm": Command("latentvla.vla.configuration_tiny:TinyVLMConfig", "latentvla.vla.tiny:write_tiny_vlm",
                         "Write a tiny random Qwen3-VL checkpoint directory (Hugging Face layout) for tests and demos."),
-    "tiny-dino": Command("latentvla.lam.configuration_tiny_dino:TinyDinoConfig", "latentvla.lam.tiny_dino:write_tiny_dino",
+    "tiny-dino": Command("latentvla.lam.configuration_tiny_dino:TinyDinoConfig",
+                         "latentvla.lam.tiny_dino:write_tiny_dino",
                          "Write a tiny random DINOv2-with-registers checkpoint directory (for the image LAM)."),
     "train": Command("latentvla.train.configuration_train:TrainConfig", "latentvla.train.run:train",
                      "Train a VLA policy (baseline, la_align, la_direct, la_cond, la_tok); torchrun for DDP / FSDP2."),
@@ -37,17 +38,22 @@ COMMANDS: dict[str, Command] = {
                       "List the built-in robot platforms (chunk length, action/proprio dims, normalization)."),
     "data stats": Command("latentvla.data.configuration_data:DataStatsConfig", "latentvla.data.commands:data_stats",
                           "Print per-dataset action/proprio statistics of a data mix as JSON (cached)."),
-    "data inspect": Command("latentvla.data.configuration_data:DataInspectConfig", "latentvla.data.commands:data_inspect",
-                            "Print a data mix's episodes (lengths, instructions; --episode K: actions, proprio, image shapes) as JSON."),
+    "data inspect": Command("latentvla.data.configuration_data:DataInspectConfig",
+                            "latentvla.data.commands:data_inspect",
+                            "Print a data mix's episodes (lengths, instructions; --episode K: actions, proprio, image "
+                            "shapes) as JSON."),
     "data declare-latents": Command("latentvla.data.configuration_data:DataDeclareLatentsConfig",
                                     "latentvla.data.commands:data_declare_latents",
                                     "Declare in features.json the latent labels a dataset's records carry undeclared "
                                     "(the paper's latent.py output)."),
-    "eval libero": Command("latentvla.eval.configuration_eval:LiberoEvalConfig", "latentvla.eval.libero_eval:run_libero_eval",
-                           "Closed-loop LIBERO evaluation: success per task and suite, JSONL + summary + MP4s, resumable."),
+    "eval libero": Command("latentvla.eval.configuration_eval:LiberoEvalConfig",
+                           "latentvla.eval.libero_eval:run_libero_eval",
+                           "Closed-loop LIBERO evaluation: success per task and suite, JSONL + summary + "
+                           "MP4s, resumable."),
     "eval robustness": Command("latentvla.eval.configuration_eval:RobustnessEvalConfig",
                                "latentvla.eval.robustness:run_robustness",
-                               "A LIBERO suite and each of its LIBERO-PRO perturbations: success and drop per perturbation."),
+                               "A LIBERO suite and each of its LIBERO-PRO perturbations: success and drop "
+                               "per perturbation."),
     "eval compare": Command("latentvla.eval.configuration_eval:EvalCompareConfig", "latentvla.eval.compare:run_compare",
                             "Two evaluations on the same initial states: per-task difference, exact McNemar test."),
     "serve": Command("latentvla.serve.configuration_serve:ServeConfig", "latentvla.serve.server:run_server",
@@ -60,9 +66,11 @@ COMMANDS: dict[str, Command] = {
                                "Train the UniVLA-style image latent action model on frame pairs (stage 1 or 2)."),
     "lam annotate": Command("latentvla.lam.configuration_image_lam:AnnotateConfig",
                             "latentvla.lam.annotate:run_annotate",
-                            "Write a copy of an RLDS dataset with image-LAM latent actions (steps/latent_idx, steps/latent_z)."),
+                            "Write a copy of an RLDS dataset with image-LAM latent actions (steps/latent_idx, "
+                            "steps/latent_z)."),
     "demo": Command("latentvla.demo.configuration_demo:DemoConfig", "latentvla.demo.pipeline:run_demo",
-                    "The whole study end to end on Meta-World (CPU, no downloads): data, LAMs, 5 variants, eval, report."),
+                    "The whole study end to end on Meta-World (CPU, no downloads): data, LAMs, 5 "
+                    "variants, eval, report."),
 }
 
 GROUP_HELP = {
@@ -123,9 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         groups = {p.rsplit(" ", 1)[0] for p in COMMANDS if " " in p}
         if not words or prefix in groups:
             _print_overview(prefix)
-            return 0 if (not argv or argv[-1] in ("-h", "--help") or prefix in groups and len(argv) == len(words)) else 2
+            asked = not argv or argv[-1] in ("-h", "--help") or prefix in groups and len(argv) == len(words)
+            return 0 if asked else 2
         group = words[0] if words[0] in groups else ""  # `latentvla data foo` -> point at `latentvla data --help`
-        print(f"latentvla: unknown command {prefix!r}; run 'latentvla {group + ' ' if group else ''}--help' for the list.",
+        print(f"latentvla: unknown command {prefix!r}; run 'latentvla "
+              f"{group + ' ' if group else ''}--help' for the list.",
               file=sys.stderr)
         return 2
     path, n = match

@@ -23,8 +23,9 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from latentvla.errors import LatentVLAError
 
@@ -129,7 +130,7 @@ def _list_parser(elem_tp: Any):
 def value_parser(tp: Any):
     """The function turning one CLI string into a value of field type `tp` (Optional aware)."""
     inner, optional = _unwrap_optional(tp)
-    if get_origin(inner) in (list, tuple, typing.List, typing.Sequence):
+    if get_origin(inner) in (list, tuple, typing.Sequence):
         (elem,) = get_args(inner)[:1] or (str,)
         base = _list_parser(elem)
     else:
@@ -180,7 +181,8 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML/JSON file whose keys set option defaults (flags win).")
+    parser.add_argument("--config", type=Path, default=None, help="YAML/JSON file whose keys set option "
+                                                                  "defaults (flags win).")
     for f, tp in _fields(cls):
         meta = f.metadata or {}
         help_text = meta.get("help", "") or " "
@@ -252,7 +254,8 @@ def config_from_dict(cls: type[T], values: dict[str, Any], source: str = "config
     return cls(**kwargs)
 
 
-def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None, description: str | None = None) -> T:
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | None = None,
+                 description: str | None = None) -> T:
     """Parse `argv` into an instance of the dataclass `cls` (see module doc)."""
     parser = build_parser(cls, prog=prog, description=description)
     ns = parser.parse_args(argv)

@@ -11,8 +11,9 @@ the same dims (for values inside [-1, 1]).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class Platform:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping, source: str = "platform") -> "Platform":
+    def from_dict(cls, d: Mapping, source: str = "platform") -> Platform:
         required = ("name", "chunk_len", "action_dim", "proprio_dim")
         missing = [k for k in required if k not in d]
         if missing:
@@ -93,11 +94,14 @@ def validate_platform(p: Platform) -> None:
         if not isinstance(v, int) or v < (0 if key == "proprio_dim" else 1):
             raise LatentVLAError(f"{where}: {key} must be a positive integer, got {v!r}")
     if p.normalization not in NORMALIZATIONS:
-        raise LatentVLAError(f"{where}: normalization must be one of {', '.join(NORMALIZATIONS)}, got {p.normalization!r}")
+        raise LatentVLAError(f"{where}: normalization must be one of {', '.join(NORMALIZATIONS)}, got "
+                             f"{p.normalization!r}")
     if len(p.action_norm_mask) != p.action_dim:
-        raise LatentVLAError(f"{where}: action_norm_mask has {len(p.action_norm_mask)} entries, expected action_dim={p.action_dim}")
+        raise LatentVLAError(f"{where}: action_norm_mask has {len(p.action_norm_mask)} entries, expected "
+                             f"action_dim={p.action_dim}")
     if len(p.proprio_norm_mask) != p.proprio_dim:
-        raise LatentVLAError(f"{where}: proprio_norm_mask has {len(p.proprio_norm_mask)} entries, expected proprio_dim={p.proprio_dim}")
+        raise LatentVLAError(f"{where}: proprio_norm_mask has {len(p.proprio_norm_mask)} entries, expected "
+                             f"proprio_dim={p.proprio_dim}")
     bad = [d for d in p.absolute_action_dims if not 0 <= d < p.action_dim]
     if bad:
         raise LatentVLAError(f"{where}: absolute_action_dims {bad} out of range [0, {p.action_dim})")
@@ -156,7 +160,7 @@ def _bounds(stats: Mapping, normalization: str) -> tuple[np.ndarray, np.ndarray]
         raise LatentVLAError(f"statistics lack {e.args[0]!r} needed for {normalization} normalization") from None
 
 
-def normalize(x: np.ndarray, stats: Mapping, mask: "np.ndarray | tuple[bool, ...]", normalization: str) -> np.ndarray:
+def normalize(x: np.ndarray, stats: Mapping, mask: np.ndarray | tuple[bool, ...], normalization: str) -> np.ndarray:
     """Normalize the masked dims of x[..., D] to [-1, 1] (float32)."""
     x = np.asarray(x, dtype=np.float64)
     if normalization == "none":
@@ -164,14 +168,15 @@ def normalize(x: np.ndarray, stats: Mapping, mask: "np.ndarray | tuple[bool, ...
     lo, hi = _bounds(stats, normalization)
     mask = np.asarray(mask, dtype=bool)
     if lo.shape[-1] != x.shape[-1] or mask.shape[-1] != x.shape[-1]:
-        raise LatentVLAError(f"normalization: value has {x.shape[-1]} dims but statistics/mask have {lo.shape[-1]}/{mask.shape[-1]}")
+        raise LatentVLAError(f"normalization: value has {x.shape[-1]} dims but statistics/mask have "
+                             f"{lo.shape[-1]}/{mask.shape[-1]}")
     span = hi - lo
     y = np.clip(2.0 * (x - lo) / (span + 1e-8) - 1.0, -1.0, 1.0)
     y = np.where(span == 0, 0.0, y)
     return np.where(mask, y, x).astype(np.float32)
 
 
-def unnormalize(y: np.ndarray, stats: Mapping, mask: "np.ndarray | tuple[bool, ...]", normalization: str) -> np.ndarray:
+def unnormalize(y: np.ndarray, stats: Mapping, mask: np.ndarray | tuple[bool, ...], normalization: str) -> np.ndarray:
     """Exact inverse of `normalize` on the masked dims (constant dims return lo)."""
     y = np.asarray(y, dtype=np.float64)
     if normalization == "none":
@@ -203,5 +208,6 @@ def print_platforms(cfg: RobotsConfig) -> int:
         return 0
     print(f"{'platform':<10} {'chunk':>5} {'action':>6} {'proprio':>7} {'norm':<10} description")
     for p in rows:
-        print(f"{p.name:<10} {p.chunk_len:>5} {p.action_dim:>6} {p.proprio_dim:>7} {p.normalization:<10} {p.description}")
+        print(f"{p.name:<10} {p.chunk_len:>5} {p.action_dim:>6} {p.proprio_dim:>7} {p.normalization:<10} "
+              f"{p.description}")
     return 0

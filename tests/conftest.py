@@ -64,7 +64,8 @@ def vla_data_root(tmp_path_factory) -> Path:
 
     def latent(e, t):
         rng = np.random.default_rng(1000 * e + t)
-        return {"latent_idx": rng.integers(0, 16, 4).astype(np.int64), "latent_z": rng.normal(size=(4, 128)).astype(np.float32)}
+        return {"latent_idx": rng.integers(0, 16, 4).astype(np.int64),
+                "latent_z": rng.normal(size=(4, 128)).astype(np.float32)}
 
     feats = {"latent_idx": tensor_feature((4,), "int64"), "latent_z": tensor_feature((4, 128))}
     write_synthetic_dataset(root, "libero_goal_no_noops_latent", num_episodes=3, steps=[12, 10, 9], image_size=64,

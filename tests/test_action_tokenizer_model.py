@@ -7,8 +7,11 @@ import torch
 
 from latentvla.errors import LatentVLAError
 from latentvla.lam.action_tokenizer import ActionChunkTokenizer, ActionTokenizerModel, EMAVectorQuantizer
-from latentvla.lam.action_tokenizer_checkpoint import (list_checkpoints, load_tokenizer_checkpoint,
-                                                       save_tokenizer_checkpoint)
+from latentvla.lam.action_tokenizer_checkpoint import (
+    list_checkpoints,
+    load_tokenizer_checkpoint,
+    save_tokenizer_checkpoint,
+)
 from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
 from latentvla.robots import get_platform
 
@@ -117,7 +120,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer_step_7.pt"]  # no temp file left
     loaded = load_tokenizer_checkpoint(path)
     assert loaded.step == 7 and loaded.statistics == stats and loaded.platform["name"] == "aloha"
-    for a, b in zip(m.state_dict().values(), loaded.model.state_dict().values()):
+    for a, b in zip(m.state_dict().values(), loaded.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     tok = ActionChunkTokenizer.from_checkpoint(tmp_path)  # a directory: newest checkpoint
     x = _chunks(3, 25, 14)

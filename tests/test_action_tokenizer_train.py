@@ -64,7 +64,7 @@ def test_training_learns_structured_actions(data_root, tmp_path):
                "--ema_decay", "0.95", "--save_every", "240", "--log_every", "20", "--restart_every", "20",
                "--device", "cpu", "--eval_batches", "8"])
     assert rc == 0
-    log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(20, 241, 20))
     first, last = log[0], log[-1]
     for key in ("rec_mse", "rec_l1", "rec_mse_robot", "rec_l1_robot", "code_usage", "perplexity", "loss"):
@@ -97,10 +97,10 @@ def test_resume_continues_bit_exactly(data_root, tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [20, 40]
     a = load_tokenizer_checkpoint(tmp_path / "a" / "tokenizer_step_40.pt")
     b = load_tokenizer_checkpoint(tmp_path / "b" / "tokenizer_step_40.pt")
-    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.allclose(va, vb, atol=1e-6), k
     assert straight["final"] == pytest.approx(resumed["final"], rel=1e-5)
-    log = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    log = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert log == [10, 20, 30, 40]
 
 
@@ -129,10 +129,11 @@ def test_paper_checkpoint_init_and_shim(data_root, tmp_path):
     m = ActionTokenizerModel(ActionTokenizerConfig(hidden_dim=32, codebook_size=64, ffn_dim=256))
     paper = tmp_path / "paper_tokenizer_step_10.pt"
     torch.save({"encoder": m.encoder.state_dict(), "vq": m.vq.state_dict(), "decoder": m.decoder.state_dict()}, paper)
-    env = {**os.environ, "DATA_ROOT_DIR": str(data_root), "DATA_MIX": "libero_goal", "RESULTS_DIR": str(tmp_path / "sh"),
+    env = {**os.environ, "DATA_ROOT_DIR": str(data_root), "DATA_MIX": "libero_goal",
+           "RESULTS_DIR": str(tmp_path / "sh"),
            "NUM_STEPS": "5", "BATCH_SIZE": "4", "SAVE_EVERY": "5", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(REPO / "data_preprocess/action_based_lam/action.sh"), "--init_checkpoint", str(paper),
-                           "--log_every", "5", "--eval_batches", "1", "--device", "cpu"],
+    proc = subprocess.run(["bash", str(REPO / "data_preprocess/action_based_lam/action.sh"), "--init_checkpoint",
+                           str(paper), "--log_every", "5", "--eval_batches", "1", "--device", "cpu"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     tok = ActionChunkTokenizer.from_checkpoint(tmp_path / "sh")
@@ -144,4 +145,5 @@ def test_keep_last_prunes_old_checkpoints(data_root, tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "k")] == [15, 20]
     assert report["checkpoint"].endswith("tokenizer_step_20.pt")
     assert not [p for p in (tmp_path / "k").iterdir() if p.name.startswith(".")]  # no temp files left
-    assert {"config.json", "dataset_statistics.json", "metrics.jsonl", "report.json"} <= {p.name for p in (tmp_path / "k").iterdir()}
+    written = {p.name for p in (tmp_path / "k").iterdir()}
+    assert {"config.json", "dataset_statistics.json", "metrics.jsonl", "report.json"} <= written

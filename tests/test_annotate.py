@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_lam_helpers import TINY
 
 from latentvla.cli import main as cli_main
 from latentvla.data.example import decode_example
 from latentvla.data.tfds import TFDSBuilderDir
 from latentvla.data.tfrecord import iter_records
 from latentvla.errors import LatentVLAError
-
-from image_lam_helpers import TINY
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +69,15 @@ def test_round_trip_every_step_of_every_episode(assets, tmp_path):
     used = set()
     for split in src.split_names:
         assert out.shard_lengths(split) == src.shard_lengths(split)
-        for so, oo in zip(src.shard_paths(split), out.shard_paths(split)):
+        for so, oo in zip(src.shard_paths(split), out.shard_paths(split), strict=True):
             for (_, a), (_, b) in zip(iter_records(so), iter_records(oo), strict=True):
                 ra, rb = decode_example(a), decode_example(b)
                 assert set(rb) == set(ra) | {"steps/latent_idx", "steps/latent_z"}
                 for k, v in ra.items():  # original features byte-identical
-                    assert (v == rb[k]) if isinstance(v, list) else (v.dtype == rb[k].dtype and v.tobytes() == rb[k].tobytes())
+                    if isinstance(v, list):
+                        assert v == rb[k]
+                    else:
+                        assert v.dtype == rb[k].dtype and v.tobytes() == rb[k].tobytes()
         for e in range(src.num_episodes(split)):
             ep = out.read_episode(e, split)
             T = len(ep["action"])

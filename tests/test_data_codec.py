@@ -58,7 +58,8 @@ def test_example_roundtrip_is_byte_exact_on_tfds_records():
 
 
 def test_example_values():
-    ex = {"f": np.array([1.5, -2.0], np.float32), "i": np.array([0, 1, -5, 300]), "b": [b"x", "y"], "e": np.zeros(0, np.float32)}
+    ex = {"f": np.array([1.5, -2.0], np.float32), "i": np.array([0, 1, -5, 300]), "b": [b"x", "y"],
+          "e": np.zeros(0, np.float32)}
     d = decode_example(encode_example(ex))
     assert d["f"].tolist() == [1.5, -2.0] and d["i"].tolist() == [0, 1, -5, 300] and d["b"] == [b"x", b"y"]
     assert d["e"].size == 0
@@ -88,7 +89,8 @@ def test_reader_matches_documented_fixture_content():
             assert ep["is_first"].tolist() == [True] + [False] * (T - 1) and ep["is_last"][-1]
             assert ep["reward"].tolist() == [0.0] * (T - 1) + [1.0]
             assert len(ep["observation/image"]) == T and ep["observation/image"][0][:2] == b"\xff\xd8"
-            assert ep["language_instruction"][0] in ("pick up the black bowl and place it on the plate", "open the top drawer")
+            assert ep["language_instruction"][0] in ("pick up the black bowl and place it on the plate",
+                                                     "open the top drawer")
             assert ep["episode_metadata/file_path"].startswith("/data/libero/")
     one = b.read_episode(3, keys=["action", "steps/is_first"])
     assert set(one) == {"action", "is_first"}
@@ -107,7 +109,7 @@ def test_writer_reproduces_tfds_records(tmp_path):
         ref = [d for p in src.shard_paths(split) for _, d in iter_records(p)]
         got = [d for p in new.shard_paths(split) for _, d in iter_records(p)]
         assert len(ref) == len(got)
-        for a, c in zip(ref, got):
+        for a, c in zip(ref, got, strict=True):
             # Same bytes per feature; TFDS's map order comes from a hash table, ours is sorted.
             sa, sc = scan_example(a), scan_example(c)
             assert {k: a[s.start:s.end] for k, s in sa.items()} == {k: c[s.start:s.end] for k, s in sc.items()}
@@ -117,7 +119,8 @@ def test_writer_reproduces_tfds_records(tmp_path):
 
 def test_writer_extends_features_and_is_atomic(tmp_path):
     src = TFDSBuilderDir(FIXTURE)
-    feats = extend_features(src.features, {"steps/latent_idx": tensor_feature((4,), "int64"), "steps/latent_z": tensor_feature((4, 128))})
+    feats = extend_features(src.features, {"steps/latent_idx": tensor_feature((4,), "int64"),
+                                           "steps/latent_z": tensor_feature((4, 128))})
     out = tmp_path / "libero_tiny_no_noops_latent" / "1.0.0"
     w = TFDSWriter(out, feats, max_shard_bytes=100_000)
     for i, ep in enumerate(src.iter_episodes()):
@@ -144,8 +147,9 @@ def test_synthetic_dataset_layout(tmp_path):
     ep = b.read_episode(1)
     assert ep["action"].shape == (7, 7) and ep["observation/state"].shape == (7, 8)
     assert set(np.unique(ep["action"][:, -1])) <= {-1.0, 1.0}
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert Image.open(io.BytesIO(ep["observation/image"][0])).size == (32, 32)
 
@@ -168,17 +172,21 @@ def test_tensorflow_datasets_loads_writer_output(tmp_path):
     feats = {"latent_idx": tensor_feature((4,), "int64"), "latent_z": tensor_feature((4, 128))}
     p = write_synthetic_dataset(tmp_path, "libero_goal_no_noops_latent", num_episodes=3, steps=[3, 4, 5], image_size=16,
                                 layout="libero", extra_step_features=feats)
-    out = subprocess.run([os.environ["LATENTVLA_TFDS_PYTHON"], "-c", _TFDS_CHECK, str(p)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([os.environ["LATENTVLA_TFDS_PYTHON"], "-c", _TFDS_CHECK, str(p)], capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "3 [3, 4, 5] 1 (4, 128)"
 
 
 def test_legacy_features_json_layout():
     legacy = {"type": "tensorflow_datasets.core.features.features_dict.FeaturesDict", "content": {
-        "steps": {"type": "tensorflow_datasets.core.features.dataset_feature.Dataset", "content": {"length": None, "feature": {
+        "steps": {"type": "tensorflow_datasets.core.features.dataset_feature.Dataset",
+                  "content": {"length": None, "feature": {
             "type": "tensorflow_datasets.core.features.features_dict.FeaturesDict", "content": {
-                "action": {"type": "tensorflow_datasets.core.features.tensor_feature.Tensor", "content": {"shape": [7], "dtype": "float32"}},
-                "is_first": {"type": "tensorflow_datasets.core.features.tensor_feature.Tensor", "content": {"shape": [], "dtype": "bool"}},
+                "action": {"type": "tensorflow_datasets.core.features.tensor_feature.Tensor",
+                           "content": {"shape": [7], "dtype": "float32"}},
+                "is_first": {"type": "tensorflow_datasets.core.features.tensor_feature.Tensor",
+                             "content": {"shape": [], "dtype": "bool"}},
                 "language_instruction": {"type": "tensorflow_datasets.core.features.text_feature.Text", "content": {}},
                 "observation": {"type": "tensorflow_datasets.core.features.features_dict.FeaturesDict", "content": {
                     "image": {"type": "tensorflow_datasets.core.features.image_feature.Image",

@@ -56,7 +56,9 @@ def test_vla_sample_contents(root):
     stats = ds.statistics["libero_goal_no_noops"]
     raw = TFDSBuilderDir(ds.resolved[0].path).read_episode(1, keys=["action"])["action"][2:10].copy()
     raw[:, -1] = 1 - np.clip(raw[:, -1], 0, 1)
-    np.testing.assert_allclose(s["actions"], normalize(raw, stats["action"], get_platform("libero").action_norm_mask, "bounds_q99"), atol=1e-6)
+    np.testing.assert_allclose(s["actions"],
+                               normalize(raw, stats["action"], get_platform("libero").action_norm_mask, "bounds_q99"),
+                               atol=1e-6)
     assert np.abs(s["actions"][:, :6]).max() <= 1.0 and set(np.unique(s["actions"][:, 6])) <= {0.0, 1.0}
     # past the end: gripper repeats, deltas are zero motion, pad marks them
     end = ds[26]  # episode 2 (5 steps), step 4
@@ -68,7 +70,8 @@ def test_vla_sample_contents(root):
     again = VLADataset(root, "libero_goal", image_size=32, seed=3, progress=False)
     assert np.array_equal(again[12]["images"], s["images"])
     assert not np.array_equal(ds[SampleIndex(12, epoch=1)]["images"], s["images"])
-    one = VLADataset(root, "libero_goal", image_size=32, use_wrist_image=False, use_proprio=False, train=False, progress=False)
+    one = VLADataset(root, "libero_goal", image_size=32, use_wrist_image=False, use_proprio=False, train=False,
+                     progress=False)
     s1 = one[12]
     assert s1["images"].shape == (1, 32, 32, 3) and s1["proprio"].shape == (0,)
     assert np.array_equal(one[12]["images"], s1["images"])  # eval: deterministic, no aug
@@ -110,8 +113,8 @@ def test_annotated_copy_serves_latent_chunks(root):
         assert s["latent_z"][:, 0, 0].tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
         assert list(ds.statistics) == ["libero_goal_no_noops"]
     # float32 latent_idx is accepted too
-    write_synthetic_dataset(root, "libero_spatial_no_noops_latent", num_episodes=1, steps=4, image_size=16, layout="libero",
-                            extra_step_features={"latent_idx": tensor_feature((C,), "float32")},
+    write_synthetic_dataset(root, "libero_spatial_no_noops_latent", num_episodes=1, steps=4, image_size=16,
+                            layout="libero", extra_step_features={"latent_idx": tensor_feature((C,), "float32")},
                             extra_fn=lambda e, t: {"latent_idx": np.full(C, t, np.float32)})
     ds = VLADataset(root, "libero_spatial_latent", image_size=16, extra_keys=("latent_idx",), progress=False)
     assert ds[1]["latent_idx"].dtype == np.int64 and ds[1]["latent_idx"][0].tolist() == [1] * C
@@ -162,7 +165,8 @@ def test_transforms_seeded_and_shapes():
     assert np.array_equal(process_image(flat, 16, AugmentParams()), flat)
     brighter = process_image(flat, 16, AugmentParams(brightness=0.1))
     assert np.all(np.abs(brighter.astype(int) - 125) <= 1)
-    grey = process_image(np.dstack([np.full((8, 8), v, np.uint8) for v in (200, 50, 50)]), 8, AugmentParams(saturation=0.0))
+    grey = process_image(np.dstack([np.full((8, 8), v, np.uint8) for v in (200, 50, 50)]), 8,
+                         AugmentParams(saturation=0.0))
     assert np.ptp(grey[0, 0].astype(int)) <= 1  # zero saturation -> grey
 
 
@@ -176,7 +180,7 @@ def test_dataloader_workers_match_single_process(root):
     ref = [ds[i] for i in list(sampler)[:8]]
     sampler.set_epoch(2)
     loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2)
-    batches = [b for _, b in zip(range(2), loader)]
+    batches = [b for _, b in zip(range(2), loader, strict=False)]
     images = torch.cat([b["images"] for b in batches]).numpy()
     assert np.array_equal(images, np.stack([r["images"] for r in ref]))  # same aug seeds (epoch travels with the index)
     assert [int(x) for b in batches for x in b["step"]] == [r["step"] for r in ref]

@@ -32,14 +32,16 @@ def _shard(root):
 
 
 def test_cli_on_tfds_written_dataset(capsys, tfds_fixture_root):
-    rc, out, _ = cli(capsys, "data", "stats", "--data_root_dir", str(tfds_fixture_root), "--data_mix", "libero_tiny_no_noops")
+    rc, out, _ = cli(capsys, "data", "stats", "--data_root_dir", str(tfds_fixture_root), "--data_mix",
+                     "libero_tiny_no_noops")
     stats = json.loads(out)["libero_tiny_no_noops"]
     assert rc == 0 and stats["num_trajectories"] == 4 and stats["num_transitions"] == 20
     for key in ("mean", "std", "min", "max", "q01", "q99"):
         assert len(stats["action"][key]) == 7 and len(stats["proprio"][key]) == 8
     # fixture: action = (arange(7) + 10 t) / 100, gripper raw 0.06 + 0.1 t -> clipped + inverted
     assert stats["action"]["min"][0] == pytest.approx(0.0) and stats["action"]["max"][0] == pytest.approx(0.5)
-    rc, out, _ = cli(capsys, "data", "inspect", "--data_root_dir", str(tfds_fixture_root), "--data_mix", '["libero_tiny"]', "--episode", "2")
+    rc, out, _ = cli(capsys, "data", "inspect", "--data_root_dir", str(tfds_fixture_root), "--data_mix",
+                     '["libero_tiny"]', "--episode", "2")
     info = json.loads(out)["libero_tiny"]
     assert rc == 0 and info["num_episodes"] == 4 and sorted(e["length"] for e in info["episodes"]) == [4, 5, 5, 6]
     assert all(e["instruction"] for e in info["episodes"])
@@ -96,13 +98,15 @@ def test_dim_mismatch_with_platform(capsys, tmp_path):
     rc, _, err = cli(capsys, "data", "stats", "--data_root_dir", str(tmp_path), "--data_mix", "libero_goal_no_noops",
                      "--dataset_registry", str(reg))
     assert rc == 2 and "'action' has shape [7] but platform 'aloha' expects action_dim 14" in err
-    reg.write_text("datasets:\n  - {name: libero_goal_no_noops, platform: libero, image_keys: [image], proprio_keys: [state]}\n"
-                   "  - {name: x, platform: libero, image_keys: [image], proprio_keys: ['state[:6]']}\n")
+    reg.write_text("datasets:\n  - {name: libero_goal_no_noops, platform: libero, image_keys: [image], "
+                   "proprio_keys: [state]}\n  - {name: x, platform: libero, image_keys: [image], proprio_keys: "
+                   "['state[:6]']}\n")
     rc, _, err = cli(capsys, "data", "stats", "--data_root_dir", str(tmp_path), "--data_mix", "libero_goal_no_noops",
                      "--dataset_registry", str(reg))
     assert rc == 0  # state (8) fits libero
     shutil.copytree(tmp_path / "libero_goal_no_noops", tmp_path / "x")
-    rc, _, err = cli(capsys, "data", "stats", "--data_root_dir", str(tmp_path), "--data_mix", "x", "--dataset_registry", str(reg))
+    rc, _, err = cli(capsys, "data", "stats", "--data_root_dir", str(tmp_path), "--data_mix", "x", "--dataset_registry",
+                     str(reg))
     assert rc == 2 and "gives 6 dims but platform 'libero' expects proprio_dim 8" in err
 
 
@@ -140,7 +144,8 @@ def test_undecodable_image_bytes(capsys, tmp_path):
     ds[0]
     with pytest.raises(LatentVLAError, match=r"episode 1 step 4 camera 'observation/wrist_image': cannot decode image"):
         ds[10]
-    rc, _, err = cli(capsys, "data", "inspect", "--data_root_dir", str(tmp_path / "dst"), "--data_mix", "libero_goal", "--episode", "1")
+    rc, _, err = cli(capsys, "data", "inspect", "--data_root_dir", str(tmp_path / "dst"), "--data_mix", "libero_goal",
+                     "--episode", "1")
     assert rc == 2 and "episode 1 step 4" in err and "cannot decode image" in err
 
 
@@ -151,5 +156,6 @@ def test_too_few_cameras_for_platform(tmp_path):
                    "proprio_keys: ['state'], action_standardization: libero_gripper}\n")
     with pytest.raises(LatentVLAError, match="lists 1 camera.*platform 'libero' uses 2.*use_wrist_image False"):
         VLADataset(tmp_path, "libero_goal_no_noops", dataset_registry=reg, progress=False)
-    ds = VLADataset(tmp_path, "libero_goal_no_noops", dataset_registry=reg, use_wrist_image=False, image_size=16, progress=False)
+    ds = VLADataset(tmp_path, "libero_goal_no_noops", dataset_registry=reg, use_wrist_image=False, image_size=16,
+                    progress=False)
     assert ds[0]["images"].shape == (1, 16, 16, 3)

@@ -20,7 +20,8 @@ def test_builtin_entries():
     e = get_entry("aloha_lift_pot")
     assert e.platform.action_dim == 14 and e.image_keys[0] == "image" and len(e.image_keys) == 3
     assert get_entry("aloha_some_new_task").platform_name == "aloha"  # pattern
-    assert get_entry("wipe").platform_name == "jaka" and get_entry("wipe").image_keys == ("head_camera_image", "low_cam_image")
+    assert get_entry("wipe").platform_name == "jaka"
+    assert get_entry("wipe").image_keys == ("head_camera_image", "low_cam_image")
     assert [e.name for e, _ in Registry().expand("jaka")] == ["2_bowls", "3_bowls", "4_bowls", "wipe"]
     assert get_entry("metaworld_reach-v3").platform_name == "metaworld"
     lat = get_entry("libero_goal_latent")

@@ -11,7 +11,7 @@ import pytest
 
 from latentvla.config import parse_config
 from latentvla.demo.configuration_demo import SCALES, DemoConfig
-from latentvla.demo.pipeline import Demo, call_command, latest_checkpoint, last_metrics
+from latentvla.demo.pipeline import Demo, call_command, last_metrics, latest_checkpoint
 from latentvla.demo.report import write_report
 from latentvla.errors import LatentVLAError
 
@@ -20,7 +20,8 @@ def test_scales_resolve_and_explicit_flags_win():
     for name in SCALES:
         sizes = parse_config(DemoConfig, ["--scale", name]).resolved()
         assert sizes.image_size % 32 == 0 and sizes.tasks
-    cfg = parse_config(DemoConfig, ["--scale", "tiny", "--demos_per_task", "3", "--tasks", "push,reach", "--image_size", "96"])
+    cfg = parse_config(DemoConfig, ["--scale", "tiny", "--demos_per_task", "3", "--tasks", "push,reach", "--image_size",
+                                    "96"])
     s = cfg.resolved()
     assert (s.demos_per_task, s.tasks, s.image_size) == (3, ("push", "reach"), 96)
     assert s.train_steps == SCALES["tiny"].train_steps
@@ -62,7 +63,8 @@ def test_stage_list_follows_variants(tmp_path):
     d = Demo(parse_config(DemoConfig, ["--output_dir", str(tmp_path)]))
     names = d.stage_names()
     assert {"action_tokenizer", "image_lam", "annotate", "train:la_tok", "evaluate:la_cond"} <= set(names)
-    assert names.index("annotate") < names.index("train:baseline") < names.index("evaluate:reference") < names.index("report")
+    assert (names.index("annotate") < names.index("train:baseline") < names.index("evaluate:reference")
+            < names.index("report"))
 
 
 def test_changed_settings_need_restart_and_restart_clears_later_stages(tmp_path):

@@ -48,7 +48,8 @@ def test_expert_beats_random_and_evaluation_resumes(tmp_path):
     kw = dict(tasks=["reach"], episodes_per_task=2, image_size=32, max_episode_steps=80, progress=False)
     expert = evaluate(lambda env: ExpertPolicy(env), out_dir=tmp_path / "expert", label="expert", needs_images=False,
                       num_videos=1, **kw)
-    rand = evaluate(lambda env: RandomActionPolicy(0), out_dir=tmp_path / "random", label="random", needs_images=False, **kw)
+    rand = evaluate(lambda env: RandomActionPolicy(0), out_dir=tmp_path / "random", label="random", needs_images=False,
+                    **kw)
     assert expert["success_rate"] == 1.0 and rand["success_rate"] == 0.0
     assert expert["per_task"]["reach"]["episodes"] == 2
     assert (tmp_path / "expert" / "videos" / "reach_ep000.mp4").stat().st_size > 0
@@ -58,7 +59,8 @@ def test_expert_beats_random_and_evaluation_resumes(tmp_path):
     with open(tmp_path / "expert" / "episodes.jsonl", "w") as f:
         f.write(lines[0] + "\n" + lines[1][:10])
 
-    again = evaluate(lambda env: ExpertPolicy(env), out_dir=tmp_path / "expert", label="expert", needs_images=False, **kw)
+    again = evaluate(lambda env: ExpertPolicy(env), out_dir=tmp_path / "expert", label="expert", needs_images=False,
+                     **kw)
     assert again["episodes"] == 2 and again["success_rate"] == 1.0
     recs = [json.loads(x) for x in (tmp_path / "expert" / "episodes.jsonl").read_text().splitlines()]
     assert [r["episode"] for r in recs] == [0, 1] and recs[0] == json.loads(lines[0])  # torn line dropped, ep 1 re-run
@@ -97,7 +99,8 @@ def test_expert_dataset_reads_back_as_vla_samples(tmp_path):
     assert s["actions"].shape == (4, 4) and s["action_pad"].tolist() == [False, True, True, True]
     assert s["instruction"] == "move the gripper to the red target"
     # PNG is lossless: the sample's primary image is the rendered frame itself
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     np.testing.assert_array_equal(s["images"][0], np.asarray(Image.open(io.BytesIO(ep["observation/image"][T - 1]))))

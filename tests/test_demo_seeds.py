@@ -8,8 +8,14 @@ import pytest
 
 from latentvla.config import parse_config
 from latentvla.demo.configuration_demo import DemoConfig
-from latentvla.demo.report import (_eval_fields, aggregate_seeds, format_seeds_table, format_table, write_report,
-                                   write_seeds_report)
+from latentvla.demo.report import (
+    _eval_fields,
+    aggregate_seeds,
+    format_seeds_table,
+    format_table,
+    write_report,
+    write_seeds_report,
+)
 from latentvla.errors import LatentVLAError
 
 
@@ -99,7 +105,8 @@ def test_demo_seeds_runs_one_demo_per_seed_and_aggregates(tmp_path, monkeypatch,
     monkeypatch.setattr(pipeline.Demo, "run", fake_run)
     monkeypatch.setattr("latentvla.demo.metaworld_env.configure_rendering", lambda *a, **k: None)
     out = tmp_path / "demo"
-    cfg = parse_config(DemoConfig, ["--output_dir", str(out), "--scale", "tiny", "--seeds", "2", "--variants", "baseline"])
+    cfg = parse_config(DemoConfig, ["--output_dir", str(out), "--scale", "tiny", "--seeds", "2", "--variants",
+                                    "baseline"])
     assert pipeline.run_demo(cfg) == 0
     assert seen == [(7, 1, "seed_7"), (8, 1, "seed_8")]
     res = json.loads((out / "results.json").read_text())

@@ -77,7 +77,6 @@ def _recording_env(monkeypatch):
 def test_libero_goal_episode_with_tiny_vla(tmp_path, monkeypatch, tiny_vla_checkpoint):
     from latentvla.eval.configuration_eval import LiberoEvalConfig
     from latentvla.eval.libero_eval import run_libero_eval
-
     from latentvla.vla.policy import VLAPolicy
 
     seen = _recording_env(monkeypatch)
@@ -178,7 +177,7 @@ def test_policy_server_drives_the_evaluator(tmp_path, monkeypatch):
 
 
 def test_libero_config_written_without_prompt_and_bad_suite(tmp_path, monkeypatch):
-    from latentvla.eval.libero_env import ensure_libero_config, import_libero, LiberoSuite, load_init_states
+    from latentvla.eval.libero_env import LiberoSuite, ensure_libero_config, import_libero, load_init_states
 
     path = ensure_libero_config()
     assert path == tmp_path / "libero_config" / "config.yaml" and "bddl_files" in path.read_text()

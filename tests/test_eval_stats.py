@@ -11,9 +11,14 @@ import pytest
 
 from latentvla.errors import LatentVLAError
 from latentvla.eval.results import format_table, summarize
-from latentvla.eval.stats import (mcnemar_exact, newcombe_interval, t_interval, t_quantile_975, wilson_interval,
-                                  format_rate)
-
+from latentvla.eval.stats import (
+    format_rate,
+    mcnemar_exact,
+    newcombe_interval,
+    t_interval,
+    t_quantile_975,
+    wilson_interval,
+)
 
 # ----------------------------------------------------------------------------- Wilson
 
@@ -184,7 +189,8 @@ def test_compare_demo_eval_dirs_checks_seeds(tmp_path, capsys):
         d = tmp_path / name
         d.mkdir()
         d.joinpath("episodes.jsonl").write_text("".join(
-            json.dumps({"task": "reach", "episode": i, "seed": seed_base + i, "success": ok, "steps": 3, "seconds": 0.1})
+            json.dumps({"task": "reach", "episode": i, "seed": seed_base + i, "success": ok, "steps": 3,
+                        "seconds": 0.1})
             + "\n" for i, ok in enumerate(outcomes)))
         return d
 
@@ -223,8 +229,14 @@ def test_robustness_rows_and_table():
 
 
 def test_suite_names_and_instruction_source():
-    from latentvla.eval.suites import (AVAILABLE_SUITES, check_suite, perturbation_suites, resolve_instruction_source,
-                                       split_suite, suite_max_steps)
+    from latentvla.eval.suites import (
+        AVAILABLE_SUITES,
+        check_suite,
+        perturbation_suites,
+        resolve_instruction_source,
+        split_suite,
+        suite_max_steps,
+    )
 
     assert split_suite("libero_10_with_mug") == ("libero_10", "with_mug")
     assert split_suite("libero_goal") == ("libero_goal", None)
@@ -236,7 +248,8 @@ def test_suite_names_and_instruction_source():
     for bad in ("libero_goal_env", "libero_10_with_milk", "libero_object_with_red_stick", "libero_100"):
         with pytest.raises(LatentVLAError, match="unknown or unavailable suite.*libero_goal_lan"):
             check_suite(bad)
-    assert [s for _, s in perturbation_suites("libero_goal", ["lan", "_swap"])] == ["libero_goal_lan", "libero_goal_swap"]
+    suites = [s for _, s in perturbation_suites("libero_goal", ["lan", "_swap"])]
+    assert suites == ["libero_goal_lan", "libero_goal_swap"]
     with pytest.raises(LatentVLAError, match="not available for libero_object; available: lan"):
         perturbation_suites("libero_object", ["with_milk"])
     with pytest.raises(LatentVLAError, match="no runnable perturbation"):

@@ -13,8 +13,7 @@ from latentvla.eval.checkpoint_info import check_compat_flags, infer_policy_scop
 from latentvla.eval.policies import RandomPolicy, ZeroPolicy, parse_host_port
 from latentvla.eval.results import EpisodeLog, check_run_meta, format_table, summarize
 from latentvla.eval.rollout import EpisodeSpec, check_action_chunk, run_episode
-from latentvla.eval.transforms import (convert_actions_to_env, flip_image, gripper_dataset_to_env,
-                                       quat_to_axis_angle)
+from latentvla.eval.transforms import convert_actions_to_env, flip_image, gripper_dataset_to_env, quat_to_axis_angle
 from latentvla.eval.workers import run_in_workers, split_contiguous
 from latentvla.robots import get_platform
 
@@ -98,7 +97,8 @@ class _ChunkPolicy:
 def test_run_episode_open_loop_chunks_and_success():
     env, policy = _LineEnv(), _ChunkPolicy()
     ep = EpisodeSpec("s", 0, "t", "go", 0, seed=3)
-    res, frames = run_episode(env, policy, ep, max_steps=100, num_settle_steps=3, num_open_loop_steps=2, record_video=True)
+    res, frames = run_episode(env, policy, ep, max_steps=100, num_settle_steps=3, num_open_loop_steps=2,
+                              record_video=True)
     assert res.success and res.steps == 8  # 0.125 per step after to_env_action
     assert policy.calls == 4  # re-plans every 2 executed actions
     assert len(env.sent) == 3 + 8 and len(frames) == 9
@@ -271,7 +271,8 @@ def test_decode_tokens_reaches_the_policy_factory_and_needs_la_tok(tmp_path, mon
                                 log_dir=str(tmp_path / "logs"), **kw)
 
     with pytest.raises(Built):
-        libero_eval.run_libero_eval(cfg(checkpoint("la_tok"), decode_tokens=True, action_tokenizer_ckpt="/tok/step_9.pt"))
+        libero_eval.run_libero_eval(cfg(checkpoint("la_tok"), decode_tokens=True,
+                                        action_tokenizer_ckpt="/tok/step_9.pt"))
     (spec,) = specs
     assert spec.kind == "vla" and spec.decode_tokens and spec.action_tokenizer_ckpt == "/tok/step_9.pt"
     with pytest.raises(Built):

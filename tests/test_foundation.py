@@ -3,8 +3,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -23,12 +22,13 @@ class _Cfg:
     lr: float = arg(1e-3, "lr")
     flag: bool = arg(False, "a bool")
     mode: Literal["a", "b"] = arg("a", "mode")
-    maybe: Optional[int] = arg(None, "optional")
+    maybe: int | None = arg(None, "optional")
     names: list[str] = arg(["x"], "names")
 
 
 def test_parse_config_types_and_bools():
-    cfg = parse_config(_Cfg, ["d", "--steps", "5", "--flag", "True", "--mode", "b", "--maybe", "7", "--names", '["p","q"]'])
+    cfg = parse_config(_Cfg, ["d", "--steps", "5", "--flag", "True", "--mode", "b", "--maybe", "7", "--names",
+                              '["p","q"]'])
     assert (cfg.out_dir, cfg.steps, cfg.flag, cfg.mode, cfg.maybe, cfg.names) == ("d", 5, True, "b", 7, ["p", "q"])
     assert parse_config(_Cfg, ["--flag"]).flag is True
     assert parse_config(_Cfg, ["--flag", "false", "--names", "a,b"]).names == ["a", "b"]
@@ -54,7 +54,8 @@ def test_config_file_defaults_and_flags_win(tmp_path):
 
 def test_cli_help_fast_and_lists_commands():
     t = time.time()
-    out = subprocess.run([sys.executable, "-m", "latentvla", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "latentvla", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     assert time.time() - t < 3
     for path in COMMANDS:
         assert path.split(" ")[0] in out

@@ -70,8 +70,8 @@ def test_unknown_repo_offline_is_one_clear_error(hub_cache, tmp_path, capsys, ti
         assert msg.startswith(f"--vlm_path {value}: not a local path") and str(hub_cache) in msg, msg
         assert "HF_HUB_OFFLINE=1" in msg and "hf download org/" in msg
     runs = tmp_path / "runs"
-    argv = ["train", "--vlm_path", "org/missing", "--data_root_dir", str(vla_data_root), "--data_mix", '["libero_goal"]',
-            "--run_root_dir", str(runs), "--max_steps", "1"]
+    argv = ["train", "--vlm_path", "org/missing", "--data_root_dir", str(vla_data_root), "--data_mix",
+            '["libero_goal"]', "--run_root_dir", str(runs), "--max_steps", "1"]
     assert main(argv) == 2 and not runs.exists()
     err = capsys.readouterr().err
     assert "--vlm_path org/missing" in err and str(hub_cache) in err and "Traceback" not in err

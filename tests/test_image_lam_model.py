@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from image_lam_helpers import TINY, hf_to_original_dino, univla_lightning_ckpt
 
 from latentvla.cli import main as cli_main
 from latentvla.errors import LatentVLAError
-
-from image_lam_helpers import TINY, hf_to_original_dino, univla_lightning_ckpt
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def test_univla_checkpoint_round_trip(dino_dir, tmp_path):
     x = torch.rand(2, 2, 3, 56, 56)
     feats = src.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32)
     torch.testing.assert_close(model.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32), feats)
-    for a, b in zip(model.encode_latent_actions(feats), src.encode_latent_actions(feats)):
+    for a, b in zip(model.encode_latent_actions(feats), src.encode_latent_actions(feats), strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(model(x)["recon"], src(x)["recon"])
 
@@ -118,7 +117,8 @@ def test_checkpoint_of_different_size_is_a_clear_error(dino_dir):
 
     small = tiny_model(dino_dir, latent_dim=8)
     big = tiny_model(dino_dir)
-    with pytest.raises(LatentVLAError, match=r"different size.*to_codebook_uncontrol.weight: checkpoint \(8, 32\) vs model \(16, 32\)"):
+    with pytest.raises(LatentVLAError, match=r"different size.*to_codebook_uncontrol.weight: checkpoint \(8, 32\) vs "
+                                             r"model \(16, 32\)"):
         load_lam_weights(big, small.lam_state_dict(), source="x")
 
 
@@ -199,13 +199,15 @@ def test_lightning_hyper_parameters_size_the_model(dino_dir, tmp_path, capsys):
     # explicit values win over the stored ones, and say so
     model, meta = load_image_lam(ckpt, num_heads=1, pair_offset=7)
     assert (model.config.num_heads, model.config.pair_offset, model.config.action_dim) == (1, 7, 5)
-    assert meta["settings"]["num_heads"] == "1 (--num_heads)" and meta["settings"]["pair_offset"] == "7 (--lam_pair_offset)"
+    assert meta["settings"]["num_heads"] == "1 (--num_heads)"
+    assert meta["settings"]["pair_offset"] == "7 (--lam_pair_offset)"
 
     # the data module's goal_image_step is used when the model's hyper_parameters lack it
     univla_lightning_ckpt(src, tmp_path / "dm.ckpt", layers=1, with_action_decoder=True,
                           datamodule_hyper_parameters={"data_mix": ["libero_goal"], "goal_image_step": 5})
     model, meta = load_image_lam(tmp_path / "dm.ckpt", num_heads=2)
-    assert model.config.action_dim == 7 and meta["settings"]["pair_offset"] == "5 (datamodule_hyper_parameters.goal_image_step)"
+    assert model.config.action_dim == 7
+    assert meta["settings"]["pair_offset"] == "5 (datamodule_hyper_parameters.goal_image_step)"
 
     # nothing stored and 35 outputs: strict loading still works, without the (unused) action head
     univla_lightning_ckpt(src, tmp_path / "bare.ckpt", layers=1, with_action_decoder=True)
@@ -215,7 +217,7 @@ def test_lightning_hyper_parameters_size_the_model(dino_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "action_decoder.2 has 35 outputs" in out and "--lam_pair_offset" in out
     for a, b in zip(model.encode_latent_actions(src.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32)),
-                    src.encode_latent_actions(src.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32))):
+                    src.encode_latent_actions(src.dino_features(x.flatten(0, 1)).view(2, 2, 16, 32)), strict=True):
         torch.testing.assert_close(a, b)
 
     # a stored size that contradicts the weights is reported; the weights decide
@@ -224,11 +226,13 @@ def test_lightning_hyper_parameters_size_the_model(dino_dir, tmp_path, capsys):
     model, _ = load_image_lam(tmp_path / "odd.ckpt", num_heads=2)
     out = capsys.readouterr().out
     assert model.config.model_dim == 32 and model.config.num_heads == 2
-    assert "lam_model_dim = 64 disagrees with the weights (model_dim 32)" in out and "ignoring hyper_parameters.lam_num_heads" in out
+    assert "lam_model_dim = 64 disagrees with the weights (model_dim 32)" in out
+    assert "ignoring hyper_parameters.lam_num_heads" in out
 
     # `lam image-train --lam_path`: the stored head count must match --num_heads
     _, _, stored = read_lam_checkpoint(ckpt)
-    with pytest.raises(LatentVLAError, match=r"trained with 2 attention heads \(hyper_parameters.lam_num_heads\).*--num_heads 2"):
+    with pytest.raises(LatentVLAError, match=r"trained with 2 attention heads "
+                                             r"\(hyper_parameters.lam_num_heads\).*--num_heads 2"):
         check_train_flags(stored, num_heads=12, pair_offset=32, source="--lam_path x")
     check_train_flags(stored, num_heads=2, pair_offset=32, source="--lam_path x")
     assert "trained with pair_offset 5" in capsys.readouterr().out

@@ -12,7 +12,6 @@ from latentvla.cli import main as cli_main
 from latentvla.data.tfds import TFDSBuilderDir
 from latentvla.data.tfrecord import iter_records
 
-
 SHIMS = Path(__file__).resolve().parent.parent / "data_preprocess" / "image_based_lam"
 
 

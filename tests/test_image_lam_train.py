@@ -11,7 +11,6 @@ import torch
 
 from latentvla.cli import main as cli_main
 
-
 DIRS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)
 
 def _action(e, t, T, rng):
@@ -98,9 +97,11 @@ def _write_tiny_t5(out: Path) -> Path:
     words = ["<pad>", "</s>", "<unk>"] + "pick up the black bowl and place it on plate open top drawer".split()
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(out)
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(out)
     torch.manual_seed(0)
-    T5EncoderModel(T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).save_pretrained(out)
+    config = T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    T5EncoderModel(config).save_pretrained(out)
     return out
 
 
@@ -125,9 +126,9 @@ def test_stage_one_then_stage_two(setup, capsys):
 
 def test_post_train_univla_stage_two_checkpoint(setup, capsys):
     """The paper's workflow: --lam_path UniVLA .ckpt (DINO inside, no action head), no --dino_path."""
+    from image_lam_helpers import hf_to_original_dino, univla_lightning_ckpt
     from safetensors.torch import load_file
 
-    from image_lam_helpers import hf_to_original_dino, univla_lightning_ckpt
     from latentvla.lam.configuration_image_lam import ImageLAMConfig
     from latentvla.lam.dino import load_dino
     from latentvla.lam.image_lam import ImageLatentActionModel

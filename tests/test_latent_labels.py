@@ -147,7 +147,8 @@ def test_what_cannot_be_used_says_how_to_fix_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "outside [0, 16)" in err and f"declare-latents {v} --codebook_size K" in err
     info = json.loads((v / "dataset_info.json").read_text())  # a dataset_info.json that repeats the schema
-    (v / "dataset_info.json").write_text(json.dumps({**info, "features": json.loads((v / "features.json").read_text())}))
+    (v / "dataset_info.json").write_text(json.dumps({**info,
+                                                     "features": json.loads((v / "features.json").read_text())}))
     assert cli_main(["data", "declare-latents", str(v), "--codebook_size", "32"]) == 0
     assert "in features.json and dataset_info.json" in capsys.readouterr().out
     from latentvla.data.features import parse_features_json
@@ -156,7 +157,8 @@ def test_what_cannot_be_used_says_how_to_fix_it(tmp_path, capsys):
     # latent_z of another width: C·Z does not fit
     v = fresh("odd")
     reference_annotate(v, z_width=30)
-    with pytest.raises(LatentVLAError, match=r"latent_z holds 30 values per step, not C·Z = 4·128.*--num_codes C --latent_dim Z"):
+    with pytest.raises(LatentVLAError, match=r"latent_z holds 30 values per step, not C·Z = 4·128.*--num_codes "
+                                             r"C --latent_dim Z"):
         _vla(tmp_path / "odd")
     # latent_annotation.json gives C, Z and K
     v = fresh("ann")
@@ -169,7 +171,8 @@ def test_what_cannot_be_used_says_how_to_fix_it(tmp_path, capsys):
     # the paper's latent.py run on the first shard only
     v = fresh("half")
     reference_annotate(v, shards=slice(0, 1))
-    with pytest.raises(LatentVLAError, match=r"2 of 3 episodes lack per-step key 'latent_idx' \(first: episode 1.*annotate every shard"):
+    with pytest.raises(LatentVLAError, match=r"2 of 3 episodes lack per-step key 'latent_idx' \(first: episode "
+                                             r"1.*annotate every shard"):
         _vla(tmp_path / "half")
     assert cli_main(["data", "declare-latents", str(v)]) == 2
     assert "annotate every shard" in capsys.readouterr().err

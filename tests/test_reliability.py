@@ -86,11 +86,11 @@ def _one_line_error(err: str, command: str) -> str:
 
 def _toy(run_dir: Path, *, resume=None, logger_cls=None, save_weights=None, callbacks=(), steps: int = 8):
     import torch
+    from train_toy import ToyDataset, ToyModel, ToySampler
 
     from latentvla.train import distributed as D
     from latentvla.train.loggers import JSONLLogger
     from latentvla.train.trainer import LoopSettings, Trainer, default_save_weights
-    from train_toy import ToyDataset, ToyModel, ToySampler
 
     torch.manual_seed(0)
     ds = ToyDataset(n=40)
@@ -181,7 +181,8 @@ def test_unreadable_shard_and_features_json_are_one_line_errors(tmp_path, permis
     shard.chmod(0o644)
     (version / "features.json").chmod(0)
     r = cli_unprivileged("data", "inspect", "--data_root_dir", tmp_path, "--data_mix", "libero_goal")
-    assert r.returncode == 2 and f"{version / 'features.json'}: permission denied" in _one_line_error(r.stderr, "data inspect")
+    assert r.returncode == 2
+    assert f"{version / 'features.json'}: permission denied" in _one_line_error(r.stderr, "data inspect")
 
 
 def test_unwritable_run_root_fails_before_the_backbone_loads(capsys, tmp_path, tiny_vlm_dir, vla_data_root,
@@ -209,7 +210,8 @@ def test_lam_outputs_are_checked_before_work(capsys, tmp_path):
     blocker.write_text("x")
     rc, _, err = cli(capsys, "lam", "action-train", "--data_root_dir", tmp_path / "data", "--data_mix", "libero_goal",
                      "--results_dir", blocker / "tok")
-    assert rc == 2 and "--results_dir" in _one_line_error(err, "lam action-train") and f"{blocker} is a regular file" in err
+    assert rc == 2 and "--results_dir" in _one_line_error(err, "lam action-train")
+    assert f"{blocker} is a regular file" in err
 
 
 def test_os_error_text_names_the_path():
@@ -227,7 +229,8 @@ def test_os_error_text_names_the_path():
     assert format_error(PermissionError(worker)).startswith("/d/s.tfrecord: permission denied")
     from latentvla.errors import LatentVLAError
 
-    wrapped = worker.replace("PermissionError", "LatentVLAError").replace("[Errno 13] Permission denied: '/d/s.tfrecord'",
+    wrapped = worker.replace("PermissionError", "LatentVLAError").replace("[Errno 13] Permission denied: "
+                                                                          "'/d/s.tfrecord'",
                                                                          "/d/s.tfrecord: bad record")
     assert format_error(LatentVLAError(wrapped)) == "/d/s.tfrecord: bad record"
     assert format_error(RuntimeError("a bug")) is None  # a bug keeps its traceback
@@ -343,7 +346,8 @@ def test_resume_without_an_intact_training_state_says_what_to_do(capsys, tmp_pat
                      "--max_steps", "8")
     err = _one_line_error(err, "train")
     assert f"{weights}: truncated or corrupt safetensors file" in err
-    assert f"--pretrained_checkpoint {run / 'checkpoints' / 'step_3'}" in err and "(no checkpoint was deleted or changed)" in err
+    assert f"--pretrained_checkpoint {run / 'checkpoints' / 'step_3'}" in err
+    assert "(no checkpoint was deleted or changed)" in err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_3", "step_6"]
     # loading such a file directly names it too
     from latentvla.train.trainer import default_load_weights
@@ -451,7 +455,8 @@ def test_resume_of_a_run_that_does_not_exist_is_refused(capsys, tmp_path, tiny_v
     runs = tmp_path / "runs"
     _fit(runs / "my_run", steps=3)
     rc, _, err = cli(capsys, "train", "--vlm_path", tiny_vlm_dir, "--data_root_dir", vla_data_root, "--data_mix",
-                     "libero_goal", "--run_root_dir", runs, "--run_id", "my_rnu", "--resume", "True", "--max_steps", "1")
+                     "libero_goal", "--run_root_dir", runs, "--run_id", "my_rnu", "--resume", "True", "--max_steps",
+                     "1")
     err = _one_line_error(err, "train")
     assert f"no run directory {runs / 'my_rnu'}" in err and "did you mean --run_id my_run?" in err
     assert "--resume_or_start True" in err and not (runs / "my_rnu").exists()

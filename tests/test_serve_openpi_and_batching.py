@@ -141,8 +141,10 @@ def test_openpi_layout_round_trip_matches_the_policy(vla_server, vla_policy):
         np.testing.assert_allclose(reply["actions"], ref, atol=1e-5)
         # openpi-layout errors are text frames (openpi-client raises them as RuntimeError); the connection stays usable
         for bad, what in [({k: v for k, v in obs.items() if k != "prompt"}, "lacks key(s) prompt"),
-                          ({**obs, "observation/state": np.zeros(5)}, "'observation/state' must be a numeric vector of size 8"),
-                          ({**obs, "observation/wrist_image": np.zeros((8, 8), np.uint8)}, "'observation/wrist_image' must be HxWx3"),
+                          ({**obs, "observation/state": np.zeros(5)}, "'observation/state' must be a numeric "
+                                                                      "vector of size 8"),
+                          ({**obs, "observation/wrist_image": np.zeros((8, 8), np.uint8)}, "'observation/wrist_image' "
+                                                                                           "must be HxWx3"),
                           ({**obs, "prompt": "x" * 1001}, "at most 1000 (--max_instruction_chars)")]:
             err = client.ask(packb(bad, openpi=True))
             assert isinstance(err, str) and what in err, (what, err)
@@ -258,7 +260,8 @@ def test_instruction_and_prompt_bounds_answer_with_errors(vla_policy):
             assert client.metadata["limits"]["max_instruction_chars"] == 200
             with pytest.raises(LatentVLAError, match="201 characters; this server takes at most 200"):
                 client.predict_action(images, "a" * 201, proprio)
-            with pytest.raises(LatentVLAError, match=r"takes \d+ tokens; this server takes at most 40 \(--max_prompt_tokens\)"):
+            with pytest.raises(LatentVLAError, match=r"takes \d+ tokens; this server takes at most 40 "
+                                                     r"\(--max_prompt_tokens\)"):
                 client.predict_action(images, " ".join(["pick up the red block"] * 9), proprio)  # < 200 chars
             assert client.predict_action(images, "pick up the red block", proprio).shape == (8, 7)
     finally:
@@ -380,7 +383,7 @@ def test_batched_answers_equal_single_answers(vla_server, vla_policy):
     prompts = ["open the drawer", "put the bowl on top of the cabinet and then push the plate to the front", "x",
                "pick up the black bowl between the plate and the ramekin", "turn on the stove", "close it"]
     sides = [(64, 64), (96, 80), (64, 64), (128, 128), (70, 90), (64, 64)]
-    obs = [_openpi_obs(rng, p, s) for p, s in zip(prompts, sides)]
+    obs = [_openpi_obs(rng, p, s) for p, s in zip(prompts, sides, strict=True)]
     replies = {}
 
     def ask(k):

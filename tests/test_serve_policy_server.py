@@ -70,7 +70,8 @@ def test_malformed_requests_get_errors_and_server_keeps_serving(server):
         "empty instruction": packb({**good, "instruction": "  "}),
         "unknown type": packb({**good, "type": "train"}),
         "array size mismatch": msgpack.packb({**{k: v for k, v in good.items() if k != "proprio"}, "images": [IMG],
-                                              "proprio": bad_array}, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else o),
+                                              "proprio": bad_array},
+                                             default=lambda o: o.tolist() if isinstance(o, np.ndarray) else o),
         "policy error": packb({**good, "instruction": "explode"}),
     }
     with PolicyClient("127.0.0.1", server.port) as client:
@@ -141,7 +142,8 @@ def test_serve_cli_answers_a_client(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    bad = subprocess.run([sys.executable, "-m", "latentvla.cli", "serve", "--policy", "vla"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "latentvla.cli", "serve", "--policy", "vla"], capture_output=True,
+                         text=True)
     assert bad.returncode == 2 and "--pretrained_checkpoint" in bad.stderr
 
 

@@ -60,7 +60,7 @@ def test_tiny_vlm_forward_with_our_processor(tiny_vlm_dir):
 def test_cli_acceptance_command(tmp_path):
     out = tmp_path / "t"
     assert main(["tiny-vlm", str(out), "--hidden_size", "32", "--head_dim", "8", "--num_layers", "1"]) == 0
-    code = "from transformers import Qwen3VLForConditionalGeneration as M; M.from_pretrained(%r)" % str(out)
+    code = f"from transformers import Qwen3VLForConditionalGeneration as M; M.from_pretrained({str(out)!r})"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["text_config"]["rope_parameters"]["mrope_section"] == [2, 1, 1]

@@ -61,11 +61,13 @@ def test_unknown_vla_id_lists_the_ids(capsys, tmp_path, tiny_vlm_dir, plain_data
 
 
 def test_global_batch_not_divisible(capsys, tmp_path, tiny_vlm_dir, plain_data_root, monkeypatch):
-    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--global_batch_size", "6", "--per_device_batch_size", "4")
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--global_batch_size", "6", "--per_device_batch_size",
+               "4")
     assert "--global_batch_size 6" in err and "multiple of 4" in err
     monkeypatch.setenv("WORLD_SIZE", "2")  # 8 = 2 per device x 2 ranks x 2 accumulation is fine; 6 is not
     TrainConfig(vlm_path="x", data_root_dir="y", global_batch_size=8, per_device_batch_size=2).validate()
-    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--global_batch_size", "6", "--per_device_batch_size", "2")
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--global_batch_size", "6", "--per_device_batch_size",
+               "2")
     assert "world size 2" in err
 
 
@@ -114,7 +116,8 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     assert "--robot 'aloha'" in err and "libero" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True")
     assert "--pretrained_checkpoint" in err
-    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True", "--pretrained_checkpoint", tmp_path)
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True", "--pretrained_checkpoint",
+               tmp_path)
     assert "--pretrained_checkpoint" in err and "model.safetensors" in err
     import torch
     from safetensors.torch import save_file
@@ -125,7 +128,8 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     merged.mkdir(parents=True)
     (merged / "config.json").write_text("{}")
     save_file({"w": torch.zeros(1)}, str(merged / "model.safetensors"), metadata={"format": MERGED_FORMAT})
-    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True", "--pretrained_checkpoint", merged)
+    err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--from_pretrained", "True", "--pretrained_checkpoint",
+               merged)
     assert "--merge_lora export" in err and "checkpoints/step_N" in err
     err = _run(capsys, tmp_path, tiny_vlm_dir, plain_data_root, "--lr_scheduler_type", "cosine")
     assert "linear-warmup+cosine-decay" in err
@@ -138,8 +142,8 @@ def test_other_bad_inputs(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
 def test_batch_larger_than_data_leaves_no_run_dir(capsys, tmp_path, tiny_vlm_dir, plain_data_root):
     """Fails after the model is built (the trainer's check): the run dir it created is removed."""
     runs = tmp_path / "runs"
-    argv = ["train", "--vlm_path", str(tiny_vlm_dir), "--data_root_dir", str(plain_data_root), "--data_mix", "libero_goal",
-            "--run_root_dir", str(runs), "--max_steps", "1", "--per_device_batch_size", "100000",
+    argv = ["train", "--vlm_path", str(tiny_vlm_dir), "--data_root_dir", str(plain_data_root), "--data_mix",
+            "libero_goal", "--run_root_dir", str(runs), "--max_steps", "1", "--per_device_batch_size", "100000",
             "--global_batch_size", "100000", "--lora_rank", "4", "--num_workers", "0"]
     assert main(argv) == 2
     assert "--per_device_batch_size 100000" in capsys.readouterr().err
@@ -182,7 +186,8 @@ data_mix shuffle_buffer_size image_aug window_size use_wrist_image use_proprio u
 action_tokenizer_ckpt codebook_size use_latent type epochs max_steps global_batch_size per_device_batch_size
 learning_rate weight_decay max_grad_norm lr_scheduler_type warmup_ratio save_step token_loss_weight use_val
 wandb_project use_wandb pretrained_checkpoint from_pretrained""".split()
-OUR_FLAGS = "strategy resume gradient_checkpointing lora_rank num_workers robot keep_checkpoints merge_lora dataset_registry".split()
+OUR_FLAGS = ("strategy resume gradient_checkpointing lora_rank num_workers robot keep_checkpoints merge_lora "
+             "dataset_registry").split()
 
 
 def test_every_paper_flag_is_accepted():

@@ -113,7 +113,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     lg.close()
     resumed = _records(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in resumed] == list(range(1, 9))
-    for a, b in zip(full, resumed):
+    for a, b in zip(full, resumed, strict=True):
         assert a["loss"] == b["loss"] and a["lr"] == b["lr"] and a["grad_norm"] == b["grad_norm"], (a, b)
     w_full = torch.load(tmp_path / "full" / "checkpoints" / "step_8" / "training_state.pt", weights_only=False)
     w_cut = torch.load(tmp_path / "cut" / "checkpoints" / "step_8" / "training_state.pt", weights_only=False)
@@ -149,7 +149,8 @@ def test_non_finite_loss_stops_before_the_update(tmp_path):
     ds.y[5] = float("nan")
     model = ToyModel()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tr = Trainer(model, ds, ToySampler(16, 0), LoopSettings(per_device_batch_size=16, max_steps=1, progress=False), info=CPU)
+    tr = Trainer(model, ds, ToySampler(16, 0), LoopSettings(per_device_batch_size=16, max_steps=1, progress=False),
+                 info=CPU)
     with pytest.raises(LatentVLAError, match="not finite"):
         tr.fit()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -158,7 +159,8 @@ def test_non_finite_loss_stops_before_the_update(tmp_path):
 def test_too_small_dataset_is_a_clear_error(tmp_path):
     ds = ToyDataset(n=3)
     with pytest.raises(LatentVLAError, match="per_device_batch_size"):
-        Trainer(ToyModel(), ds, ToySampler(3, 0), LoopSettings(per_device_batch_size=4, max_steps=1, progress=False), info=CPU)
+        Trainer(ToyModel(), ds, ToySampler(3, 0), LoopSettings(per_device_batch_size=4, max_steps=1, progress=False),
+                info=CPU)
 
 
 def _torchrun(out, strategy, max_norm, mode="", expect_ok=True):
@@ -196,7 +198,7 @@ def test_two_process_matches_one_process(tmp_path, strategy):
         _torchrun(tmp_path / "cut", strategy, 0.3, mode="resume")
         resumed = _records(tmp_path / "cut" / "metrics.jsonl")
         assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
-        for a, b in zip(multi, resumed):
+        for a, b in zip(multi, resumed, strict=True):
             assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
 
 

@@ -1,6 +1,7 @@
-"""Reference pitfall 16: the dataset's registry entry decides the platform (action dim, chunk length),
-never a substring of a path or of the command line. Every path here (data root, registry file, run
-root, backbone dir) and the registered dataset's own name contain "bridge", "aloha" and "libero"."""
+"""The dataset's registry entry decides the platform (action dim, chunk length), never a substring of
+a path or of the command line as in the reference code (docs/architecture.md, known pitfall 16).
+Every path here (data root, registry file, run root, backbone dir) and the registered dataset's own
+name contain "bridge", "aloha" and "libero"."""
 
 from __future__ import annotations
 

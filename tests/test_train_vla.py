@@ -43,7 +43,8 @@ def paper_flags(vlm, data, runs, vla_id, **over) -> list[str]:
     flags = {
         "seed": 42, "run_root_dir": runs, "save_checkpoint": True, "vla_id": vla_id, "vlm_path": vlm,
         "vlm_model_id": "qwen3vl_tiny", "default_image_size": 64, "data_root_dir": data, "data_mix": '["libero_goal"]',
-        "shuffle_buffer_size": 256000, "image_aug": True, "window_size": 8, "use_wrist_image": True, "use_proprio": True,
+        "shuffle_buffer_size": 256000, "image_aug": True, "window_size": 8, "use_wrist_image": True,
+        "use_proprio": True,
         "use_pro_version": False, "num_images_in_input": 2, "use_latent": vla_id != "baseline", "type": "image",
         "epochs": 1, "max_steps": 2, "global_batch_size": 2, "per_device_batch_size": 1, "learning_rate": 1e-3,
         "weight_decay": 0.0, "max_grad_norm": 1.0, "lr_scheduler_type": "linear-warmup+cosine-decay",
@@ -99,7 +100,8 @@ def test_variant_trains_with_paper_flags(tmp_path, tiny_vlm_dir, vla_data_root, 
 
     policy = VLAPolicy.from_pretrained(ckpt, device="cpu")
     assert policy.image_resample == "bicubic" and policy.center_crop  # how training made images travels along
-    chunk = policy.predict_action([np.zeros((64, 64, 3), np.uint8)] * 2, "put the bowl on the plate", np.zeros(8, np.float32))
+    chunk = policy.predict_action([np.zeros((64, 64, 3), np.uint8)] * 2, "put the bowl on the plate",
+                                  np.zeros(8, np.float32))
     assert chunk.shape == (8, 7) and np.isfinite(chunk).all()
     if vla_id == "la_tok":  # the run records its tokenizer, so `--decode_tokens` finds it with no extra flag
         saved = json.loads((ckpt / "config.json").read_text())["train"]["action_tokenizer_ckpt"]
@@ -139,8 +141,9 @@ def test_baseline_via_torchrun_shim(tmp_path, tiny_vlm_dir, vla_data_root):
     """The paper's command line: torchrun --nnodes=1 --nproc_per_node=1 exp/train_vla.py ..."""
     runs = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=1",
-                        str(REPO / "exp" / "train_vla.py"), *paper_flags(tiny_vlm_dir, vla_data_root, runs, "baseline")],
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                        "--nproc_per_node=1", str(REPO / "exp" / "train_vla.py"),
+                        *paper_flags(tiny_vlm_dir, vla_data_root, runs, "baseline")],
                        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run = _run_dir(runs)
@@ -170,7 +173,7 @@ def test_resume_continues_exactly(tmp_path, tiny_vlm_dir, vla_data_root, capsys)
     train(cfg(tmp_path / "cut", resume=True))
     resumed = _records(_run_dir(tmp_path / "cut"))
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
-    for a, b in zip(full, resumed):
+    for a, b in zip(full, resumed, strict=True):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
     # Weights-only warm start from that checkpoint (the run dir resolves to its newest checkpoint).
     ckpt = _run_dir(tmp_path / "cut") / "checkpoints" / "step_4"
@@ -195,7 +198,7 @@ def test_two_process_matches_one_process(tmp_path, tiny_vlm_dir, vla_data_root, 
     assert completed(r), r.stderr[-3000:]
     one, two = _records(_run_dir(tmp_path / "one")), _records(_run_dir(tmp_path / "two"))
     assert len(one) == len(two) == 3
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4), (a, b)
     # The sharded run's checkpoint holds full weights that load into a policy.
     from latentvla.vla.policy import VLAPolicy

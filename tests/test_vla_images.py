@@ -28,7 +28,8 @@ def model(tiny_vlm_dir):
 def libero_samples(n: int, size: int = 64, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     return [{"images": rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8), "instruction": f"put the bowl {i}",
-             "proprio": rng.uniform(-1, 1, 8).astype(np.float32), "actions": rng.uniform(-1, 1, (8, 7)).astype(np.float32)}
+             "proprio": rng.uniform(-1, 1, 8).astype(np.float32),
+             "actions": rng.uniform(-1, 1, (8, 7)).astype(np.float32)}
             for i in range(n)]
 
 
@@ -99,7 +100,8 @@ def test_mixed_sizes_fall_back_to_pixel_values(model):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)]
     mixed = proc.vision_inputs(images)
-    assert set(mixed) == {"pixel_values", "image_grid_thw"} and mixed["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6]]
+    assert set(mixed) == {"pixel_values", "image_grid_thw"}
+    assert mixed["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 6]]
     resized = proc.vision_inputs([rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)])  # the processor would resize it
     assert set(resized) == {"pixel_values", "image_grid_thw"}
 

@@ -1,5 +1,5 @@
-"""LatentVLA with the tiny Qwen3-VL: every variant's forward/backward on real samples, and the
-reference-pitfall tests (reference-pitfalls.md items 1-5, 7-14)."""
+"""LatentVLA with the tiny Qwen3-VL: every variant's forward/backward on real samples, and tests
+against the reference implementation's known pitfalls 1-5 and 7-14 (docs/architecture.md §7)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def make_model(vlm_dir, vla_id="baseline", platform=LIBERO, **kw):
 def dataset_for(root, model, **kw):
     keys = model.required_sample_keys()
     mix = "libero_goal_latent" if keys else "libero_goal"  # baseline / la_tok train on unannotated data
-    return VLADataset(root, mix, image_size=64, image_aug=False, extra_keys=keys, use_wrist_image=model.cfg.use_wrist_image,
+    return VLADataset(root, mix, image_size=64, image_aug=False, extra_keys=keys,
+                      use_wrist_image=model.cfg.use_wrist_image,
                       use_proprio=model.cfg.use_proprio, progress=False, **kw)
 
 
@@ -61,7 +62,8 @@ def batch_for(root, model, idx=(0, 5, 13, 20)):
 
 @pytest.mark.parametrize("vla_id", VLA_IDS)
 def test_each_variant_forward_backward_with_defaults(tiny_vlm_dir, vla_data_root, vla_id):
-    # pitfalls 1, 2, 4: default flags, a dataset the tests wrote, unannotated data for baseline/la_tok
+    # pitfalls 1, 2, 4 (reference crashes: undefined instruction map, loss keys a variant lacks, labels
+    # required by every variant): default flags, a dataset the tests wrote, unannotated data for baseline/la_tok
     model = make_model(tiny_vlm_dir, vla_id)
     batch = batch_for(vla_data_root, model)
     out = model(batch)
@@ -131,9 +133,11 @@ def test_num_images_in_input_must_match_the_data_up_front():
 
     assert VLAConfig(num_images_in_input=2).num_images(2) == 2
     assert VLAConfig(use_wrist_image=False).num_images(3) == 1
-    with pytest.raises(LatentVLAError, match="num_images_in_input 3 does not match the 2 camera.*--num_images_in_input 2"):
+    with pytest.raises(LatentVLAError, match="num_images_in_input 3 does not match the 2 "
+                                             "camera.*--num_images_in_input 2"):
         VLAConfig(num_images_in_input=3).num_images(2)
-    with pytest.raises(LatentVLAError, match="num_images_in_input 2 does not match the 1 camera.*use_wrist_image False"):
+    with pytest.raises(LatentVLAError, match="num_images_in_input 2 does not match the 1 "
+                                             "camera.*use_wrist_image False"):
         VLAConfig(num_images_in_input=2, use_wrist_image=False).num_images(2)
 
 
@@ -142,7 +146,8 @@ def test_three_cameras_aloha(tiny_vlm_dir):
     model = make_model(tiny_vlm_dir, "la_cond", platform=aloha)
     rng = np.random.default_rng(0)
     samples = [{"images": rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8), "instruction": "lift the cup",
-                "proprio": rng.uniform(-1, 1, 14).astype(np.float32), "actions": rng.uniform(-1, 1, (25, 14)).astype(np.float32),
+                "proprio": rng.uniform(-1, 1, 14).astype(np.float32),
+                "actions": rng.uniform(-1, 1, (25, 14)).astype(np.float32),
                 "action_pad": np.zeros(25, bool), "latent_idx": rng.integers(0, 16, (25, 4))} for _ in range(2)]
     batch = model.processor.collate(samples)
     assert int(batch["mm_token_type_ids"][0].sum()) == 12
@@ -152,7 +157,8 @@ def test_three_cameras_aloha(tiny_vlm_dir):
 
 
 def test_padding_and_image_tokens_are_masked(tiny_vlm_dir, vla_data_root):
-    # pitfall 8: image states are sliced by token type, padding is masked: a sample's prediction
+    # pitfall 8 (the reference split tokens at a fixed 512, unmasked): image states are sliced by token
+    # type, padding is masked: a sample's prediction
     # does not depend on what it is batched with (different prompt lengths -> left padding).
     model = make_model(tiny_vlm_dir, "la_direct").eval()
     with torch.no_grad():  # a trained gate: at init (0) the image states would not reach the chunk at all
@@ -176,7 +182,8 @@ def test_padding_and_image_tokens_are_masked(tiny_vlm_dir, vla_data_root):
 
 @pytest.mark.parametrize("rotary", [False, True])
 def test_padded_image_slots_carry_no_influence(rotary):
-    """pitfall 8, head side: samples with different image-token counts are padded to the longest; the
+    """pitfall 8 (fixed 512-token split, no mask), head side: samples with different image-token counts
+    are padded to the longest; the
     padded slots are masked, so a sample's chunk equals its chunk alone whatever the padding holds."""
     from latentvla.vla.head import ActionHead
 
@@ -217,7 +224,7 @@ def test_no_full_vocabulary_logits(tiny_vlm_dir, vla_data_root):
         model = make_model(tiny_vlm_dir, vla_id)
         assert model.backbone.config.text_config.vocab_size == vocab
         calls = []
-        model.backbone.lm_head.register_forward_hook(lambda *a: calls.append(1))
+        model.backbone.lm_head.register_forward_hook(lambda *a, calls=calls: calls.append(1))
         batch = batch_for(vla_data_root, model)
         # Patchify outside the mode: the 1536-wide patch rows are preprocessing, not logits.
         batch["pixel_values"] = model.processor.image_processor.pixel_values_from_images(batch.pop("images"))
@@ -237,7 +244,8 @@ def test_no_full_vocabulary_logits(tiny_vlm_dir, vla_data_root):
 
 
 def test_codes_predicted_at_their_own_slots(tiny_vlm_dir):
-    # pitfall 12: the CE gradient reaches exactly the slot positions (no causal shift)
+    # pitfall 12 (labels one position before the slots): the CE gradient reaches exactly the slot
+    # positions (no causal shift)
     model = make_model(tiny_vlm_dir, "la_tok")
     ids = torch.tensor([[5, 6, 7] + [model.ids.latent_query] * 8, [5] * 3 + [model.ids.latent_query] * 8])
     L = ids.shape[1]
@@ -267,7 +275,8 @@ def test_codes_predicted_at_their_own_slots(tiny_vlm_dir):
 
 
 def test_new_tokens_are_dedicated_and_mean_initialised(tiny_vlm_dir):
-    # pitfalls 13, 14
+    # pitfalls 13, 14: new code tokens get trained, mean-initialised rows, and are found by their own ids
+    # (not by an emoji merge or a hard-coded id range)
     model = make_model(tiny_vlm_dir, "la_direct")
     tok = model.processor.tokenizer
     for t, i in [(ACTION_QUERY, model.ids.action_query), (LATENT_QUERY, model.ids.latent_query),
@@ -276,7 +285,8 @@ def test_new_tokens_are_dedicated_and_mean_initialised(tiny_vlm_dir):
     rows = model.token_rows
     base = rows.base.weight[: rows.first_new]
     torch.testing.assert_close(rows.new_rows.detach(), base.mean(0).expand_as(rows.new_rows))
-    torch.testing.assert_close(rows.new_output_rows.detach(), model.backbone.lm_head.weight[: rows.first_new].mean(0).expand_as(rows.new_rows))
+    torch.testing.assert_close(rows.new_output_rows.detach(),
+                               model.backbone.lm_head.weight[: rows.first_new].mean(0).expand_as(rows.new_rows))
     emb = model.backbone.model.language_model.embed_tokens(torch.tensor([[model.ids.act[0], 5]]))
     torch.testing.assert_close(emb[0, 0], rows.new_rows[model.ids.act[0] - rows.first_new])
     torch.testing.assert_close(emb[0, 1], rows.base.weight[5])
@@ -284,7 +294,7 @@ def test_new_tokens_are_dedicated_and_mean_initialised(tiny_vlm_dir):
 
 
 def test_la_direct_pools_over_the_code_axis(tiny_vlm_dir):
-    # pitfall 11: P pooled vectors, each from the C codes of its own step
+    # pitfall 11 (pooling over the chunk axis): P pooled vectors, each from the C codes of its own step
     model = make_model(tiny_vlm_dir, "la_direct")
     P, C = 8, 4
     ids = torch.tensor([[1, 2] + [model.ids.latent_query] * (P * C)])
@@ -320,7 +330,8 @@ def test_pro_version_and_gradient_checkpointing(tiny_vlm_dir, vla_data_root):
 
 
 def test_inference_equals_training_forward_in_eval_mode(tiny_vlm_dir, vla_data_root):
-    # pitfall 10: no train-only noise; one forward serves training and inference
+    # pitfall 10 (query noise in training only): no train-only noise; one forward serves training and
+    # inference
     for vla_id in ("baseline", "la_cond"):
         model = make_model(tiny_vlm_dir, vla_id)
         batch = batch_for(vla_data_root, model)
@@ -338,7 +349,8 @@ def test_trainable_state_round_trip_and_merged_export(tiny_vlm_dir, vla_data_roo
 
     model = make_model(tiny_vlm_dir, "la_tok")
     sd = model.trainable_state_dict()
-    assert sd and all("lora_" in k or k.startswith(("action_head", "proprio_projector", "strategy")) or "new_" in k for k in sd)
+    assert sd and all("lora_" in k or k.startswith(("action_head", "proprio_projector", "strategy")) or "new_" in k
+                      for k in sd)
     assert not any("base_layer" in k for k in sd)
     with torch.no_grad():
         for p in model.action_head.parameters():
@@ -352,7 +364,8 @@ def test_trainable_state_round_trip_and_merged_export(tiny_vlm_dir, vla_data_roo
     merged = model.merged_state_dict()
     hf = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_dir)
     hf.resize_token_embeddings(merged["backbone.model.language_model.embed_tokens.weight"].shape[0])
-    missing, unexpected = hf.load_state_dict({k[len("backbone."):]: v for k, v in merged.items() if k.startswith("backbone.")},
+    missing, unexpected = hf.load_state_dict({k[len("backbone."):]: v
+                                              for k, v in merged.items() if k.startswith("backbone.")},
                                              strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
 

@@ -1,5 +1,6 @@
 """Each variant overfits a handful of real samples on CPU (tiny backbone): L1 falls below 30% of its
-start, code accuracy rises, and the predicted chunk's steps differ (pitfall 9)."""
+start, code accuracy rises, and the predicted chunk's steps differ (the reference head gave every
+step the same action: docs/architecture.md, known pitfall 9)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def test_variant_overfits_a_few_samples(tiny_vlm_dir, vla_data_root, vla_id):
     torch.manual_seed(0)
     cfg = VLAConfig(vla_id=vla_id, vlm_path=str(tiny_vlm_dir), default_image_size=64,
                     codebook_size=32 if vla_id == "la_tok" else 256, use_pro_version=(vla_id == "la_align"))
-    model = LatentVLA.from_config(cfg, get_platform("libero"), action_tokenizer=_tokenizer() if vla_id == "la_tok" else None,
-                                  device="cpu")
+    model = LatentVLA.from_config(cfg, get_platform("libero"),
+                                  action_tokenizer=_tokenizer() if vla_id == "la_tok" else None, device="cpu")
     keys = model.required_sample_keys()
     ds = VLADataset(vla_data_root, "libero_goal_latent" if keys else "libero_goal", image_size=64, image_aug=False,
                     extra_keys=keys, progress=False)

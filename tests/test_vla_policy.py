@@ -1,4 +1,4 @@
-"""Policy checkpoints and `VLAPolicy` (method.md §6)."""
+"""Policy checkpoints (layout: docs/architecture.md §4) and `VLAPolicy`."""
 
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ LIBERO = get_platform("libero")
 def trained(tiny_vlm_dir, vla_data_root, tmp_path_factory):
     """A la_tok model trained for a few steps (no tokenizer needed later) and its checkpoint."""
     from latentvla.lam.action_tokenizer import ActionChunkTokenizer, ActionTokenizerModel
-    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
-
     from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
+    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
 
     torch.manual_seed(0)
     tok_model = ActionTokenizerModel(ActionTokenizerConfig(hidden_dim=32, codebook_size=32, num_heads=2, ffn_dim=64,
@@ -52,7 +51,8 @@ def trained(tiny_vlm_dir, vla_data_root, tmp_path_factory):
 
 def test_checkpoint_layout_and_reload(trained):
     model, ckpt, ds = trained
-    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "dataset_statistics.json", "versions.json"}
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "dataset_statistics.json",
+                                                "versions.json"}
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["vla"]["vla_id"] == "la_tok" and cfg["platform"]["name"] == "libero" and cfg["train"]["max_steps"] == 5
     size = (ckpt / "model.safetensors").stat().st_size
@@ -113,12 +113,14 @@ def test_unnorm_key_and_version_checks(trained, tmp_path):
     mix = tmp_path / "mix"
     shutil.copytree(ckpt, mix)
     stats = ds.statistics["libero_goal_no_noops"]
-    (mix / "dataset_statistics.json").write_text(json.dumps({"libero_goal_no_noops": stats, "libero_10_no_noops": stats}))
+    (mix / "dataset_statistics.json").write_text(json.dumps({"libero_goal_no_noops": stats,
+                                                             "libero_10_no_noops": stats}))
     with pytest.raises(LatentVLAError, match="several datasets.*libero_10_no_noops, libero_goal_no_noops"):
         VLAPolicy.from_pretrained(mix, device="cpu")
     with pytest.raises(LatentVLAError, match="'bridge' not in.*available: libero_10_no_noops"):
         VLAPolicy.from_pretrained(mix, device="cpu", unnorm_key="bridge")
-    assert VLAPolicy.from_pretrained(mix, device="cpu", unnorm_key="libero_10_no_noops").unnorm_key == "libero_10_no_noops"
+    chosen = VLAPolicy.from_pretrained(mix, device="cpu", unnorm_key="libero_10_no_noops")
+    assert chosen.unnorm_key == "libero_10_no_noops"
     versions = json.loads((mix / "versions.json").read_text())
     versions["transformers"] = "4.0.0"
     (mix / "versions.json").write_text(json.dumps(versions))
@@ -271,7 +273,8 @@ def test_merged_export_loads_and_predicts_like_the_lora_checkpoint(trained, tmp_
     torch.testing.assert_close(loaded.predict_actions(batch), model.predict_actions(batch), atol=1e-4, rtol=1e-4)
     sd = model.merged_state_dict()
     sd.pop("backbone.lm_head.weight")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(merged / "model.safetensors"), metadata={"format": MERGED_FORMAT})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(merged / "model.safetensors"),
+              metadata={"format": MERGED_FORMAT})
     with pytest.raises(LatentVLAError, match="lacks"):
         load_policy_model(merged)
 
@@ -329,15 +332,18 @@ def test_decode_tokens_errors(trained, tmp_path, monkeypatch):
         return d
 
     baseline = copy("baseline", lambda c: c["vla"].update(vla_id="baseline"))
-    moved = copy("moved", lambda c: c["train"].update(action_tokenizer_ckpt=str(tmp_path / "gone" / "tokenizer_step_1.pt")))
+    moved = copy("moved",
+                 lambda c: c["train"].update(action_tokenizer_ckpt=str(tmp_path / "gone" / "tokenizer_step_1.pt")))
     unrecorded = copy("unrecorded", lambda c: c["train"].pop("action_tokenizer_ckpt"))
     with monkeypatch.context() as m:  # each of these fails before any backbone is loaded
         m.setattr(LatentVLA, "from_config", lambda *a, **k: pytest.fail("loaded a model before the check"))
         with pytest.raises(LatentVLAError, match="--decode_tokens needs a la_tok checkpoint.*'baseline'"):
             VLAPolicy.from_pretrained(baseline, device="cpu", decode_tokens=True)
-        with pytest.raises(LatentVLAError, match="gone/tokenizer_step_1.pt.*recorded in config.json.*--action_tokenizer_ckpt"):
+        with pytest.raises(LatentVLAError, match="gone/tokenizer_step_1.pt.*recorded in "
+                                                 "config.json.*--action_tokenizer_ckpt"):
             VLAPolicy.from_pretrained(moved, device="cpu", decode_tokens=True)
-        with pytest.raises(LatentVLAError, match="records no train.action_tokenizer_ckpt; pass --action_tokenizer_ckpt"):
+        with pytest.raises(LatentVLAError, match="records no train.action_tokenizer_ckpt; pass "
+                                                 "--action_tokenizer_ckpt"):
             VLAPolicy.from_pretrained(unrecorded, device="cpu", decode_tokens=True)
         with pytest.raises(LatentVLAError, match="--action_tokenizer_ckpt .*missing.pt: not found"):
             VLAPolicy.from_pretrained(moved, device="cpu", decode_tokens=True,
@@ -373,7 +379,8 @@ def test_serve_decode_tokens_answers_with_the_decoded_chunk(trained, monkeypatch
     tok_path = json.loads((ckpt / "config.json").read_text())["train"]["action_tokenizer_ckpt"]
     built = []
     start = PolicyServer.start
-    monkeypatch.setattr(PolicyServer, "start", lambda self, timeout=30.0: built.append(self) or self)  # no blocking loop
+    # no blocking loop
+    monkeypatch.setattr(PolicyServer, "start", lambda self, timeout=30.0: built.append(self) or self)
     assert run_server(ServeConfig(pretrained_checkpoint=str(ckpt), port=0, device="cpu", decode_tokens=True)) == 0
     (server,) = built
     assert server.policy.decode_tokens and server.metadata["decode_tokens"] is True
@@ -395,7 +402,7 @@ def test_checkpoint_without_head_dim_loads_with_its_trained_width(tiny_vlm_dir, 
     so the loader takes the width from the weights: checkpoints written before keep loading."""
     from latentvla.vla.modeling_vla import default_head_dim
 
-    assert (default_head_dim(2048), default_head_dim(256), default_head_dim(64), default_head_dim(32)) == (512, 64, 64, 32)
+    assert [default_head_dim(w) for w in (2048, 256, 64, 32)] == [512, 64, 64, 32]
     torch.manual_seed(0)
     model = LatentVLA.from_config(VLAConfig(vlm_path=str(tiny_vlm_dir), default_image_size=64, head_dim=32), LIBERO,
                                   device="cpu").eval()

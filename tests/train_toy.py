@@ -3,7 +3,8 @@
 The model follows the trainer's contract `model(batch) -> {"loss", "metrics"}`; the sampler
 takes a disjoint strided slice of one seeded permutation per rank, as the real GlobalSampler.
 
-    torchrun --nproc_per_node 2 tests/train_toy.py OUT_DIR STRATEGY GLOBAL_BATCH PER_DEVICE MAX_STEPS [MAX_GRAD_NORM [CRASH_AT|resume]]
+    torchrun --nproc_per_node 2 tests/train_toy.py OUT_DIR STRATEGY GLOBAL_BATCH PER_DEVICE MAX_STEPS
+             [MAX_GRAD_NORM [CRASH_AT|resume]]
 
 CRASH_AT = k: raise after step k (a crash); "resume": continue from the newest complete checkpoint.
 """

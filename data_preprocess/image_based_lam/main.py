@@ -12,7 +12,8 @@ Maps the Lightning-CLI YAML of the paper / UniVLA onto `latentvla lam image-trai
 | model.vq_beta, model.optimizer.init_args.{lr, weight_decay} | --commitment_weight, --learning_rate, --weight_decay |
 | model.task_name, model.log_path                        | --run_id, --results_dir      |
 | data.data_root_dir (or data.data_root), data.data_mix, data.batch_size, data.resolution, data.image_aug | data flags |
-| trainer.max_steps, gradient_clip_val, precision, log_every_n_steps | --max_steps, --grad_clip, --mixed_precision, --log_every |
+| trainer.max_steps, trainer.gradient_clip_val            | --max_steps, --grad_clip     |
+| trainer.precision, trainer.log_every_n_steps           | --mixed_precision, --log_every |
 | trainer.callbacks[ModelCheckpoint].init_args.{dirpath, every_n_train_steps} | run dir, --save_every |
 | trainer.devices (> 1)                                  | relaunch under torchrun      |
 
@@ -37,7 +38,8 @@ DIRECT = {
     ("model", "pair_offset"): "pair_offset", ("model", "goal_image_step"): "pair_offset",
     ("data", "goal_image_step"): "pair_offset", ("model", "num_codes"): "num_codes",
     ("model", "action_loss_weight"): "action_loss_weight", ("model", "action_loss_fraction"): "action_loss_fraction",
-    ("data", "data_root_dir"): "data_root_dir", ("data", "data_root"): "data_root_dir", ("data", "data_mix"): "data_mix",
+    ("data", "data_root_dir"): "data_root_dir", ("data", "data_root"): "data_root_dir",
+    ("data", "data_mix"): "data_mix",
     ("data", "batch_size"): "batch_size", ("data", "resolution"): "image_size", ("data", "image_aug"): "image_aug",
     ("data", "num_workers"): "num_workers",
     ("trainer", "max_steps"): "max_steps", ("trainer", "gradient_clip_val"): "grad_clip",

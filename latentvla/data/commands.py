@@ -50,7 +50,8 @@ def _episode_detail(r, builder: TFDSBuilderDir, k: int, split: str) -> dict:
             try:
                 shp = list(np.asarray(decode_image(data)).shape)
             except ImageDecodeError as err:
-                raise LatentVLAError(f"dataset {r.name!r} ({builder.path}) episode {k} step {t} camera {episode_key(c)!r}: {err}") from None
+                raise LatentVLAError(f"dataset {r.name!r} ({builder.path}) episode {k} step {t} camera "
+                                     f"{episode_key(c)!r}: {err}") from None
             if shp not in seen:
                 seen.append(shp)
         shapes[episode_key(c)] = seen[0] if len(seen) == 1 else seen
@@ -68,10 +69,12 @@ def data_inspect(cfg: DataInspectConfig) -> int:
         info = {"path": str(r.path), "platform": r.entry.platform_name, "split": cfg.split,
                 "num_episodes": idx.num_episodes, "num_transitions": idx.num_transitions,
                 "cameras": idx.camera_keys,
-                "episodes": [{"index": i, "length": int(n), "instruction": idx.instructions[i]} for i, n in enumerate(idx.ep_len)]}
+                "episodes": [{"index": i, "length": int(n), "instruction": idx.instructions[i]}
+                             for i, n in enumerate(idx.ep_len)]}
         if cfg.episode is not None:
             if cfg.episode >= idx.num_episodes:
-                raise LatentVLAError(f"--episode {cfg.episode}: dataset {r.name!r} has {idx.num_episodes} episodes in split {cfg.split!r}")
+                raise LatentVLAError(f"--episode {cfg.episode}: dataset {r.name!r} has {idx.num_episodes} episodes in "
+                                     f"split {cfg.split!r}")
             info["episode"] = _episode_detail(r, builder, cfg.episode, cfg.split)
         out[r.name] = info
     print(json.dumps(out, indent=2))
@@ -81,7 +84,12 @@ def data_inspect(cfg: DataInspectConfig) -> int:
 def data_declare_latents(cfg: DataDeclareLatentsConfig) -> int:
     """Write the declaration of undeclared latent labels into features.json (and dataset_info.json
     when that lists the features too), after checking the first record of every shard."""
-    from latentvla.data.latent_labels import LATENT_PATHS, declare_in_features, find_undeclared_latents, resolve_version_dir
+    from latentvla.data.latent_labels import (
+        LATENT_PATHS,
+        declare_in_features,
+        find_undeclared_latents,
+        resolve_version_dir,
+    )
     from latentvla.utils.atomic import atomic_write_text
 
     cfg.validate()
@@ -103,13 +111,15 @@ def data_declare_latents(cfg: DataDeclareLatentsConfig) -> int:
         raise LatentVLAError(msg)
     features = declare_in_features(builder.features, found.specs)
     info = builder.info
-    lists_features = isinstance(info.get("features"), dict) and ("featuresDict" in info["features"] or "type" in info["features"])
+    lists_features = isinstance(info.get("features"), dict) and ("featuresDict" in info["features"]
+                                                                 or "type" in info["features"])
     if lists_features:  # some TFDS versions repeat the schema in dataset_info.json
         info = {**info, "features": declare_in_features(info["features"], found.specs)}
         atomic_write_text(path / "dataset_info.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
     atomic_write_text(path / "features.json", json.dumps(features, indent=4, sort_keys=True))
-    print(f"{path}: declared {found.shapes_text()} in features.json{' and dataset_info.json' if lists_features else ''}; "
-          f"{found.sizes_text()}; checked the first record of {len(found.checked)} shard(s)")
+    print(f"{path}: declared {found.shapes_text()} in "
+          f"features.json{' and dataset_info.json' if lists_features else ''}; {found.sizes_text()}; checked the first "
+          f"record of {len(found.checked)} shard(s)")
     if found.others:
         print(f"{path}: left undeclared (not latent labels): {', '.join(found.others)}")
     return 0

@@ -43,7 +43,8 @@ class DataDeclareLatentsConfig:
     """Declare in features.json the latent labels (steps/latent_idx, steps/latent_z) that a dataset's
     records carry but its features.json lacks, as the paper's latent.py leaves them; written atomically."""
 
-    dataset_dir: str = arg(help="Dataset version directory <root>/<name>/<version> (or <root>/<name> holding one version).",
+    dataset_dir: str = arg(help="Dataset version directory <root>/<name>/<version> (or <root>/<name> "
+                                "holding one version).",
                            positional=True)
     num_codes: int | None = arg(None, "C, codes per step (default: latent_annotation.json, else latent_idx's values "
                                       "per step, else 4).")

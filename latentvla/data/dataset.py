@@ -1,4 +1,4 @@
-"""Map-style torch datasets over a data mix (data.md §4): VLA samples, action chunks, frame pairs.
+"""Map-style torch datasets over a data mix: VLA samples, action chunks, frame pairs (docs/architecture.md §3).
 
     ds = VLADataset(data_root_dir, data_mix, image_size=224, train=True, image_aug=True,
                     use_wrist_image=True, use_proprio=True, window_size=None, extra_keys=(),
@@ -38,7 +38,8 @@ are opened lazily per process, so DataLoader workers (fork or spawn) each use th
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,13 @@ from latentvla.data.example import FLOAT, FeatureSpan, decode_span, record_conte
 from latentvla.data.index import DatasetIndex, load_or_build_index
 from latentvla.data.registry import ResolvedDataset, latent_sibling, resolve_data_mix
 from latentvla.data.statistics import load_or_compute_statistics
-from latentvla.data.transforms import (DEFAULT_RESAMPLE, ImageDecodeError, check_resample, process_frames,
-                                       sample_augment_params)
+from latentvla.data.transforms import (
+    DEFAULT_RESAMPLE,
+    ImageDecodeError,
+    check_resample,
+    process_frames,
+    sample_augment_params,
+)
 from latentvla.errors import LatentVLAError
 from latentvla.robots import Platform, normalize
 from latentvla.utils.seeding import derive_seed
@@ -69,7 +75,8 @@ class _MixDataset(_TorchDataset):
         platforms = sorted({r.entry.platform_name for r in resolved})
         if len(platforms) > 1:
             raise LatentVLAError(f"--data_mix {data_mix}: datasets use different platforms ({', '.join(platforms)}); "
-                                 f"one run trains one platform: {', '.join(f'{r.name}={r.entry.platform_name}' for r in resolved)}")
+                                 "one run trains one platform: "
+                                 f"{', '.join(f'{r.name}={r.entry.platform_name}' for r in resolved)}")
         self.platform: Platform = resolved[0].entry.platform
         self.extra_keys = tuple(extra_keys)
         self.resolved: list[ResolvedDataset] = []
@@ -94,12 +101,13 @@ class _MixDataset(_TorchDataset):
                 if len(lacking):  # e.g. the paper's latent.py run on some of the shards only
                     e0 = int(lacking[0])
                     raise LatentVLAError(
-                        f"dataset {r.name!r} ({r.path}): {len(lacking)} of {idx.num_episodes} episodes lack per-step key "
-                        f"{k!r} (first: episode {e0} in {idx.shard_files[int(idx.ep_shard[e0])]}); annotate every "
-                        "shard, or the whole dataset with `latentvla lam annotate`")
+                        f"dataset {r.name!r} ({r.path}): {len(lacking)} of {idx.num_episodes} episodes "
+                        f"lack per-step key {k!r} (first: episode {e0} in {idx.shard_files[int(idx.ep_shard[e0])]}); "
+                        "annotate every shard, or the whole dataset with `latentvla lam annotate`")
             self.resolved.append(r)
             self.indexes.append(idx)
-        self.statistics: dict[str, dict] = {r.name: load_or_compute_statistics(r, "train", progress) for r in self.resolved}
+        self.statistics: dict[str, dict] = {r.name: load_or_compute_statistics(r, "train", progress)
+                                            for r in self.resolved}
         self.dataset_lengths = [ix.num_transitions for ix in self.indexes]
         self.dataset_weights = [r.weight for r in self.resolved]
         self._starts = np.concatenate([[0], np.cumsum(self.dataset_lengths)]).astype(np.int64)
@@ -173,7 +181,8 @@ class _MixDataset(_TorchDataset):
     def proprio(self, d: int, e: int, t: int) -> np.ndarray:
         idx, plat = self.indexes[d], self.platform
         row = idx.proprio[int(idx.ep_start[e]) + t]
-        return normalize(row, self.statistics[self.resolved[d].name]["proprio"], plat.proprio_norm_mask, plat.normalization)
+        return normalize(row, self.statistics[self.resolved[d].name]["proprio"], plat.proprio_norm_mask,
+                         plat.normalization)
 
     def instruction(self, d: int, e: int) -> str:
         return self.indexes[d].instructions[e].strip().lower()
@@ -184,7 +193,7 @@ class _MixDataset(_TorchDataset):
         """uint8 [N, S, S, 3] for the (step, camera) pairs, one augmentation draw for all of them."""
         idx = self.indexes[d]
         path, s = idx.shard_path(e), int(idx.ep_start[e])
-        spans = [idx.image_spans[s + t, c] for t, c in zip(steps, cameras)]
+        spans = [idx.image_spans[s + t, c] for t, c in zip(steps, cameras, strict=False)]
         data = [self._read(path, int(a), int(b)) for a, b in spans]
         try:
             return process_frames(data, size, params, self.resample)
@@ -247,19 +256,20 @@ class VLADataset(_MixDataset):
         self.train, self.image_aug = bool(train), bool(image_aug)
         self.use_wrist_image, self.use_proprio = bool(use_wrist_image), bool(use_proprio)
         if self.use_wrist_image:
-            for r, ix in zip(self.resolved, self.indexes):
+            for r, ix in zip(self.resolved, self.indexes, strict=True):
                 if len(ix.camera_keys) < self.platform.num_cameras:
                     raise LatentVLAError(
-                        f"dataset {r.name!r}: its registry entry lists {len(ix.camera_keys)} camera(s) {ix.camera_keys} but "
-                        f"platform {self.platform.name!r} uses {self.platform.num_cameras}; add image_keys or pass "
-                        f"--use_wrist_image False")
+                        f"dataset {r.name!r}: its registry entry lists {len(ix.camera_keys)} camera(s) "
+                        f"{ix.camera_keys} but platform {self.platform.name!r} uses {self.platform.num_cameras}; add "
+                        "image_keys or pass --use_wrist_image False")
         self.num_cameras = self.platform.num_cameras if self.use_wrist_image else 1
 
     def __getitem__(self, i) -> dict[str, Any]:
         d, e, t = self.locate(i)
         params = None
         if self.train and self.image_aug:
-            params = sample_augment_params(np.random.default_rng(derive_seed(self.seed, self._epoch_of(i), int(i)) % (2**63)))
+            seed = derive_seed(self.seed, self._epoch_of(i), int(i)) % (2**63)
+            params = sample_augment_params(np.random.default_rng(seed))
         images = self.frames(d, e, [t] * self.num_cameras, range(self.num_cameras), self.image_size, params)
         actions, pad = self.action_chunk(d, e, t, self.chunk_len)
         sample = {
@@ -289,7 +299,8 @@ class VLADataset(_MixDataset):
 class ActionChunkDataset(_MixDataset):
     def __init__(self, data_root_dir, data_mix, *, chunk_len: int | None = None, seed: int = 42, split: str = "train",
                  dataset_registry=None, train: bool = True, progress: bool = True):
-        super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry, progress=progress)
+        super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry,
+                         progress=progress)
         self.chunk_len = int(chunk_len or self.platform.chunk_len)
         self.train = train
 
@@ -310,11 +321,12 @@ class ActionChunkDataset(_MixDataset):
 
 class FramePairDataset(_MixDataset):
     def __init__(self, data_root_dir, data_mix, *, pair_offset: int = 32, image_size: int = 224, train: bool = True,
-                 image_aug: bool = False, seed: int = 42, split: str = "train", dataset_registry=None, progress: bool = True,
-                 resample: str = DEFAULT_RESAMPLE):
+                 image_aug: bool = False, seed: int = 42, split: str = "train", dataset_registry=None,
+                 progress: bool = True, resample: str = DEFAULT_RESAMPLE):
         if int(pair_offset) < 1:
             raise LatentVLAError(f"pair_offset must be >= 1, got {pair_offset}")
-        super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry, progress=progress)
+        super().__init__(data_root_dir, data_mix, seed=seed, split=split, dataset_registry=dataset_registry,
+                         progress=progress)
         self.pair_offset, self.image_size = int(pair_offset), int(image_size)
         self.resample = check_resample(resample)
         self.train, self.image_aug = bool(train), bool(image_aug)
@@ -325,7 +337,8 @@ class FramePairDataset(_MixDataset):
         t2 = min(t + self.pair_offset, T - 1)
         params = None
         if self.train and self.image_aug:
-            params = sample_augment_params(np.random.default_rng(derive_seed(self.seed, self._epoch_of(i), int(i)) % (2**63)))
+            seed = derive_seed(self.seed, self._epoch_of(i), int(i)) % (2**63)
+            params = sample_augment_params(np.random.default_rng(seed))
         frames = self.frames(d, e, [t, t2], [0, 0], self.image_size, params)
         actions, pad = self.action_chunk(d, e, t, self.pair_offset)
         return {"frames": frames, "actions": actions, "action_pad": pad, "instruction": self.instruction(d, e),

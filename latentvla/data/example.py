@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -303,7 +303,8 @@ def decode_span(data: bytes | memoryview, span: FeatureSpan):
             n, pos = _read_varint(mv, pos, end)
             chunk = bytes(mv[pos:pos + n])
             pos += n
-            vals.extend(np.frombuffer(chunk, "<f4").tolist() if span.kind == FLOAT else _decode_int64_packed(chunk).tolist())
+            vals.extend(np.frombuffer(chunk, "<f4").tolist() if span.kind == FLOAT
+                        else _decode_int64_packed(chunk).tolist())
         elif wire == 5 and span.kind == FLOAT:
             vals.append(struct.unpack_from("<f", mv, pos)[0])
             pos += 4

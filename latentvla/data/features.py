@@ -14,8 +14,9 @@ existing schema (raw JSON or flat) and returns the flat schema.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,8 @@ CLASS_NAMES = {
     "Text": _PKG + "text_feature.Text",
     "ClassLabel": _PKG + "class_label_feature.ClassLabel",
 }
-DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "bool", "string")
+DTYPES = ("float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "bool",
+          "string")
 STEPS = "steps"
 
 
@@ -97,7 +99,8 @@ def _short_class(node: Mapping, where: str) -> str:
     short = cls.rsplit(".", 1)[-1]
     if short:
         return short
-    for key, name in (("featuresDict", "FeaturesDict"), ("sequence", "Dataset"), ("image", "Image"), ("text", "Text"), ("tensor", "Tensor")):
+    for key, name in (("featuresDict", "FeaturesDict"), ("sequence", "Dataset"), ("image", "Image"), ("text", "Text"),
+                      ("tensor", "Tensor")):
         if key in node:
             return name
     raise LatentVLAError(f"{where}: feature node without pythonClassName")
@@ -126,22 +129,25 @@ def legacy_to_proto_json(node: Any) -> Any:
     full = CLASS_NAMES.get(short, cls)
     if short == "FeaturesDict":
         feats = content.get("features", content) if isinstance(content, Mapping) else {}
-        return {"featuresDict": {"features": {k: legacy_to_proto_json(v) for k, v in feats.items()}}, "pythonClassName": full}
+        return {"featuresDict": {"features": {k: legacy_to_proto_json(v) for k, v in feats.items()}},
+                "pythonClassName": full}
     if short in ("Dataset", "Sequence"):
         length = content.get("length")
         return {"pythonClassName": full, "sequence": {"feature": legacy_to_proto_json(content.get("feature")),
                                                        "length": str(-1 if length is None else length)}}
     if short == "Image":
         enc = content.get("encoding_format", content.get("encodingFormat")) or "png"
-        return {"pythonClassName": full, "image": {"shape": _dims(content.get("shape")), "dtype": content.get("dtype", "uint8"),
-                                                     "encodingFormat": enc}}
+        return {"pythonClassName": full, "image": {"shape": _dims(content.get("shape")),
+                                                   "dtype": content.get("dtype", "uint8"), "encodingFormat": enc}}
     if short in ("Tensor", "Scalar"):
-        return {"pythonClassName": full, "tensor": {"shape": _dims(content.get("shape")), "dtype": content.get("dtype", "float32"),
-                                                      "encoding": content.get("encoding", "none")}}
+        return {"pythonClassName": full, "tensor": {"shape": _dims(content.get("shape")),
+                                                    "dtype": content.get("dtype", "float32"),
+                                                    "encoding": content.get("encoding", "none")}}
     if short == "Text":
         return {"pythonClassName": full, "text": {}}
     if short == "ClassLabel":
-        return {"pythonClassName": full, "classLabel": {"numClasses": str(content.get("num_classes", content.get("numClasses", 0)))}}
+        return {"pythonClassName": full,
+                "classLabel": {"numClasses": str(content.get("num_classes", content.get("numClasses", 0)))}}
     return {"pythonClassName": full}
 
 
@@ -181,11 +187,13 @@ def parse_features_json(data: Mapping, source: str = "features.json") -> dict[st
             if enc not in ("none", ""):
                 raise LatentVLAError(f"{where}: tensor encoding {enc!r} is not supported (only 'none')")
             _check_dtype(dtype, where)
-            out[path] = FeatureSpec("scalar" if cls == "Scalar" else "tensor", _shape(t, where), dtype, "none", desc, in_steps)
+            out[path] = FeatureSpec("scalar" if cls == "Scalar" else "tensor", _shape(t, where), dtype, "none", desc,
+                                    in_steps)
         elif cls == "Image":
             im = node.get("image") or {}
             enc = str(im.get("encodingFormat", "png") or "png")
-            shape = tuple(int(d) for d in (im.get("shape") or {}).get("dimensions", []))  # -1 (any size) is fine for images
+            # -1 (any size) is fine for images
+            shape = tuple(int(d) for d in (im.get("shape") or {}).get("dimensions", []))
             out[path] = FeatureSpec("image", shape, str(im.get("dtype", "uint8")), enc, desc, in_steps)
         elif cls == "Text":
             out[path] = FeatureSpec("text", (), "string", "none", desc, in_steps)

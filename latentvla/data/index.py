@@ -15,8 +15,9 @@ the shard names, sizes and mtimes plus the registry entry fields that shape the 
 the data or the entry rebuilds it.
 
 Latent labels the records carry but `features.json` does not declare (the paper's `latent.py`
-output) are indexed like declared step keys, with a notice (`latentvla.data.latent_labels`). Under torch.distributed rank 0 builds while the others wait;
-without it concurrent builders are safe (atomic rename of identical content).
+output) are indexed like declared step keys, with a notice (`latentvla.data.latent_labels`).
+Under torch.distributed rank 0 builds while the others wait; without it concurrent builders are
+safe (atomic rename of identical content).
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from latentvla.data.example import BYTES, FLOAT, FeatureSpan, bytes_list_spans, decode_span, record_context, scan_example
+from latentvla.data.example import (
+    BYTES,
+    FeatureSpan,
+    bytes_list_spans,
+    decode_span,
+    record_context,
+    scan_example,
+)
 from latentvla.data.features import FeatureSpec
 from latentvla.data.registry import ResolvedDataset, parse_key_slice
 from latentvla.data.tfds import TFDSBuilderDir, episode_key, step_key
@@ -79,8 +87,8 @@ def feature_path(builder: TFDSBuilderDir, key: str, what: str, name: str) -> str
         if cand in builder.specs and builder.specs[cand].in_steps:
             return cand
     steps = ", ".join(episode_key(k) for k, s in builder.specs.items() if s.in_steps)
-    raise LatentVLAError(f"{builder.path / 'features.json'}: dataset {name!r} has no step feature {key!r} ({what} in the "
-                         f"registry entry); step features: {steps}")
+    raise LatentVLAError(f"{builder.path / 'features.json'}: dataset {name!r} has no step feature {key!r} "
+                         f"({what} in the registry entry); step features: {steps}")
 
 
 def standardize_actions(actions: np.ndarray, standardization: str) -> np.ndarray:
@@ -137,8 +145,8 @@ class DatasetIndex:
     def save(self, path: Path) -> None:
         from latentvla.utils.atomic import atomic_path
 
-        meta = {"name": self.name, "split": self.split, "shard_files": self.shard_files, "instructions": self.instructions,
-                "camera_keys": self.camera_keys, "step_keys": self.step_keys}
+        meta = {"name": self.name, "split": self.split, "shard_files": self.shard_files,
+                "instructions": self.instructions, "camera_keys": self.camera_keys, "step_keys": self.step_keys}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), ep_shard=self.ep_shard,
@@ -146,10 +154,11 @@ class DatasetIndex:
                          proprio=self.proprio, image_spans=self.image_spans, step_spans=self.step_spans)
 
     @classmethod
-    def load(cls, path: Path, builder: TFDSBuilderDir) -> "DatasetIndex":
+    def load(cls, path: Path, builder: TFDSBuilderDir) -> DatasetIndex:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
-            arrays = {k: z[k] for k in ("ep_shard", "ep_offset", "ep_len", "ep_start", "actions", "proprio", "image_spans", "step_spans")}
+            arrays = {k: z[k] for k in ("ep_shard", "ep_offset", "ep_len", "ep_start", "actions", "proprio",
+                                        "image_spans", "step_spans")}
         return cls(name=meta["name"], path=builder.path, split=meta["split"], shard_files=meta["shard_files"],
                    instructions=meta["instructions"], camera_keys=meta["camera_keys"], step_keys=meta["step_keys"],
                    specs=builder.specs, **arrays)
@@ -172,7 +181,7 @@ def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool 
     plat = e.platform
     name = e.name
     cams = [feature_path(builder, k, "camera", name) for k in e.image_keys]
-    for k, c in zip(e.image_keys, cams):
+    for k, c in zip(e.image_keys, cams, strict=True):
         if builder.specs[c].kind != "image":
             raise LatentVLAError(f"{builder.path / 'features.json'}: {c!r} (camera {k!r}) is not an Image feature")
     act_path = feature_path(builder, e.action_key, "action_key", name)
@@ -189,8 +198,9 @@ def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool 
         prop_parts.append((path, sl, width))
     prop_dim = sum(w for _, _, w in prop_parts)
     if prop_dim != plat.proprio_dim:
-        raise LatentVLAError(f"{builder.path / 'features.json'}: dataset {name!r}: proprio {list(e.proprio_keys)} gives "
-                             f"{prop_dim} dims but platform {plat.name!r} expects proprio_dim {plat.proprio_dim}")
+        raise LatentVLAError(f"{builder.path / 'features.json'}: dataset {name!r}: proprio "
+                             f"{list(e.proprio_keys)} gives {prop_dim} dims but platform {plat.name!r} expects "
+                             f"proprio_dim {plat.proprio_dim}")
     lang_path = feature_path(builder, e.language_key, "language_key", name)
     other = [p for p, s in builder.specs.items() if s.in_steps and s.kind != "image" and p not in (lang_path,)]
     specs = builder.specs
@@ -201,7 +211,7 @@ def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool 
     lengths = builder.shard_lengths(split)
     bar = tqdm(total=sum(lengths), desc=f"indexing {name} ({split})", unit="ep", disable=not progress, leave=False)
     ep_idx = 0
-    for si, (shard, n_expected) in enumerate(zip(shards, lengths)):
+    for si, (shard, n_expected) in enumerate(zip(shards, lengths, strict=True)):
         count = 0
         for offset, data in iter_records(shard):
             where = f"{shard} (record at offset {offset}, episode {ep_idx})"
@@ -212,7 +222,8 @@ def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool 
                         raise LatentVLAError(f"{where}: feature {p!r} is missing from the record")
                 a = decode_span(data, spans[act_path])
                 if a.size % plat.action_dim:
-                    raise LatentVLAError(f"{where}: {act_path!r} has {a.size} values, not a multiple of {plat.action_dim}")
+                    raise LatentVLAError(f"{where}: {act_path!r} has {a.size} values, not a multiple of "
+                                         f"{plat.action_dim}")
                 T = a.size // plat.action_dim
                 a = a.reshape(T, plat.action_dim)
                 _check_finite(a, "action", shard, offset, ep_idx)
@@ -236,7 +247,8 @@ def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool 
                 row = np.zeros((len(other), 4), np.int64)
                 for k, p in enumerate(other):
                     s = spans.get(p, FeatureSpan(BYTES, 0, 0))
-                    row[k] = (s.start + offset + _HEADER, s.end + offset + _HEADER, s.kind, int(s.packed)) if p in spans else (0, 0, -1, 0)
+                    row[k] = ((s.start + offset + _HEADER, s.end + offset + _HEADER, s.kind, int(s.packed))
+                              if p in spans else (0, 0, -1, 0))
             ep_shard.append(si)
             ep_offset.append(offset)
             ep_len.append(T)
@@ -253,7 +265,8 @@ def build_index(resolved: ResolvedDataset, split: str = "train", progress: bool 
     bar.close()
     ep_len_arr = np.asarray(ep_len, np.int32)
     if ep_len_arr.sum() == 0:
-        raise LatentVLAError(f"{resolved.path}: dataset {name!r} split {split!r} is empty ({len(ep_len)} episodes, 0 transitions)")
+        raise LatentVLAError(f"{resolved.path}: dataset {name!r} split {split!r} is empty ({len(ep_len)} "
+                             "episodes, 0 transitions)")
     D, Pd, C = plat.action_dim, prop_dim, len(cams)
     return DatasetIndex(
         name=name, path=builder.path, split=split, shard_files=[p.name for p in shards],
@@ -278,15 +291,16 @@ def _dist_rank() -> tuple[int, bool]:
     return 0, False
 
 
-def load_or_build_index(resolved: ResolvedDataset, split: str = "train", progress: bool = True, sync: bool = True) -> DatasetIndex:
+def load_or_build_index(resolved: ResolvedDataset, split: str = "train", progress: bool = True,
+                        sync: bool = True) -> DatasetIndex:
     """The cached index (built on first use). With torch.distributed initialised and `sync`, rank 0
     builds while the others wait at a barrier — every rank must then make the same calls."""
     from latentvla.data.latent_labels import adopt_undeclared_latents
 
     builder = TFDSBuilderDir(resolved.path)
     if split not in builder.split_names:
-        raise LatentVLAError(f"{resolved.path / 'dataset_info.json'}: dataset {resolved.name!r} has no split {split!r}; "
-                             f"splits: {', '.join(builder.split_names) or '(none)'}")
+        raise LatentVLAError(f"{resolved.path / 'dataset_info.json'}: dataset {resolved.name!r} has no "
+                             f"split {split!r}; splits: {', '.join(builder.split_names) or '(none)'}")
     if builder.num_episodes(split) == 0:
         raise LatentVLAError(f"{resolved.path}: dataset {resolved.name!r} split {split!r} is empty (0 episodes)")
     undeclared = adopt_undeclared_latents(builder)  # the paper's latent.py output: labels not in features.json

@@ -2,8 +2,9 @@
 
 The paper's `latent.py` adds `steps/latent_idx` (a float list: C codes per step) and `steps/latent_z`
 (a flat float list: C·Z values per step) to every episode record of the shards it writes and
-leaves `features.json` as it was (reference-pitfalls 22: users had to edit it by hand). Moved into
-place, such a dataset looks unannotated to a reader that trusts `features.json` alone.
+leaves `features.json` as it was (users had to declare them by hand: docs/architecture.md, known
+pitfall 22). Moved into place, such a dataset looks unannotated to a reader that trusts
+`features.json` alone.
 
 `find_undeclared_latents(builder)` reads the first record of one shard (cheap; `every_shard=True`
 reads the first record of each shard) and derives the declaration the keys need, checking it
@@ -24,9 +25,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -68,12 +69,14 @@ class UndeclaredLatents:
         parts = []
         for path, spec in self.specs.items():
             extra = f", codes checked integral and in [0, {self.codebook_size})" if path == LATENT_IDX else ""
-            parts.append(f"{path[len(STEPS) + 1:]} {spec.dtype} {list(spec.shape)} (stored as {self.stored[path]}{extra})")
+            parts.append(f"{path[len(STEPS) + 1:]} {spec.dtype} {list(spec.shape)} (stored as "
+                         f"{self.stored[path]}{extra})")
         return "; ".join(parts)
 
     def sizes_text(self) -> str:
         vals = {"C": self.num_codes, "Z": self.latent_dim if LATENT_Z in self.specs else None, "K": self.codebook_size}
-        return ", ".join(f"{k} = {v} ({self.sources[k]})" for k, v in vals.items() if v is not None and k in self.sources)
+        return ", ".join(f"{k} = {v} ({self.sources[k]})"
+                         for k, v in vals.items() if v is not None and k in self.sources)
 
     def notice(self) -> str:
         keys = " and ".join(self.specs)
@@ -116,13 +119,14 @@ def _num_steps(specs: Mapping[str, FeatureSpec], data, spans) -> int | None:
     for p, s in steps:
         if s.storage != "bytes":
             return int(np.asarray(decode_span(data, spans[p])).size // s.numel)
-    for p, s in steps:
+    for p, _ in steps:
         if spans[p].kind == BYTES:
             return len(bytes_list_spans(data, spans[p]))
     return None
 
 
-def _inspect(shard: Path, specs: Mapping[str, FeatureSpec]) -> tuple[int | None, dict[str, tuple[int, np.ndarray]], list[str]]:
+def _inspect(shard: Path,
+             specs: Mapping[str, FeatureSpec]) -> tuple[int | None, dict[str, tuple[int, np.ndarray]], list[str]]:
     """(T, {latent path: (list kind, values)}, other undeclared step keys) of a shard's first record."""
     data = read_record_at(shard, 0)
     with record_context(f"{shard} (record at offset 0)"):
@@ -136,7 +140,7 @@ def _inspect(shard: Path, specs: Mapping[str, FeatureSpec]) -> tuple[int | None,
 def _first_records(builder, every_shard: bool) -> list[Path]:
     shards = []
     for split in builder.split_names:
-        for shard, n in zip(builder.shard_paths(split), builder.shard_lengths(split)):
+        for shard, n in zip(builder.shard_paths(split), builder.shard_lengths(split), strict=True):
             if n > 0:
                 shards.append(shard)
                 if not every_shard:
@@ -144,7 +148,8 @@ def _first_records(builder, every_shard: bool) -> list[Path]:
     return shards
 
 
-def check_codes(values: np.ndarray, codebook_size: int | None, where: str, directory: str | os.PathLike = "DIR") -> None:
+def check_codes(values: np.ndarray, codebook_size: int | None, where: str,
+                directory: str | os.PathLike = "DIR") -> None:
     """Latent codes stored as floats must be integral indices in [0, K)."""
     v = np.asarray(values).ravel()
     if v.size == 0:
@@ -162,7 +167,8 @@ def check_codes(values: np.ndarray, codebook_size: int | None, where: str, direc
 
 
 def find_undeclared_latents(builder, *, every_shard: bool = False, num_codes: int | None = None,
-                            latent_dim: int | None = None, codebook_size: int | None = None) -> UndeclaredLatents | None:
+                            latent_dim: int | None = None,
+                            codebook_size: int | None = None) -> UndeclaredLatents | None:
     """The undeclared step keys of `builder`'s records (None: there are none).
 
     Reads the first record of the first non-empty shard (of every shard with `every_shard`). A
@@ -222,7 +228,8 @@ def find_undeclared_latents(builder, *, every_shard: bool = False, num_codes: in
     w_z = first.get(LATENT_Z, (None, None))[1]
     C, found.sources["C"] = next((v, s) for v, s in [
         (num_codes, "--num_codes"), (ann.get("num_codes"), ANNOTATION_FILE),
-        (declared_idx.shape[0] if declared_idx is not None and declared_idx.shape else None, "features.json latent_idx"),
+        (declared_idx.shape[0] if declared_idx is not None and declared_idx.shape else None,
+         "features.json latent_idx"),
         (declared_z.shape[0] if declared_z is not None and declared_z.shape else None, "features.json latent_z"),
         (w_idx, "latent_idx values per step"), (DEFAULT_NUM_CODES, "default")] if v)
     Z, found.sources["Z"] = next((v, s) for v, s in [
@@ -240,7 +247,8 @@ def find_undeclared_latents(builder, *, every_shard: bool = False, num_codes: in
         return found
     if w_z is not None and w_z != C * Z:
         found.problem = (f"{directory}: {LATENT_Z} holds {w_z} values per step, not C·Z = {C}·{Z} "
-                         f"(C from {found.sources['C']}, Z from {found.sources['Z']}); declare the keys with {fix_sizes}")
+                         f"(C from {found.sources['C']}, Z from {found.sources['Z']}); declare the keys "
+                         f"with {fix_sizes}")
         return found
     for shard, vals in codes:
         try:
@@ -283,15 +291,18 @@ def declare_in_features(features: Mapping, specs: Mapping[str, FeatureSpec]) -> 
     nodes untouched (a legacy-layout file is converted to the current layout, which TFDS also reads)."""
     out = copy.deepcopy(legacy_to_proto_json(features))
     try:
-        step = out["featuresDict"]["features"][STEPS]["sequence"]["feature"]["featuresDict"]["features"]
+        node = out["featuresDict"]["features"][STEPS]["sequence"]["feature"]["featuresDict"]
+        step = node["features"]
     except (KeyError, TypeError):
-        raise LatentVLAError("features.json: no per-step features (featuresDict.features.steps.sequence.feature)") from None
-    new = build_features_json(dict(specs))["featuresDict"]["features"][STEPS]["sequence"]["feature"]["featuresDict"]["features"]
+        raise LatentVLAError("features.json: no per-step features "
+                             "(featuresDict.features.steps.sequence.feature)") from None
+    new = build_features_json(dict(specs))["featuresDict"]["features"][STEPS]["sequence"]["feature"]
+    new = new["featuresDict"]["features"]
     for name in new:
         if name in step:
             raise LatentVLAError(f"features.json: steps/{name} is already declared")
     step.update(new)
-    out["featuresDict"]["features"][STEPS]["sequence"]["feature"]["featuresDict"]["features"] = dict(sorted(step.items()))
+    node["features"] = dict(sorted(step.items()))
     return out
 
 
@@ -299,7 +310,8 @@ def resolve_version_dir(path: str | os.PathLike) -> Path:
     """A dataset version dir, also given as the dataset dir above it when that holds one version."""
     p = Path(path)
     if not p.is_dir():
-        raise LatentVLAError(f"{p}: directory not found (expected a dataset version directory <root>/<name>/<version>/)")
+        raise LatentVLAError(f"{p}: directory not found (expected a dataset version directory "
+                             "<root>/<name>/<version>/)")
     if (p / "dataset_info.json").is_file():
         return p
     versions = sorted(d for d in p.iterdir() if d.is_dir() and (d / "dataset_info.json").is_file())

@@ -43,9 +43,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from latentvla.errors import LatentVLAError
 from latentvla.robots import Platform, get_platform, register_platform
@@ -80,7 +81,8 @@ class DatasetEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "platform": self.platform_name, "image_keys": list(self.image_keys),
-                "proprio_keys": list(self.proprio_keys), "action_key": self.action_key, "language_key": self.language_key,
+                "proprio_keys": list(self.proprio_keys), "action_key": self.action_key,
+                "language_key": self.language_key,
                 "action_standardization": self.action_standardization, "aliases": list(self.aliases),
                 "directory": self.directory, "version": self.version, "annotated": self.annotated}
 
@@ -187,7 +189,8 @@ class Registry:
             if name in self.mixtures:
                 out.extend((self.get(n), w * weight) for n, w in self.mixtures[name])
             elif name.endswith(LATENT_SUFFIX) and name[: -len(LATENT_SUFFIX)] in self.mixtures:
-                out.extend((replace(self.get(n), annotated=True), w * weight) for n, w in self.mixtures[name[: -len(LATENT_SUFFIX)]])
+                out.extend((replace(self.get(n), annotated=True), w * weight)
+                           for n, w in self.mixtures[name[: -len(LATENT_SUFFIX)]])
             else:
                 out.append((self.get(name), weight))
         seen: dict[tuple[str, bool], int] = {}
@@ -253,7 +256,8 @@ def entry_from_dict(d: Mapping, source: str) -> DatasetEntry:
              "aliases", "directory", "version"}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise LatentVLAError(f"{source}: dataset {d['name']!r}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise LatentVLAError(f"{source}: dataset {d['name']!r}: unknown key(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}")
     where = f"{source}: dataset {d['name']!r}"
     plat = d["platform"]
     if isinstance(plat, Mapping):
@@ -268,7 +272,8 @@ def entry_from_dict(d: Mapping, source: str) -> DatasetEntry:
             raise LatentVLAError(f"{where}: {e}") from None
     std = str(d.get("action_standardization", "none"))
     if std not in STANDARDIZATIONS:
-        raise LatentVLAError(f"{where}: action_standardization must be one of {', '.join(STANDARDIZATIONS)}, got {std!r}")
+        raise LatentVLAError(f"{where}: action_standardization must be one of "
+                             f"{', '.join(STANDARDIZATIONS)}, got {std!r}")
     proprio = _as_tuple(d.get("proprio_keys", ()), "proprio_keys", where)
     for k in proprio:
         parse_key_slice(k, where)
@@ -297,7 +302,8 @@ def load_registry_file(reg: Registry, path: str | os.PathLike) -> None:
         raise LatentVLAError(f"--dataset_registry {path}: cannot parse ({e})") from None
     data = data or {}
     if not isinstance(data, Mapping) or set(data) - {"datasets", "mixtures", "platforms"}:
-        raise LatentVLAError(f"--dataset_registry {path}: expected a mapping with keys 'datasets', 'mixtures' (optional 'platforms')")
+        raise LatentVLAError(f"--dataset_registry {path}: expected a mapping with keys 'datasets', 'mixtures' "
+                             "(optional 'platforms')")
     for p in data.get("platforms") or []:
         register_platform(Platform.from_dict(p, f"{path}: platforms"), overwrite=True)
     datasets = data.get("datasets") or []
@@ -335,11 +341,13 @@ def pick_version(dataset_dir: Path, version: str | None) -> Path:
         p = dataset_dir / version
         if not p.is_dir():
             have = sorted(x.name for x in dataset_dir.iterdir() if x.is_dir())
-            raise LatentVLAError(f"{p}: version directory not found; {dataset_dir} has: {', '.join(have) or '(nothing)'}")
+            raise LatentVLAError(f"{p}: version directory not found; {dataset_dir} has: "
+                                 f"{', '.join(have) or '(nothing)'}")
         return p
     versions = [x for x in dataset_dir.iterdir() if x.is_dir() and re.fullmatch(r"\d+\.\d+\.\d+", x.name)]
     if not versions:
-        raise LatentVLAError(f"{dataset_dir}: no version directory (expected e.g. {dataset_dir}/1.0.0/ with dataset_info.json)")
+        raise LatentVLAError(f"{dataset_dir}: no version directory (expected e.g. {dataset_dir}/1.0.0/ with "
+                             "dataset_info.json)")
     return max(versions, key=lambda x: tuple(int(v) for v in x.name.split(".")))
 
 
@@ -361,7 +369,8 @@ def find_dataset_dir(data_root_dir: str | os.PathLike, entry: DatasetEntry) -> P
                          f"{' or '.join(repr(d) for d in entry.directories)} under {root}")
 
 
-def resolve_data_mix(data_root_dir: str | os.PathLike, data_mix: Any, registry_file: str | os.PathLike | None = None) -> list[ResolvedDataset]:
+def resolve_data_mix(data_root_dir: str | os.PathLike, data_mix: Any,
+                     registry_file: str | os.PathLike | None = None) -> list[ResolvedDataset]:
     """Resolve `--data_mix` to builder directories with relative weights."""
     reg = Registry(registry_file)
     out = []
@@ -371,7 +380,8 @@ def resolve_data_mix(data_root_dir: str | os.PathLike, data_mix: Any, registry_f
         except LatentVLAError as e:
             if entry.from_pattern and "no directory" in str(e):  # probably a typo, not a new task
                 raise LatentVLAError(f"{reg.unknown_message(entry.name)} (and no directory "
-                                     f"{' or '.join(repr(d) for d in entry.directories)} under {data_root_dir})") from None
+                                     f"{' or '.join(repr(d) for d in entry.directories)} under "
+                                     f"{data_root_dir})") from None
             raise
         out.append(ResolvedDataset(entry, path, weight))
     return out
@@ -387,5 +397,6 @@ def latent_sibling(resolved: ResolvedDataset) -> ResolvedDataset | None:
         return None
     cand = resolved.path.parent.parent / (resolved.path.parent.name + LATENT_SUFFIX) / resolved.path.name
     if cand.is_dir():
-        return ResolvedDataset(replace(resolved.entry, annotated=True, directory=resolved.path.parent.name), cand, resolved.weight)
+        return ResolvedDataset(replace(resolved.entry, annotated=True, directory=resolved.path.parent.name), cand,
+                               resolved.weight)
     return None

@@ -1,4 +1,4 @@
-"""Global seeded sampling over all transitions of a data mix (data.md §5).
+"""Global seeded sampling over all transitions of a data mix (docs/data.md, "Samples and sampling").
 
     sampler = GlobalSampler(dataset, seed=42, rank=0, world_size=1, epoch=0)
     loader = DataLoader(dataset, batch_size=B, sampler=sampler, num_workers=2)
@@ -23,7 +23,7 @@ following `iter()`.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -126,7 +126,8 @@ class GlobalSampler(_Base):
 
     def load_state_dict(self, state: dict) -> None:
         if int(state.get("seed", self.seed)) != self.seed:
-            raise LatentVLAError(f"GlobalSampler: resume state was made with seed {state['seed']}, this run uses {self.seed}")
+            raise LatentVLAError(f"GlobalSampler: resume state was made with seed {state['seed']}, this run "
+                                 f"uses {self.seed}")
         if int(state.get("world_size", self.world_size)) != self.world_size:
             raise LatentVLAError(f"GlobalSampler: resume state was made with world_size {state['world_size']}, "
                                  f"this run has {self.world_size}; the stream position cannot be mapped")

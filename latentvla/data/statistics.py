@@ -1,4 +1,4 @@
-"""Per-dataset action/proprio statistics (data.md §3), computed once and cached.
+"""Per-dataset action/proprio statistics (docs/data.md, "Statistics and the index"), computed once and cached.
 
     stats = load_or_compute_statistics(resolved)          # one ResolvedDataset -> stats dict
     all_stats = load_or_compute_statistics(resolved_list) # list -> {dataset_name: stats}
@@ -16,7 +16,7 @@ decoded). Cached as `statistics-<key>.json` next to the index (same key: files +
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

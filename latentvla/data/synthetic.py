@@ -23,8 +23,9 @@ to override, `extra_step_features={path: FeatureSpec}` + `extra_fn(episode, t) -
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +33,14 @@ from latentvla.data.features import FeatureSpec, image_feature, scalar_feature, 
 from latentvla.data.tfds import TFDSWriter
 
 LAYOUTS: dict[str, dict[str, Any]] = {
-    "libero": {"cameras": ("image", "wrist_image"), "state_dim": 8, "action_dim": 7, "joint_state_dim": 7, "gripper": "libero"},
-    "aloha": {"cameras": ("image", "left_wrist_image", "right_wrist_image", "low_cam_image"), "state_dim": 14, "action_dim": 14, "joint_state_dim": 0, "gripper": None},
-    "jaka": {"cameras": ("head_camera_image", "low_cam_image"), "state_dim": 7, "action_dim": 7, "joint_state_dim": 0, "gripper": "absolute"},
-    "metaworld": {"cameras": ("image", "wrist_image"), "state_dim": 4, "action_dim": 4, "joint_state_dim": 0, "gripper": "metaworld"},
+    "libero": {"cameras": ("image", "wrist_image"), "state_dim": 8, "action_dim": 7, "joint_state_dim": 7,
+               "gripper": "libero"},
+    "aloha": {"cameras": ("image", "left_wrist_image", "right_wrist_image", "low_cam_image"), "state_dim": 14,
+              "action_dim": 14, "joint_state_dim": 0, "gripper": None},
+    "jaka": {"cameras": ("head_camera_image", "low_cam_image"), "state_dim": 7, "action_dim": 7, "joint_state_dim": 0,
+             "gripper": "absolute"},
+    "metaworld": {"cameras": ("image", "wrist_image"), "state_dim": 4, "action_dim": 4, "joint_state_dim": 0,
+                  "gripper": "metaworld"},
 }
 
 DEFAULT_INSTRUCTIONS = (
@@ -91,7 +96,8 @@ def smooth_actions(episode: int, num_steps: int, action_dim: int, gripper: str |
     return a.astype(np.float32)
 
 
-def _render(size: int, center: np.ndarray, color: Sequence[int], background: Sequence[int], radius: float) -> np.ndarray:
+def _render(size: int, center: np.ndarray, color: Sequence[int], background: Sequence[int],
+            radius: float) -> np.ndarray:
     img = np.empty((size, size, 3), np.uint8)
     img[:] = np.asarray(background, np.uint8)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -149,11 +155,15 @@ def _episode(e, T, lay, size, seed, action_fn, image_fn, follow, instructions, e
     rng = np.random.default_rng([seed, e, 1])
     adim, sdim = lay["action_dim"], lay["state_dim"]
     if action_fn is not None:
-        actions = np.stack([np.asarray(action_fn(e, t, T, rng), np.float32).reshape(adim) for t in range(T)]) if T else np.zeros((0, adim), np.float32)
+        actions = np.stack([np.asarray(action_fn(e, t, T, rng), np.float32).reshape(adim)
+                            for t in range(T)]) if T else np.zeros((0, adim), np.float32)
     else:
         actions = smooth_actions(e, T, adim, lay["gripper"], seed)
     # Position before each step = running sum of the previous actions (so frame t+1 reflects action t).
-    pos = np.concatenate([np.zeros((1, adim), np.float32), np.cumsum(actions, 0)[:-1]], 0) * 0.05 if T else np.zeros((0, adim), np.float32)
+    if T:
+        pos = np.concatenate([np.zeros((1, adim), np.float32), np.cumsum(actions, 0)[:-1]], 0) * 0.05
+    else:
+        pos = np.zeros((0, adim), np.float32)
     state = np.zeros((T, sdim), np.float32)
     k = min(sdim, adim)
     state[:, :k] = pos[:, :k]
@@ -177,7 +187,8 @@ def _episode(e, T, lay, size, seed, action_fn, image_fn, follow, instructions, e
         ep[f"observation/{cam}"] = frames
     ep["observation/state"] = state
     if lay["joint_state_dim"]:
-        ep["observation/joint_state"] = np.tile(np.arange(lay["joint_state_dim"], dtype=np.float32) * 0.1, (T, 1)) + pos[:, :1]
+        joints = np.arange(lay["joint_state_dim"], dtype=np.float32) * 0.1
+        ep["observation/joint_state"] = np.tile(joints, (T, 1)) + pos[:, :1]
     ep["action"] = actions
     ep["discount"] = np.ones(T, np.float32)
     ep["reward"] = (np.arange(T) == T - 1).astype(np.float32)

@@ -27,8 +27,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,8 @@ Episode = dict
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
-def shard_filename(template: str, name: str, split: str, index: int, num_shards: int, file_format: str = "tfrecord") -> str:
+def shard_filename(template: str, name: str, split: str, index: int, num_shards: int,
+                   file_format: str = "tfrecord") -> str:
     return (template.replace("{DATASET}", name).replace("{SPLIT}", split).replace("{FILEFORMAT}", file_format)
             .replace("{SHARD_X_OF_Y}", f"{index:05d}-of-{num_shards:05d}").replace("{SHARD_INDEX}", f"{index:05d}")
             .replace("{NUM_SHARDS}", f"{num_shards:05d}"))
@@ -84,7 +86,8 @@ class TFDSBuilderDir:
         self.version = str(info.get("version") or self.path.name)
         self.file_format = str(info.get("fileFormat") or "tfrecord")
         if self.file_format != "tfrecord":
-            raise LatentVLAError(f"{self.path / 'dataset_info.json'}: fileFormat {self.file_format!r} is not supported (only tfrecord)")
+            raise LatentVLAError(f"{self.path / 'dataset_info.json'}: fileFormat {self.file_format!r} is not supported "
+                                 "(only tfrecord)")
         self._splits: dict[str, dict] = {}
         for s in info.get("splits") or []:
             self._splits[str(s.get("name"))] = s
@@ -100,7 +103,8 @@ class TFDSBuilderDir:
 
     def _split(self, split: str) -> dict:
         if split not in self._splits:
-            raise LatentVLAError(f"{self.path / 'dataset_info.json'}: no split {split!r}; splits: {', '.join(self._splits) or '(none)'}")
+            raise LatentVLAError(f"{self.path / 'dataset_info.json'}: no split {split!r}; splits: "
+                                 f"{', '.join(self._splits) or '(none)'}")
         return self._splits[split]
 
     def shard_lengths(self, split: str = "train") -> list[int]:
@@ -141,7 +145,8 @@ class TFDSBuilderDir:
                         raise LatentVLAError(f"{shard}: truncated TFRecord at offset {pos}: incomplete header")
                     (length,) = struct.unpack("<Q", head)
                     if pos + 16 + length > size:
-                        raise LatentVLAError(f"{shard}: truncated TFRecord at offset {pos}: record needs {length + 16} bytes, file has {size - pos}")
+                        raise LatentVLAError(f"{shard}: truncated TFRecord at offset {pos}: record needs {length + 16} "
+                                             f"bytes, file has {size - pos}")
                     offs.append(pos)
                     pos += 16 + length
             self._offsets[shard] = offs
@@ -153,7 +158,7 @@ class TFDSBuilderDir:
         total = sum(lengths)
         if not 0 <= index < total:
             raise LatentVLAError(f"{self.path}: episode {index} out of range; split {split!r} has {total} episodes")
-        for shard, n in zip(self.shard_paths(split), lengths):
+        for shard, n in zip(self.shard_paths(split), lengths, strict=True):
             if index < n:
                 offs = self.record_offsets(shard)
                 if len(offs) != n:
@@ -170,7 +175,8 @@ class TFDSBuilderDir:
         for k in keys:
             path = k if k in self.specs else step_key(k)
             if path not in self.specs:
-                raise LatentVLAError(f"{self.path / 'features.json'}: no feature {k!r}; features: {', '.join(episode_key(p) for p in self.specs)}")
+                raise LatentVLAError(f"{self.path / 'features.json'}: no feature {k!r}; features: "
+                                     f"{', '.join(episode_key(p) for p in self.specs)}")
             out.append(path)
         return out
 
@@ -189,7 +195,7 @@ class TFDSBuilderDir:
         from latentvla.data.tfrecord import iter_records
 
         lengths = self.shard_lengths(split)
-        for shard, n in zip(self.shard_paths(split), lengths):
+        for shard, n in zip(self.shard_paths(split), lengths, strict=True):
             count = 0
             for offset, data in iter_records(shard):
                 yield self.decode_record(data, keys, f"{shard} (record at offset {offset})")
@@ -220,9 +226,11 @@ def decode_episode(raw: Mapping[str, Any], specs: Mapping[str, FeatureSpec], whe
                     raise LatentVLAError(f"{where}: feature {path!r} should be a numeric list, found bytes")
                 val = np.zeros(0, np.float32 if spec.storage == "float" else np.int64)
             if spec.storage == "float" and val.dtype != np.float32 or spec.storage == "int64" and val.dtype != np.int64:
-                raise LatentVLAError(f"{where}: feature {path!r} is stored as the wrong list kind for dtype {spec.dtype}")
+                raise LatentVLAError(f"{where}: feature {path!r} is stored as the wrong list kind for "
+                                     f"dtype {spec.dtype}")
             if val.size % spec.numel:
-                raise LatentVLAError(f"{where}: feature {path!r} has {val.size} values, not a multiple of its shape {list(spec.shape)}")
+                raise LatentVLAError(f"{where}: feature {path!r} has {val.size} values, not a multiple of its shape "
+                                     f"{list(spec.shape)}")
             n = val.size // spec.numel
             arr = val.astype(spec.np_dtype, copy=False)
             out = arr.reshape((n, *spec.shape)) if spec.in_steps else arr.reshape(spec.shape)
@@ -235,5 +243,6 @@ def decode_episode(raw: Mapping[str, Any], specs: Mapping[str, FeatureSpec], whe
     return ep
 
 
-# The writer lives in its own module (keeps files small); re-exported here so `from latentvla.data.tfds import TFDSWriter` works.
+# The writer lives in its own module (keeps files small); re-exported here so
+# `from latentvla.data.tfds import TFDSWriter` works.
 from latentvla.data.tfds_writer import TFDSWriter, encode_episode, encode_image, write_tfds_dataset  # noqa: E402,F401

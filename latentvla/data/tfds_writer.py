@@ -9,8 +9,9 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,8 @@ def encode_image(img: np.ndarray, encoding: str) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    pil = Image.fromarray(np.asarray(img, dtype=np.uint8).squeeze(-1) if img.shape[-1] == 1 else np.asarray(img, dtype=np.uint8))
+    arr = np.asarray(img, dtype=np.uint8)
+    pil = Image.fromarray(arr.squeeze(-1) if img.shape[-1] == 1 else arr)
     if encoding == "jpeg":
         pil.save(buf, format="JPEG", quality=95)
     else:
@@ -49,7 +51,8 @@ def encode_episode(episode: Mapping[str, Any], specs: Mapping[str, FeatureSpec],
         if spec.kind == "image":
             if isinstance(val, np.ndarray) and val.dtype == np.uint8:
                 if val.ndim != len(spec.shape) + (1 if spec.in_steps else 0):
-                    raise LatentVLAError(f"{where}: image {episode_key(path)!r} has shape {val.shape}, expected [T, {', '.join(map(str, spec.shape))}]")
+                    raise LatentVLAError(f"{where}: image {episode_key(path)!r} has shape {val.shape}, expected [T, "
+                                         f"{', '.join(map(str, spec.shape))}]")
                 val = [encode_image(im, spec.encoding) for im in (val if spec.in_steps else val[None])]
             elif isinstance(val, (bytes, bytearray)):
                 val = [bytes(val)]
@@ -64,11 +67,13 @@ def encode_episode(episode: Mapping[str, Any], specs: Mapping[str, FeatureSpec],
             arr = np.asarray(val)
             if spec.in_steps:
                 if arr.shape[1:] != spec.shape:
-                    raise LatentVLAError(f"{where}: feature {episode_key(path)!r} has shape {list(arr.shape)}, expected [T, {', '.join(map(str, spec.shape))}]")
+                    raise LatentVLAError(f"{where}: feature {episode_key(path)!r} has shape {list(arr.shape)}, "
+                                         f"expected [T, {', '.join(map(str, spec.shape))}]")
                 n = arr.shape[0]
             else:
                 if arr.shape != spec.shape and arr.size != spec.numel:
-                    raise LatentVLAError(f"{where}: feature {path!r} has shape {list(arr.shape)}, expected {list(spec.shape)}")
+                    raise LatentVLAError(f"{where}: feature {path!r} has shape {list(arr.shape)}, expected "
+                                         f"{list(spec.shape)}")
                 n = 1
             if spec.storage == "float":
                 val = arr.astype(np.float32)
@@ -78,7 +83,8 @@ def encode_episode(episode: Mapping[str, Any], specs: Mapping[str, FeatureSpec],
             if num_steps is None:
                 num_steps = n
             elif n != num_steps:
-                raise LatentVLAError(f"{where}: feature {episode_key(path)!r} has {n} steps, other step features have {num_steps}")
+                raise LatentVLAError(f"{where}: feature {episode_key(path)!r} has {n} steps, other step features "
+                                     f"have {num_steps}")
         feats[path] = val
     return encode_example(feats)
 
@@ -107,7 +113,8 @@ class TFDSWriter:
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = _tmp_name(self.out_dir)
         self._tmp.mkdir()
-        self._shards: dict[str, list[tuple[Path, int, int]]] = {s: [] for s in self.splits}  # (tmp file, n, payload bytes)
+        # (tmp file, n, payload bytes)
+        self._shards: dict[str, list[tuple[Path, int, int]]] = {s: [] for s in self.splits}
         self._payload_bytes: dict[str, int] = {s: 0 for s in self.splits}
         self._writer: dict[str, RecordWriter | None] = {s: None for s in self.splits}
         self._counts: dict[str, int] = {s: 0 for s in self.splits}
@@ -198,7 +205,7 @@ class TFDSWriter:
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
 
-    def __enter__(self) -> "TFDSWriter":
+    def __enter__(self) -> TFDSWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -208,7 +215,8 @@ class TFDSWriter:
             self.abort()
 
 
-def write_tfds_dataset(out_dir: str | os.PathLike, features: Mapping, episodes: Iterable[Mapping] | Mapping[str, Iterable[Mapping]], **kw) -> Path:
+def write_tfds_dataset(out_dir: str | os.PathLike, features: Mapping,
+                       episodes: Iterable[Mapping] | Mapping[str, Iterable[Mapping]], **kw) -> Path:
     """Convenience: write all `episodes` (an iterable for "train", or {split: iterable})."""
     by_split = episodes if isinstance(episodes, Mapping) else {"train": episodes}
     with TFDSWriter(out_dir, features, splits=list(by_split), **kw) as w:

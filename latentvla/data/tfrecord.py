@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 import google_crc32c
 
@@ -38,7 +39,8 @@ def masked_crc32c(data: bytes | memoryview) -> int:
 def frame_record(payload: bytes) -> bytes:
     """One record in TFRecord framing."""
     length = struct.pack("<Q", len(payload))
-    return b"".join((length, struct.pack("<I", masked_crc32c(length)), payload, struct.pack("<I", masked_crc32c(payload))))
+    return b"".join((length, struct.pack("<I", masked_crc32c(length)), payload,
+                     struct.pack("<I", masked_crc32c(payload))))
 
 
 def _read_one(f: BinaryIO, path: str | os.PathLike, offset: int, verify: bool, file_size: int | None) -> bytes | None:
@@ -47,18 +49,21 @@ def _read_one(f: BinaryIO, path: str | os.PathLike, offset: int, verify: bool, f
     if not header:
         return None
     if len(header) < _HEADER:
-        raise LatentVLAError(f"{path}: truncated TFRecord at offset {offset}: {len(header)} header bytes, expected {_HEADER}")
+        raise LatentVLAError(f"{path}: truncated TFRecord at offset {offset}: {len(header)} header bytes, "
+                             f"expected {_HEADER}")
     (length,) = struct.unpack_from("<Q", header, 0)
     (len_crc,) = struct.unpack_from("<I", header, 8)
     if verify and masked_crc32c(header[:8]) != len_crc:
-        raise LatentVLAError(f"{path}: corrupt TFRecord at offset {offset}: length CRC32C mismatch (flipped byte or not a TFRecord file)")
+        raise LatentVLAError(f"{path}: corrupt TFRecord at offset {offset}: length CRC32C mismatch (flipped byte or "
+                             "not a TFRecord file)")
     if file_size is not None and offset + _HEADER + length + _FOOTER > file_size:
         raise LatentVLAError(
             f"{path}: truncated TFRecord at offset {offset}: record needs {length + _FOOTER} bytes after its header, "
             f"file has {max(file_size - offset - _HEADER, 0)}")
     body = f.read(length + _FOOTER)
     if len(body) < length + _FOOTER:
-        raise LatentVLAError(f"{path}: truncated TFRecord at offset {offset}: record needs {length + _FOOTER} bytes, got {len(body)}")
+        raise LatentVLAError(f"{path}: truncated TFRecord at offset {offset}: record needs {length + _FOOTER} bytes, "
+                             f"got {len(body)}")
     data = body[:length]
     if verify:
         (data_crc,) = struct.unpack_from("<I", body, length)
@@ -83,7 +88,8 @@ def iter_records(path: str | os.PathLike, verify: bool = True) -> Iterator[tuple
             offset += _HEADER + len(data) + _FOOTER
 
 
-def read_record_at(source: str | os.PathLike | BinaryIO, offset: int, verify: bool = True, path_hint: str | None = None) -> bytes:
+def read_record_at(source: str | os.PathLike | BinaryIO, offset: int, verify: bool = True,
+                   path_hint: str | None = None) -> bytes:
     """Read the single record that starts at byte `offset` (from an index)."""
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as f:
@@ -92,7 +98,8 @@ def read_record_at(source: str | os.PathLike | BinaryIO, offset: int, verify: bo
     f.seek(offset)
     data = _read_one(f, path_hint or getattr(f, "name", "<stream>"), offset, verify, None)
     if data is None:
-        raise LatentVLAError(f"{path_hint or getattr(f, 'name', '<stream>')}: no TFRecord at offset {offset} (end of file)")
+        raise LatentVLAError(f"{path_hint or getattr(f, 'name', '<stream>')}: no TFRecord at offset "
+                             f"{offset} (end of file)")
     return data
 
 
@@ -153,7 +160,7 @@ class RecordWriter:
         if self._tmp.exists():
             self._tmp.unlink()
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

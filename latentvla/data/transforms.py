@@ -7,12 +7,12 @@ Resize (`resample`, recorded in every checkpoint so inference resizes exactly as
 - "bicubic" (default): antialiased bicubic (a = -0.5, PIL's kernel) with torch's uint8 channels-last
   kernel, integer crop box; ~0.14 ms per 256² -> 224² image.
 - "bilinear": the same kernel family, antialiased bilinear.
-- "lanczos": PIL's antialiased Lanczos-3 with a sub-pixel crop box — the reference pipeline's resize
-  (data.md §4), kept for checkpoints trained that way; ~1.2 ms per image (PIL's scalar C), 5x a
+- "lanczos": PIL's antialiased Lanczos-3 with a sub-pixel crop box — the reference TF pipeline's
+  resize, kept for checkpoints trained that way; ~1.2 ms per image (PIL's scalar C), 5x a
   JPEG decode, so it cannot meet the loader's throughput target (docs/benchmarks.md).
 For a 256² -> 224² downscale the three differ by a few grey levels on edges only.
 
-Training augmentation (data.md §4), one draw shared by all cameras of a sample:
+Training augmentation (docs/architecture.md §3), one draw shared by all cameras of a sample:
 1. random-resized-crop, area 0.9, aspect ratio 1.0, uniform random offset — fused into the resize
    (the crop box is given to the resampler), so the crop is resampled only once;
 2. brightness +-0.2 (additive, in [0, 1] units), contrast 0.8-1.2 (around each channel's mean),
@@ -107,7 +107,8 @@ def decode_array(data: bytes, min_size: int | None = None) -> np.ndarray | Image
             img.draft("RGB", (min_size, min_size))
         return img.convert("RGB")
     except Exception as e:  # corrupt / unknown bytes
-        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes, starts {bytes(data[:4]).hex()}): {e}") from None
+        raise ImageDecodeError(f"cannot decode image ({len(data)} bytes, starts "
+                               f"{bytes(data[:4]).hex()}): {e}") from None
 
 
 def decode_image(data: bytes, min_size: int | None = None) -> Image.Image:
@@ -183,7 +184,8 @@ def check_resample(resample: str, where: str = "resample") -> str:
     return resample
 
 
-def apply_color(arr: np.ndarray, params: AugmentParams, channel_mean: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def apply_color(arr: np.ndarray, params: AugmentParams, channel_mean: np.ndarray,
+                out: np.ndarray | None = None) -> np.ndarray:
     """Brightness -> contrast -> saturation -> hue as one 3x4 matrix on a uint8 HxWx3 image (one final clip)."""
     return ColorJitter(params).apply(arr, channel_mean, out)
 
@@ -226,7 +228,8 @@ def _lanczos_frame(src, size: int, params: AugmentParams | None) -> np.ndarray:
     return apply_color(out, params, mean)
 
 
-def process_frames(frames, size: int, params: AugmentParams | None = None, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
+def process_frames(frames, size: int, params: AugmentParams | None = None,
+                   resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
     """Several frames with one augmentation draw (a sample's cameras, a LAM frame pair) -> uint8 [N, S, S, 3].
 
     Equal to stacking `process_image` per frame; frames of one size are cropped and resized in one
@@ -256,7 +259,7 @@ def process_frames(frames, size: int, params: AugmentParams | None = None, resam
     out = np.ascontiguousarray(crops.numpy())  # channels-last output memory: already NHWC-contiguous (no copy)
     if params is not None and not params.is_identity_color:
         jitter = ColorJitter(params)
-        for a, o in zip(arrays, out):
+        for a, o in zip(arrays, out, strict=True):
             jitter.apply(o, _crop_means(a, x0, y0, x1, y1), out=o)
     return out
 

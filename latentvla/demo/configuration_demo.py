@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from latentvla.config import arg
 from latentvla.errors import LatentVLAError
@@ -70,37 +70,42 @@ class DemoConfig:
 
     output_dir: str = arg("runs/demo", "Run directory; every stage writes here and resumes from what is there.")
     scale: Literal["tiny", "small", "medium", "large"] = arg(
-        "small", "Size preset (tiny: CI, minutes; small: default, < 1 h on 2 CPU cores; medium/large: more time or a GPU).")
-    tasks: Optional[list[str]] = arg(None, "Meta-World tasks (short names, e.g. reach,push,pick-place); default: the scale's.")
-    demos_per_task: Optional[int] = arg(None, "Scripted-expert demonstrations per task.")
-    image_size: Optional[int] = arg(None, "Camera image side (rendered and trained at this size; multiple of 32).")
-    max_episode_steps: Optional[int] = arg(None, "Step limit of every episode (demos and evaluation).")
-    eval_episodes_per_task: Optional[int] = arg(None, "Closed-loop evaluation episodes per task and variant (held-out seeds).")
-    tokenizer_steps: Optional[int] = arg(None, "Action tokenizer training steps.")
-    lam_steps: Optional[int] = arg(None, "Image LAM training steps.")
-    lam_pair_offset: Optional[int] = arg(None, "Image LAM frame-pair distance k (training and annotation).")
-    train_steps: Optional[int] = arg(None, "VLA training steps per variant.")
-    batch_size: Optional[int] = arg(None, "VLA training batch size.")
-    learning_rate: Optional[float] = arg(None, "VLA peak learning rate.")
-    vlm_hidden_size: Optional[int] = arg(None, "Hidden size of the tiny random Qwen3-VL backbone.")
-    vlm_num_layers: Optional[int] = arg(None, "Layers of the tiny random Qwen3-VL backbone.")
-    lora_rank: Optional[int] = arg(None, "LoRA rank on the backbone.")
-    videos_per_variant: Optional[int] = arg(None, "Rollout MP4s saved per variant (first episodes).")
+        "small",
+        "Size preset (tiny: CI, minutes; small: default, < 1 h on 2 CPU cores; medium/large: more time or a GPU).")
+    tasks: list[str] | None = arg(None, "Meta-World tasks (short names, e.g. reach,push,pick-place); "
+                                        "default: the scale's.")
+    demos_per_task: int | None = arg(None, "Scripted-expert demonstrations per task.")
+    image_size: int | None = arg(None, "Camera image side (rendered and trained at this size; multiple of 32).")
+    max_episode_steps: int | None = arg(None, "Step limit of every episode (demos and evaluation).")
+    eval_episodes_per_task: int | None = arg(None, "Closed-loop evaluation episodes per task and variant "
+                                                   "(held-out seeds).")
+    tokenizer_steps: int | None = arg(None, "Action tokenizer training steps.")
+    lam_steps: int | None = arg(None, "Image LAM training steps.")
+    lam_pair_offset: int | None = arg(None, "Image LAM frame-pair distance k (training and annotation).")
+    train_steps: int | None = arg(None, "VLA training steps per variant.")
+    batch_size: int | None = arg(None, "VLA training batch size.")
+    learning_rate: float | None = arg(None, "VLA peak learning rate.")
+    vlm_hidden_size: int | None = arg(None, "Hidden size of the tiny random Qwen3-VL backbone.")
+    vlm_num_layers: int | None = arg(None, "Layers of the tiny random Qwen3-VL backbone.")
+    lora_rank: int | None = arg(None, "LoRA rank on the backbone.")
+    videos_per_variant: int | None = arg(None, "Rollout MP4s saved per variant (first episodes).")
     variants: list[str] = arg(list(VARIANTS), "Variants to train and evaluate.")
-    vlm_path: Optional[str] = arg(None, "Use this local Qwen3-VL directory instead of writing a tiny random one.")
+    vlm_path: str | None = arg(None, "Use this local Qwen3-VL directory instead of writing a tiny random one.")
     action_noise: float = arg(0.1, "Std of Gaussian noise added to the executed expert xyz action (labels stay clean).")
     seed: int = arg(7, "Seed of everything (demo seeds, training, evaluation).")
     seeds: int = arg(1, "Run the whole demo with N seeds (--seed, --seed+1, ...; one resumable run per seed under "
-                     "<output_dir>/seed_<s>/) and report each policy's mean success with a 95 percent interval across seeds.")
-    device: Optional[str] = arg(None, "cuda or cpu for training/evaluation (default: cuda when available).")
+                     "<output_dir>/seed_<s>/) and report each policy's mean success with a 95 percent "
+                     "interval across seeds.")
+    device: str | None = arg(None, "cuda or cpu for training/evaluation (default: cuda when available).")
     num_workers: int = arg(0, "DataLoader workers for training (0 = in the main process; best on 2 cores).")
-    restart_from: Optional[str] = arg(None, "Redo this stage and every later one (" + ", ".join(STAGES) + ").")
-    stop_after: Optional[str] = arg(None, "Stop after this stage (" + ", ".join(STAGES) + ").")
+    restart_from: str | None = arg(None, "Redo this stage and every later one (" + ", ".join(STAGES) + ").")
+    stop_after: str | None = arg(None, "Stop after this stage (" + ", ".join(STAGES) + ").")
     mujoco_gl: str = arg("egl", "MuJoCo rendering backend if MUJOCO_GL is not set: egl or osmesa.")
 
     def validate(self) -> None:
         if self.restart_from is not None and self.restart_from not in STAGES:
-            raise LatentVLAError(f"demo --restart_from: unknown stage {self.restart_from!r}; stages: {', '.join(STAGES)}")
+            raise LatentVLAError(f"demo --restart_from: unknown stage {self.restart_from!r}; stages: "
+                                 f"{', '.join(STAGES)}")
         if self.stop_after is not None and self.stop_after not in STAGES:
             raise LatentVLAError(f"demo --stop_after: unknown stage {self.stop_after!r}; stages: {', '.join(STAGES)}")
         bad = [v for v in self.variants if v not in VARIANTS]

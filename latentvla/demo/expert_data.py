@@ -13,8 +13,8 @@ episodes are kept (an unsuccessful seed is replaced by the next one).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -42,10 +42,13 @@ def dataset_features(image_size: int) -> dict:
     F, _ = _data_api()
     shape = (image_size, image_size, 3)
     return {
-        "steps/observation/image": F.image_feature(shape, encoding=IMAGE_ENCODING, description="Primary camera (corner), RGB."),
-        "steps/observation/wrist_image": F.image_feature(shape, encoding=IMAGE_ENCODING, description="Wrist camera (gripperPOV), RGB."),
+        "steps/observation/image": F.image_feature(shape, encoding=IMAGE_ENCODING,
+                                                   description="Primary camera (corner), RGB."),
+        "steps/observation/wrist_image": F.image_feature(shape, encoding=IMAGE_ENCODING,
+                                                         description="Wrist camera (gripperPOV), RGB."),
         "steps/observation/state": F.tensor_feature((4,), "float32", "Hand xyz (3) + gripper opening (1)."),
-        "steps/action": F.tensor_feature((4,), "float32", "xyz deltas (3) + gripper effort (1; -1 open, +1 close), in [-1, 1]."),
+        "steps/action": F.tensor_feature((4,), "float32",
+                                         "xyz deltas (3) + gripper effort (1; -1 open, +1 close), in [-1, 1]."),
         "steps/language_instruction": F.text_feature("Instruction written for the task."),
         "steps/is_first": F.scalar_feature("bool"),
         "steps/is_last": F.scalar_feature("bool"),
@@ -106,8 +109,9 @@ def iter_task_demos(task: str, task_index: int, num_demos: int, *, seed: int, im
     with MetaWorldEnv(get_task(task), image_size=image_size, max_episode_steps=max_episode_steps) as env:
         while kept < num_demos:
             if attempts >= MAX_ATTEMPTS_FACTOR * num_demos:
-                raise LatentVLAError(f"demo data: the scripted expert of {task!r} succeeded in only {kept} of {attempts} "
-                                     f"episodes within --max_episode_steps {max_episode_steps}; raise it or pick other --tasks")
+                raise LatentVLAError(f"demo data: the scripted expert of {task!r} succeeded in only "
+                                     f"{kept} of {attempts} episodes within --max_episode_steps {max_episode_steps}; "
+                                     "raise it or pick other --tasks")
             ep = record_episode(env, demo_seed(seed, task_index, attempts), rng, action_noise)
             attempts += 1
             if ep is None:
@@ -122,8 +126,8 @@ def iter_task_demos(task: str, task_index: int, num_demos: int, *, seed: int, im
         stats[task]["attempts"] = attempts
 
 
-def write_expert_dataset(data_root: str | Path, tasks: Sequence[str], demos_per_task: int, *, seed: int, image_size: int,
-                         max_episode_steps: int, action_noise: float = 0.1, progress: bool = True,
+def write_expert_dataset(data_root: str | Path, tasks: Sequence[str], demos_per_task: int, *, seed: int,
+                         image_size: int, max_episode_steps: int, action_noise: float = 0.1, progress: bool = True,
                          overwrite: bool = False) -> tuple[Path, dict]:
     """Collect and write `<data_root>/metaworld_demo/1.0.0`; returns (path, per-task stats)."""
     from tqdm import tqdm

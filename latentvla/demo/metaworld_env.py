@@ -41,11 +41,12 @@ def import_metaworld():
     """Import (mujoco, metaworld, ENV_POLICY_MAP) with rendering configured, or fail clearly."""
     configure_rendering()
     try:
-        import mujoco
         import metaworld
+        import mujoco
         from metaworld.policies import ENV_POLICY_MAP
     except ImportError as e:
-        raise LatentVLAError(f"Meta-World is not installed ({e}); install it with: pip install -e '.[metaworld]'") from None
+        raise LatentVLAError(f"Meta-World is not installed ({e}); install it with: pip install "
+                             "-e '.[metaworld]'") from None
     return mujoco, metaworld, ENV_POLICY_MAP
 
 
@@ -137,7 +138,7 @@ class MetaWorldEnv:
             self._renderer = None
         self.env.close()
 
-    def __enter__(self) -> "MetaWorldEnv":
+    def __enter__(self) -> MetaWorldEnv:
         return self
 
     def __exit__(self, *exc) -> None:

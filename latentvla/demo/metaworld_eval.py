@@ -15,14 +15,13 @@ first episodes, and writes `summary.json` (success per task and overall, with Wi
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from latentvla.demo.tasks import get_task
-from latentvla.errors import LatentVLAError
 from latentvla.utils.atomic import atomic_write_json, atomic_write_text
 
 # Demo episodes use seeds base + i, evaluation base + EVAL_SEED_OFFSET + i: disjoint by construction.
@@ -151,7 +150,8 @@ def evaluate(make_policy: Callable[[Any], Any], tasks: Sequence[str], episodes_p
                     result, frames = run_episode(adapter, policy, spec, max_steps=max_episode_steps, num_settle_steps=0,
                                                  num_open_loop_steps=num_open_loop_steps, record_video=i < num_videos)
                     rec = {"task": name, "episode": i, "seed": spec.seed, "success": result.success,
-                           "steps": result.steps, "seconds": round(result.seconds, 3), "policy_calls": result.policy_calls}
+                           "steps": result.steps, "seconds": round(result.seconds, 3),
+                           "policy_calls": result.policy_calls}
                     if frames:
                         rec["video"] = str(write_mp4(out_dir / "videos" / f"{name}_ep{i:03d}.mp4", frames))
                     log.write(json.dumps(rec) + "\n")

@@ -33,8 +33,9 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from latentvla.config import config_to_dict
 from latentvla.demo.configuration_demo import STAGES, DemoConfig, DemoSizes
@@ -192,8 +193,9 @@ class Demo:
             diff = sorted(k for k in fp if k in old and old[k] != fp[k])
             if diff:
                 changes = ", ".join(f"{k}: {old[k]!r} -> {fp[k]!r}" for k in diff)
-                raise LatentVLAError(f"{self.paths.config}: this output directory was made with other settings ({changes}); "
-                                     "use another --output_dir, or --restart_from STAGE to redo that stage and the later ones")
+                raise LatentVLAError(f"{self.paths.config}: this output directory was made with other "
+                                     f"settings ({changes}); use another --output_dir, or --restart_from STAGE to redo "
+                                     "that stage and the later ones")
         atomic_write_json(self.paths.config, {"fingerprint": fp, "config": config_to_dict(self.cfg),
                                               "sizes": {k: (list(v) if isinstance(v, tuple) else v)
                                                         for k, v in self.sizes.__dict__.items()}})
@@ -254,8 +256,9 @@ class Demo:
             out["vlm_path"] = self.cfg.vlm_path
         else:
             h = s.vlm_hidden_size
-            call_command("tiny-vlm", [str(self.paths.vlm), "--hidden_size", str(h), "--num_layers", str(s.vlm_num_layers),
-                                      "--intermediate_size", str(2 * h), "--seed", str(self.cfg.seed), "--overwrite", "True"],
+            call_command("tiny-vlm", [str(self.paths.vlm), "--hidden_size", str(h),
+                                      "--num_layers", str(s.vlm_num_layers), "--intermediate_size", str(2 * h),
+                                      "--seed", str(self.cfg.seed), "--overwrite", "True"],
                          stage="models", log=self.paths.commands)
             out["vlm_path"] = str(self.paths.vlm)
         return out
@@ -286,8 +289,9 @@ class Demo:
         s = self.sizes
         resume = any(self.paths.tokenizer.glob("tokenizer_step_*.pt"))
         call_command("lam action-train", [
-            *self.common_data_flags(), "--results_dir", str(self.paths.tokenizer), "--num_steps", str(s.tokenizer_steps),
-            "--batch_size", "32", "--learning_rate", "1e-3", "--save_every", str(s.tokenizer_steps),
+            *self.common_data_flags(), "--results_dir", str(self.paths.tokenizer),
+            "--num_steps", str(s.tokenizer_steps), "--batch_size", "32", "--learning_rate", "1e-3",
+            "--save_every", str(s.tokenizer_steps),
             "--log_every", str(max(1, s.tokenizer_steps // 10)), "--seed", str(self.cfg.seed), "--resume", str(resume),
             "--eval_batches", "4", *self.device_flags(auto=True)], stage="action_tokenizer", log=self.paths.commands)
         ckpt = latest_tokenizer(self.paths.tokenizer)
@@ -313,7 +317,8 @@ class Demo:
             "--lam_ckpt", str(ckpt), *self.common_data_flags(), "--pair_offset", str(self.sizes.lam_pair_offset),
             "--batch_size", "64", *self.device_flags()], stage="annotate", log=self.paths.commands)
         if not (self.paths.latent_dataset / "dataset_info.json").is_file():
-            raise LatentVLAError(f"demo stage 'annotate': `latentvla lam annotate` did not write {self.paths.latent_dataset}")
+            raise LatentVLAError("demo stage 'annotate': `latentvla lam annotate` did not write "
+                                 f"{self.paths.latent_dataset}")
         return {"dataset": str(self.paths.latent_dataset)}
 
     def stage_train(self, variant: str) -> dict:
@@ -326,8 +331,9 @@ class Demo:
             "--image_aug", "False", "--max_steps", str(s.train_steps), "--per_device_batch_size", str(s.batch_size),
             "--learning_rate", str(s.learning_rate), "--lr_scheduler_type", "linear-warmup+cosine-decay",
             "--warmup_ratio", "0.05", "--lora_rank", str(s.lora_rank), "--lora_alpha", str(s.lora_rank),
-            "--save_step", str(max(1, s.train_steps // 4)), "--keep_checkpoints", "1", "--num_workers", str(self.cfg.num_workers),
-            "--seed", str(self.cfg.seed), "--log_step", str(max(1, s.train_steps // 50)), "--wandb_project", "latentvla-demo",
+            "--save_step", str(max(1, s.train_steps // 4)), "--keep_checkpoints", "1",
+            "--num_workers", str(self.cfg.num_workers), "--seed", str(self.cfg.seed),
+            "--log_step", str(max(1, s.train_steps // 50)), "--wandb_project", "latentvla-demo",
             "--resume", str((run_dir / "checkpoints").is_dir()), *self.device_flags()]
         if variant == "la_tok":
             argv += ["--action_tokenizer_ckpt", str(latest_tokenizer(self.paths.tokenizer))]
@@ -347,8 +353,8 @@ class Demo:
         from latentvla.demo.metaworld_eval import ExpertPolicy, RandomActionPolicy, evaluate
 
         kw = self.eval_kwargs()
-        rand = evaluate(lambda env: RandomActionPolicy(self.cfg.seed), out_dir=self.paths.eval / "random", label="random",
-                        needs_images=False, num_videos=0, **kw)
+        rand = evaluate(lambda env: RandomActionPolicy(self.cfg.seed), out_dir=self.paths.eval / "random",
+                        label="random", needs_images=False, num_videos=0, **kw)
         expert = evaluate(lambda env: ExpertPolicy(env), out_dir=self.paths.eval / "expert", label="expert",
                           needs_images=False, num_videos=0, **kw)
         return {"random": rand, "expert": expert}
@@ -357,11 +363,15 @@ class Demo:
         from latentvla.demo.metaworld_eval import evaluate
 
         trained = self.done(f"train:{variant}")
-        ckpt = Path(trained["checkpoint"]) if trained else latest_checkpoint(self.paths.runs / variant, f"train:{variant}")
+        if trained:
+            ckpt = Path(trained["checkpoint"])
+        else:
+            ckpt = latest_checkpoint(self.paths.runs / variant, f"train:{variant}")
         try:
             from latentvla.vla.policy import VLAPolicy
         except ImportError as e:
-            raise LatentVLAError(f"demo stage 'evaluate:{variant}' needs latentvla.vla.policy.VLAPolicy ({e})") from None
+            raise LatentVLAError(f"demo stage 'evaluate:{variant}' needs "
+                                 f"latentvla.vla.policy.VLAPolicy ({e})") from None
         policy = VLAPolicy.from_pretrained(str(ckpt), device=self.cfg.device)
         summary = evaluate(lambda env: policy, out_dir=self.paths.eval / variant, label=variant, needs_images=True,
                            num_videos=self.sizes.videos_per_variant, **self.eval_kwargs())

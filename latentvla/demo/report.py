@@ -14,8 +14,9 @@ per-seed rates, and the pooled Wilson interval of all episodes for reference.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from latentvla.eval.stats import ci_list, t_interval
 from latentvla.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
@@ -97,7 +98,8 @@ def format_table(rows: Sequence[dict], tasks: Sequence[str]) -> str:
         task_ci = r.get("per_task_ci95") or {}
         cells = [r["name"], _pct(r["success_rate"], r.get("ci95")),
                  *[_pct(r["per_task"].get(t), task_ci.get(t)) for t in tasks],
-                 _num(r.get("final_l1")), aux, _num(r.get("train_seconds"), "{:.0f}"), _num(r.get("eval_seconds"), "{:.0f}")]
+                 _num(r.get("final_l1")), aux, _num(r.get("train_seconds"), "{:.0f}"),
+                 _num(r.get("eval_seconds"), "{:.0f}")]
         lines.append("| " + " | ".join(cells) + " |")
     if any(r.get("ci95") for r in rows):
         lines.append("\nSuccess: Wilson 95% interval over the evaluation episodes; variants whose intervals overlap "
@@ -131,7 +133,7 @@ def bar_plot(path: Path, rows: Sequence[dict], tasks: Sequence[str], title: str)
         ax.bar_label(bars, labels=["-" if v is None else f"{100 * v:.0f}" for v in vals], fontsize=7)  # 0 stays visible
         if g == "overall" and any(r.get("per_seed") for r in rows):  # --seeds: each seed's rate as a dot
             xs, ys = [], []
-            for xi, r in zip(x + (gi - (len(groups) - 1) / 2) * width, rows):
+            for xi, r in zip(x + (gi - (len(groups) - 1) / 2) * width, rows, strict=True):
                 for v in (r.get("per_seed") or {}).values():
                     xs.append(xi)
                     ys.append(100 * v)
@@ -150,10 +152,10 @@ def bar_plot(path: Path, rows: Sequence[dict], tasks: Sequence[str], title: str)
 
 def _yerr(vals: Sequence[float | None], cis: Sequence[Sequence[float] | None]):
     """Asymmetric error bars (percent) for matplotlib; None when no interval is known."""
-    if not any(ci is not None and v is not None for v, ci in zip(vals, cis)):
+    if not any(ci is not None and v is not None for v, ci in zip(vals, cis, strict=True)):
         return None
-    lo = [100 * (v - ci[0]) if v is not None and ci is not None else 0.0 for v, ci in zip(vals, cis)]
-    hi = [100 * (ci[1] - v) if v is not None and ci is not None else 0.0 for v, ci in zip(vals, cis)]
+    lo = [100 * (v - ci[0]) if v is not None and ci is not None else 0.0 for v, ci in zip(vals, cis, strict=True)]
+    hi = [100 * (ci[1] - v) if v is not None and ci is not None else 0.0 for v, ci in zip(vals, cis, strict=True)]
     return [[max(0.0, e) for e in lo], [max(0.0, e) for e in hi]]
 
 
@@ -169,8 +171,8 @@ def write_report(root: str | Path, variants: Sequence[str], stages: Mapping[str,
                "total_seconds": round(sum(t for t in timing.values() if t), 1), "config": config}
     atomic_write_json(root / "results.json", results)
     sizes = config.get("sizes", {})
-    title = (f"Meta-World demo ({config.get('config', {}).get('scale', '?')}): {sizes.get('eval_episodes_per_task', '?')} "
-             f"held-out episodes per task")
+    title = (f"Meta-World demo ({config.get('config', {}).get('scale', '?')}): "
+             f"{sizes.get('eval_episodes_per_task', '?')} held-out episodes per task")
     atomic_write_text(root / "results.md", f"# {title}\n\n{table}\n\nVideos: {', '.join(videos) or 'none'}\n")
     plot = bar_plot(root / "success_rates.png", rows, tasks, title)
     print(f"\n{title}\n{table}\n")
@@ -209,7 +211,8 @@ def aggregate_seeds(per_seed: Mapping[int, Mapping[str, Any]]) -> dict:
             per_task[t], per_task_ci[t] = ti["mean"], ti["ci95"]
         l1 = [r["final_l1"] for r in per.values() if r.get("final_l1") is not None]
         rows.append({
-            "name": name, "kind": kinds[name], "seeds": sorted(rated), "per_seed": {str(s): v for s, v in rated.items()},
+            "name": name, "kind": kinds[name], "seeds": sorted(rated),
+            "per_seed": {str(s): v for s, v in rated.items()},
             "success_rate": overall["mean"], "ci95": overall["ci95"], "sd": overall["sd"],
             "interval": "95% Student-t over per-seed success rates",
             "pooled_successes": k if known else None, "pooled_episodes": n if known else None,
@@ -241,9 +244,9 @@ def format_seeds_table(agg: Mapping[str, Any]) -> str:
                  *[_pct(r["per_task"].get(t), r["per_task_ci95"].get(t)) for t in tasks], _num(r.get("final_l1"))]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(agg["seeds"])
-    lines.append(f"\nMean over {n} seed(s) ({', '.join(map(str, agg['seeds']))}); interval: mean ± t(0.975, {n - 1})·sd/√{n} "
-                 "over the per-seed success rates (training and evaluation noise together), clipped to [0, 100]; "
-                 "pooled: all seeds' episodes together (Wilson; episode noise only)." if n > 1 else
+    lines.append(f"\nMean over {n} seed(s) ({', '.join(map(str, agg['seeds']))}); interval: mean ± t(0.975, "
+                 f"{n - 1})·sd/√{n} over the per-seed success rates (training and evaluation noise together), "
+                 "clipped to [0, 100]; pooled: all seeds' episodes together (Wilson; episode noise only)." if n > 1 else
                  "\nOne seed: no spread across seeds can be measured (run with --seeds N).")
     return "\n".join(lines)
 

@@ -9,8 +9,9 @@ the train config; keys are looked up at the top level first, then one level down
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from latentvla.errors import LatentVLAError
 from latentvla.utils.json_files import read_json

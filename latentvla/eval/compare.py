@@ -19,8 +19,9 @@ episodes both have).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from latentvla.errors import LatentVLAError
 from latentvla.eval.configuration_eval import EvalCompareConfig
@@ -97,8 +98,8 @@ def pair(a: Mapping[str, Any], b: Mapping[str, Any], common_only: bool = False) 
                              "not the same initial states")
     suites_a, suites_b = sorted({k[0] for k in ea}), sorted({k[0] for k in eb})
     if suites_a != suites_b:
-        raise LatentVLAError(f"{a['dir']} evaluated {', '.join(suites_a)} but {b['dir']} evaluated {', '.join(suites_b)}: "
-                             "a paired comparison needs the same suite and initial states")
+        raise LatentVLAError(f"{a['dir']} evaluated {', '.join(suites_a)} but {b['dir']} evaluated "
+                             f"{', '.join(suites_b)}: a paired comparison needs the same suite and initial states")
     tasks_a = {(k[0], k[1]): v["task"] for k, v in ea.items()}
     tasks_b = {(k[0], k[1]): v["task"] for k, v in eb.items()}
     clash = sorted(t for t in set(tasks_a) & set(tasks_b) if tasks_a[t] != tasks_b[t])
@@ -210,7 +211,8 @@ def format_comparison(result: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
 
     def fmt(r):
-        return "  ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        return "  ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}"
+                         for i, (c, w) in enumerate(zip(r, widths, strict=False))).rstrip()
 
     rule = "-" * len(fmt(head))
     lines = [f"A: {result['a']}", f"B: {result['b']}", "", fmt(head), rule, *map(fmt, rows[1:sep]), rule,
@@ -234,8 +236,8 @@ def run_compare(cfg: EvalCompareConfig) -> int:
             raise LatentVLAError(f"{d}: not a directory")
     subs_a, subs_b = _sub_runs(da), _sub_runs(db)
     if (subs_a is None) != (subs_b is None):
-        raise LatentVLAError(f"{da if subs_a is not None else db} is an `eval robustness` dir but the other is a single "
-                             "evaluation: compare two robustness dirs, or two dirs of the same suite")
+        raise LatentVLAError(f"{da if subs_a is not None else db} is an `eval robustness` dir but the "
+                             "other is a single evaluation: compare two robustness dirs, or two dirs of the same suite")
     if subs_a is None:
         a, b = load_episodes(da), load_episodes(db)
     else:

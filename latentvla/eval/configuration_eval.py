@@ -24,33 +24,39 @@ class LiberoEvalConfig:
         f"({', '.join(PRO_SUITES)}).")
     policy: Literal["vla", "random", "zero"] = arg(
         "vla", "vla = the checkpoint; random / zero exercise the environment side without a model.")
-    policy_server: str | None = arg(None, "HOST:PORT of a `latentvla serve` policy server to use instead of a local policy.")
+    policy_server: str | None = arg(None, "HOST:PORT of a `latentvla serve` policy server to use instead of "
+                                          "a local policy.")
     token: str | None = arg(None, "Shared token for --policy_server (default: $LATENTVLA_TOKEN).")
     num_trials_per_task: int = arg(50, "Episodes per task; episode i starts from the suite's fixed initial state i.")
     max_tasks: int | None = arg(None, "Evaluate only the first N tasks of the suite.")
     task_ids: list[int] = arg([], "Evaluate only these task ids (JSON list or comma-separated).")
     max_steps: int | None = arg(None, "Max policy steps per episode (default: the suite's limit 220/280/300/520/400).")
     num_steps_wait: int = arg(10, "No-op steps (gripper open) before the policy acts, so objects settle; not counted.")
-    num_open_loop_steps: int | None = arg(None, "Actions of each predicted chunk executed before re-planning (default: chunk length).")
+    num_open_loop_steps: int | None = arg(None, "Actions of each predicted chunk executed before re-planning "
+                                                "(default: chunk length).")
     center_crop: bool | None = arg(None, "Center-crop (area 0.9) observations as the deterministic twin of training's "
                                    "random crop; default: on when the checkpoint was trained with image_aug. "
                                    "With --policy_server the server prepares images itself.")
     env_image_size: int = arg(256, "Camera resolution rendered by the simulator (the protocol uses 256).")
     seed: int = arg(7, "Seed; every episode gets a seed derived from it, the suite, the task and the trial.")
-    output_dir: str = arg("", "Results directory (default: eval_results/libero/<suite>-<checkpoint or policy>-seed<seed>).")
+    output_dir: str = arg("",
+                          "Results directory (default: eval_results/libero/<suite>-<checkpoint or policy>-seed<seed>).")
     overwrite: bool = arg(False, "Start over in an existing --output_dir instead of resuming it.")
     save_videos: bool = arg(False, "Write one MP4 per episode under <output_dir>/videos/.")
     num_workers: int = arg(1, "Episodes run in this many processes (rendering is the CPU bottleneck).")
     device: str | None = arg(None, "Torch device of a local VLA policy (default: cuda if available, else cpu).")
-    unnorm_key: str | None = arg(None, "Dataset whose statistics un-normalize actions (default: the checkpoint's only one).")
-    vlm_path: str | None = arg(None, "Backbone (Qwen3-VL) directory or Hugging Face repo id, when it is no longer where "
-                                     "the checkpoint's config.json says.")
-    decode_tokens: bool = arg(False, "la_tok only, for analysis: execute the predicted <LA> codes decoded by the action "
-                              "tokenizer (the one the checkpoint records) instead of the action head's chunk.")
-    action_tokenizer_ckpt: str | None = arg(None, "With --decode_tokens: the action tokenizer checkpoint, when it is no "
-                                            "longer where the checkpoint's config.json says.")
+    unnorm_key: str | None = arg(None, "Dataset whose statistics un-normalize actions (default: the "
+                                       "checkpoint's only one).")
+    vlm_path: str | None = arg(None, "Backbone (Qwen3-VL) directory or Hugging Face repo id, when it is "
+                                     "no longer where the checkpoint's config.json says.")
+    decode_tokens: bool = arg(False, "la_tok only, for analysis: execute the predicted <LA> codes "
+                              "decoded by the action tokenizer (the one the checkpoint records) instead of the "
+                              "action head's chunk.")
+    action_tokenizer_ckpt: str | None = arg(None, "With --decode_tokens: the action tokenizer "
+                                            "checkpoint, when it is no longer where the checkpoint's config.json says.")
     render_backend: Literal["auto", "egl", "osmesa"] = arg(
-        "auto", "Headless rendering (sets MUJOCO_GL and PYOPENGL_PLATFORM); auto keeps MUJOCO_GL or picks EGL, else OSMesa.")
+        "auto",
+        "Headless rendering (sets MUJOCO_GL and PYOPENGL_PLATFORM); auto keeps MUJOCO_GL or picks EGL, else OSMesa.")
     log_dir: str = arg("logs/libero", "Directory of the run's log file.")
     instruction_source: Literal["auto", "task_name", "bddl"] = arg(
         "auto", "Where the instruction comes from: task_name (the task name's words, the community protocol and the "
@@ -82,8 +88,9 @@ class LiberoEvalConfig:
         if any(t < 0 for t in self.task_ids):
             raise LatentVLAError(f"--task_ids must be non-negative, got {self.task_ids}")
         if self.decode_tokens and (self.policy != "vla" or self.policy_server):
-            raise LatentVLAError("--decode_tokens needs a local la_tok checkpoint (--policy vla --pretrained_checkpoint "
-                                 "DIR); for a policy server, start `latentvla serve` with --decode_tokens True")
+            raise LatentVLAError("--decode_tokens needs a local la_tok checkpoint (--policy vla "
+                                 "--pretrained_checkpoint DIR); for a policy server, start `latentvla serve` with "
+                                 "--decode_tokens True")
         if self.action_tokenizer_ckpt and not self.decode_tokens:
             raise LatentVLAError("--action_tokenizer_ckpt is only used with --decode_tokens True")
         if self.policy == "vla" and not self.pretrained_checkpoint and not self.policy_server:
@@ -120,7 +127,8 @@ class EvalCompareConfig:
                      positional=True)
     dir_b: str = arg(help="Output dir of evaluation B, on the same suite(s) and initial states.", positional=True)
     alpha: float = arg(0.05, "Significance level of the verdicts.")
-    common_only: bool = arg(False, "Compare the episodes both dirs have instead of refusing when their episode sets differ.")
+    common_only: bool = arg(False, "Compare the episodes both dirs have instead of refusing when their "
+                                   "episode sets differ.")
     output_json: str = arg("", "Also write the comparison to this JSON file.")
 
     def validate(self) -> None:

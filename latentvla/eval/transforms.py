@@ -53,7 +53,8 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     return q[:3] * 2.0 * math.acos(w) / den
 
 
-def prepare_policy_image(image: np.ndarray, size: int | None, center_crop: bool, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
+def prepare_policy_image(image: np.ndarray, size: int | None, center_crop: bool,
+                         resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
     """Resize (and center-crop) exactly as the training pipeline made its images.
 
     Training images come from `latentvla.data.transforms.process_image` (the run's `image_resample`

@@ -6,8 +6,8 @@ Needs `imageio` and `imageio-ffmpeg` (extras `[video]`, `[libero]`, `[metaworld]
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue as queue_mod
 import traceback
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from latentvla.errors import LatentVLAError
 
@@ -35,7 +36,7 @@ def split_contiguous(items: Sequence[T], n: int) -> list[list[T]]:
     return [s for s in out if s]
 
 
-def _worker_main(target: Callable, payload: Any, q: "mp.Queue") -> None:
+def _worker_main(target: Callable, payload: Any, q: mp.Queue) -> None:
     try:
         target(payload, lambda rec: q.put(("result", rec)))
         q.put(("done", None))
@@ -65,7 +66,8 @@ def run_in_workers(target: Callable[[Any, Callable[[dict], None]], None], payloa
             except queue_mod.Empty:
                 dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
                 if dead and q.empty():
-                    raise LatentVLAError(f"evaluation worker died (exit code {dead[0].exitcode}); see the log above")
+                    raise LatentVLAError(f"evaluation worker died (exit code {dead[0].exitcode}); "
+                                         "see the log above") from None
                 continue
             if kind == "result":
                 on_result(value)

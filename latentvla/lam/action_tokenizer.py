@@ -1,4 +1,4 @@
-"""VQ action-chunk tokenizer (lam.md §3): one discrete code per action step of a normalized chunk.
+"""VQ action-chunk tokenizer: one discrete code per action step of a normalized chunk.
 
 Modules (their state-dict layout is the paper's, so its `tokenizer_step_N.pt` files load):
 - `ActionChunkEncoder`: [x, Re FFT_t(x), Im FFT_t(x)] -> `in_proj` -> `conv1..conv3` (dilations
@@ -58,7 +58,8 @@ class ActionChunkEncoder(nn.Module):
 class ActionChunkDecoder(nn.Module):
     def __init__(self, cfg: ActionTokenizerConfig):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.decoder_hidden_dim), nn.ReLU(), nn.Linear(cfg.decoder_hidden_dim, cfg.action_dim))
+        self.net = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.decoder_hidden_dim), nn.ReLU(),
+                                 nn.Linear(cfg.decoder_hidden_dim, cfg.action_dim))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.net(latents)
@@ -133,7 +134,10 @@ class EMAVectorQuantizer(nn.Module):
         n = flat.shape[0]
         if n == 0:
             raise ValueError("no encoder outputs to sample codes from")
-        pick = torch.randperm(n, generator=generator)[:count] if not replace else torch.randint(n, (count,), generator=generator)
+        if replace:
+            pick = torch.randint(n, (count,), generator=generator)
+        else:
+            pick = torch.randperm(n, generator=generator)[:count]
         noise = torch.randn(count, self.dim, generator=generator) * 0.01 * flat.std().clamp(min=1e-6)
         return flat[pick] + noise
 
@@ -147,7 +151,8 @@ class EMAVectorQuantizer(nn.Module):
         self.usage.zero_()
 
     @torch.no_grad()
-    def restart_dead_codes(self, z: torch.Tensor, min_usage: float = 1.0, generator: torch.Generator | None = None) -> int:
+    def restart_dead_codes(self, z: torch.Tensor, min_usage: float = 1.0,
+                           generator: torch.Generator | None = None) -> int:
         """Move codes assigned fewer than `min_usage` times since the last call onto random encoder
         outputs of `z`; returns how many moved. Resets the usage window."""
         dead = (self.usage < min_usage).nonzero().flatten()
@@ -161,7 +166,8 @@ class EMAVectorQuantizer(nn.Module):
 
 
 class ActionTokenizerModel(nn.Module):
-    """Encoder + EMA VQ + decoder, with the training loss of lam.md §3."""
+    """Encoder + EMA VQ + decoder, with the paper's training loss (reconstruction + masked
+    re-encoding + commitment)."""
 
     def __init__(self, cfg: ActionTokenizerConfig):
         super().__init__()
@@ -236,7 +242,7 @@ class ActionChunkTokenizer:
         self.source = source
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "ActionChunkTokenizer":
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> ActionChunkTokenizer:
         from latentvla.lam.action_tokenizer_checkpoint import load_tokenizer_checkpoint
 
         ckpt = load_tokenizer_checkpoint(path, map_location="cpu")
@@ -268,7 +274,7 @@ class ActionChunkTokenizer:
     def device(self) -> torch.device:
         return self.model.vq.embedding.device
 
-    def to(self, device) -> "ActionChunkTokenizer":
+    def to(self, device) -> ActionChunkTokenizer:
         self.model.to(device)
         return self
 
@@ -284,7 +290,10 @@ class ActionChunkTokenizer:
     # -- encode / decode
     def _as_tensor(self, x, dtype) -> tuple[torch.Tensor, bool]:
         was_numpy = isinstance(x, np.ndarray)
-        t = torch.as_tensor(x, dtype=dtype, device=self.device) if was_numpy or not torch.is_tensor(x) else x.to(self.device, dtype)
+        if was_numpy or not torch.is_tensor(x):
+            t = torch.as_tensor(x, dtype=dtype, device=self.device)
+        else:
+            t = x.to(self.device, dtype)
         return t, was_numpy
 
     @torch.no_grad()

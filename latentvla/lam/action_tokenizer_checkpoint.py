@@ -1,4 +1,4 @@
-"""Tokenizer checkpoints `tokenizer_step_{N}.pt` (lam.md §3 and appendix).
+"""Tokenizer checkpoints `tokenizer_step_{N}.pt` (the paper's file layout, plus our metadata).
 
 A file is a dict with the paper's three state dicts `encoder`, `vq`, `decoder`, plus (ours) `config`
 (ActionTokenizerConfig dict), `statistics` ({dataset_name: stats} used to normalize), `platform`
@@ -10,9 +10,10 @@ length then unknown = any length; heads default to 4).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -97,7 +98,9 @@ def infer_config(encoder: Mapping, vq: Mapping, decoder: Mapping, source: str) -
         action_dim = decoder["net.2.weight"].shape[0]
         ffn = encoder["transformer.layers.0.linear1.weight"].shape[0]
     except KeyError as e:
-        raise LatentVLAError(f"{source}: state dict lacks {e.args[0]!r} (expected the tokenizer layout of lam.md)") from None
+        raise LatentVLAError(f"{source}: state dict lacks {e.args[0]!r} (expected the paper's "
+                             "tokenizer layout: encoder.in_proj/conv1-3/transformer, vq.embedding, "
+                             "decoder.net)") from None
     if in3 != 3 * action_dim:
         raise LatentVLAError(f"{source}: encoder.in_proj takes {in3} features but the decoder outputs {action_dim} "
                              f"action dims (expected 3 x {action_dim})")
@@ -152,7 +155,8 @@ def _load_part(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], where: s
     if missing or unexpected:
         raise LatentVLAError(f"{where}: state dict does not match the tokenizer layout; missing {missing[:6]}, "
                              f"unexpected {unexpected[:6]}")
-    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if tuple(sd[k].shape) != tuple(v.shape)]
+    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
+             for k, v in expected.items() if tuple(sd[k].shape) != tuple(v.shape)]
     if wrong:
         raise LatentVLAError(f"{where}: tensor shapes do not match the config: {'; '.join(wrong[:4])}")
     module.load_state_dict(sd)

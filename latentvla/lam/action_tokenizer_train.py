@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,12 @@ import torch
 from latentvla.config import config_to_dict
 from latentvla.errors import LatentVLAError
 from latentvla.lam.action_tokenizer import ActionTokenizerModel, check_platform, code_usage_stats
-from latentvla.lam.action_tokenizer_checkpoint import (checkpoint_name, list_checkpoints, load_tokenizer_checkpoint,
-                                                       save_tokenizer_checkpoint)
+from latentvla.lam.action_tokenizer_checkpoint import (
+    checkpoint_name,
+    list_checkpoints,
+    load_tokenizer_checkpoint,
+    save_tokenizer_checkpoint,
+)
 from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig, ActionTrainConfig
 from latentvla.robots import Platform, unnormalize
 from latentvla.utils.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
@@ -76,9 +81,11 @@ class ChunkStream:
             if n == 0:
                 self.consumed = (epoch + 1) * self.epoch_len
                 if self.epoch_len < self.batch_size:
-                    raise LatentVLAError(f"the data mix has {self.epoch_len} transitions, fewer than --batch_size {self.batch_size}")
+                    raise LatentVLAError(f"the data mix has {self.epoch_len} transitions, fewer than --batch_size "
+                                         f"{self.batch_size}")
                 continue
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order[:n], num_workers=self.num_workers,
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order[:n],
+                                num_workers=self.num_workers,
                                 collate_fn=collate_chunks, drop_last=True, persistent_workers=False)
             for batch in loader:
                 self.consumed += self.batch_size
@@ -97,7 +104,8 @@ def fixed_batches(dataset, seed: int, batch_size: int, count: int) -> list[dict]
 def check_batch(actions: torch.Tensor, platform: Platform, data_mix: str) -> None:
     if tuple(actions.shape[1:]) != (platform.chunk_len, platform.action_dim):
         raise LatentVLAError(f"--data_mix {data_mix}: action chunks are {tuple(actions.shape[1:])}, expected "
-                             f"(chunk_len, action_dim) = ({platform.chunk_len}, {platform.action_dim}) of platform {platform.name!r}")
+                             f"(chunk_len, action_dim) = ({platform.chunk_len}, {platform.action_dim}) of platform "
+                             f"{platform.name!r}")
     if not torch.isfinite(actions).all():
         raise LatentVLAError(f"--data_mix {data_mix}: NaN/inf in normalized actions")
 
@@ -146,7 +154,8 @@ class MetricWindow:
 
     def summary(self, codebook_size: int) -> dict[str, float]:
         out = {k: v / max(self.n, 1) for k, v in self.sums.items()}
-        out["code_usage"], out["perplexity"] = code_usage_stats(torch.cat(self.codes), codebook_size) if self.codes else (0.0, 0.0)
+        usage = code_usage_stats(torch.cat(self.codes), codebook_size) if self.codes else (0.0, 0.0)
+        out["code_usage"], out["perplexity"] = usage
         return out
 
 
@@ -198,7 +207,7 @@ class _JSONLLog:
                         keep.append(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
-        atomic_write_text(path, "".join(l + "\n" for l in keep))
+        atomic_write_text(path, "".join(line + "\n" for line in keep))
         self._f = open(path, "a", buffering=1)
 
     def log(self, step: int, metrics: dict) -> None:
@@ -247,12 +256,14 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
     start_step, extra = 0, {}
     if cfg.resume and existing:
         loaded = load_tokenizer_checkpoint(existing[-1][1])
-        check_platform(loaded.model.config, loaded.platform, platform, str(existing[-1][1]), f"--data_mix {cfg.data_mix}")
+        check_platform(loaded.model.config, loaded.platform, platform, str(existing[-1][1]),
+                       f"--data_mix {cfg.data_mix}")
         model, start_step, extra = loaded.model, loaded.step, loaded.extra
         print(f"resuming from {existing[-1][1]} (step {start_step})")
     elif cfg.init_checkpoint:
         loaded = load_tokenizer_checkpoint(cfg.init_checkpoint)
-        check_platform(loaded.model.config, loaded.platform, platform, cfg.init_checkpoint, f"--data_mix {cfg.data_mix}")
+        check_platform(loaded.model.config, loaded.platform, platform, cfg.init_checkpoint,
+                       f"--data_mix {cfg.data_mix}")
         model = loaded.model
         model.config.chunk_len = platform.chunk_len
     else:
@@ -300,9 +311,10 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
 
     def save(step_now: int) -> Path:
         state = {"consumed": chunk_stream.consumed, "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}
-        path = save_tokenizer_checkpoint(results / checkpoint_name(step_now), model, step=step_now, statistics=statistics,
-                                         platform=platform.to_dict(),
-                                         extra={"optimizer": opt.state_dict(), "trainer": state, "train_config": config_to_dict(cfg)})
+        path = save_tokenizer_checkpoint(results / checkpoint_name(step_now), model, step=step_now,
+                                         statistics=statistics, platform=platform.to_dict(),
+                                         extra={"optimizer": opt.state_dict(), "trainer": state,
+                                                "train_config": config_to_dict(cfg)})
         _prune(results, cfg.keep_last)
         return path
 
@@ -316,8 +328,9 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
             out = model(x, mask_ratio=cfg.mask_ratio, commitment_weight=cfg.commitment_weight,
                         mask_loss_weight=cfg.mask_loss_weight, generator=gen)
             if not torch.isfinite(out["loss"]):
-                raise LatentVLAError(f"step {step + 1}: the loss is {float(out['loss'])} (NaN/inf actions in --data_mix "
-                                     f"{cfg.data_mix}, or training diverged: lower --learning_rate)")
+                raise LatentVLAError(f"step {step + 1}: the loss is {float(out['loss'])} (NaN/inf "
+                                     f"actions in --data_mix {cfg.data_mix}, or training diverged: lower "
+                                     "--learning_rate)")
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             if cfg.grad_clip:
@@ -339,7 +352,8 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
                        "lr": cfg.learning_rate, "samples_per_s": window.n * cfg.batch_size / max(now - t_window, 1e-9)}
                 logged.append(rec)
                 logger.log(step, {k: v for k, v in rec.items() if k != "step"})
-                bar.set_postfix(rec_mse=f"{rec['rec_mse']:.4f}", usage=f"{rec['code_usage']:.2f}", ppl=f"{rec['perplexity']:.1f}")
+                bar.set_postfix(rec_mse=f"{rec['rec_mse']:.4f}", usage=f"{rec['code_usage']:.2f}",
+                                ppl=f"{rec['perplexity']:.1f}")
                 window, restarted, t_window = MetricWindow(), 0, now
             if step % cfg.save_every == 0 or step == cfg.num_steps:
                 last_saved = save(step)
@@ -349,7 +363,8 @@ def train_action_tokenizer(cfg: ActionTrainConfig) -> dict[str, Any]:
 
     if last_saved is None:  # num_steps already reached by the resumed checkpoint
         last_saved = existing[-1][1] if existing else save(step)
-    final = evaluate(model, fixed_batches(dataset, cfg.seed + 2, cfg.batch_size, max(cfg.eval_batches, 1)), device, robot)
+    final = evaluate(model, fixed_batches(dataset, cfg.seed + 2, cfg.batch_size, max(cfg.eval_batches, 1)), device,
+                     robot)
     first = _first_logged(log_path)
     report = {
         "checkpoint": str(last_saved), "step": step, "platform": platform.name, "data_mix": cfg.data_mix,

@@ -1,4 +1,4 @@
-"""`latentvla lam annotate`: write an annotated copy of an RLDS dataset (lam.md §2).
+"""`latentvla lam annotate`: write an annotated copy of an RLDS dataset.
 
 For every episode of every split (all shards), step t gets
 - `steps/latent_idx` int64 `[C]`: the task-centric code indices of the pair (t, min(t+k, T−1))
@@ -21,8 +21,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tqdm import tqdm
 
@@ -121,7 +121,7 @@ class Annotator:
 
         def flush():
             labels = self.labeler.label_episodes([imgs for _, imgs in pending])
-            for (rec, _), (idx, z) in zip(pending, labels):
+            for (rec, _), (idx, z) in zip(pending, labels, strict=True):
                 yield append_features(rec, {LATENT_IDX: idx.reshape(-1), LATENT_Z: z.reshape(-1)}, str(shard))
                 if progress is not None:
                     progress.update(1)
@@ -157,7 +157,8 @@ def _check_source(src: TFDSBuilderDir, image_key: str) -> str:
     if found is not None and found.stored:
         raise LatentVLAError(f"{src.path}: its records already carry {', '.join(found.stored)} (undeclared in "
                              "features.json, as the paper's latent.py leaves them); use them as they are, declare them "
-                             f"with `latentvla data declare-latents {src.path}`, or annotate the original dataset instead")
+                             f"with `latentvla data declare-latents {src.path}`, or annotate the original "
+                             "dataset instead")
     return image_path
 
 
@@ -166,14 +167,15 @@ def output_features(src: TFDSBuilderDir, num_codes: int, latent_dim: int) -> dic
     from latentvla.data.features import build_features_json
 
     features = copy.deepcopy(src.features)
-    step_feats = features["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]["features"]
+    step_node = features["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]
+    step_feats = step_node["features"]
     new = build_features_json({LATENT_IDX: tensor_feature((num_codes,), "int64",
                                                           "Image-LAM task-centric code indices of (t, t+k)."),
                                LATENT_Z: tensor_feature((num_codes, latent_dim), "float32",
                                                         "Image-LAM task-centric code vectors of (t, t+k).")})
     new_steps = new["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]["features"]
     step_feats.update(new_steps)
-    features["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]["features"] = dict(sorted(step_feats.items()))
+    step_node["features"] = dict(sorted(step_feats.items()))
     return features
 
 
@@ -228,7 +230,7 @@ def annotate_builder(src: TFDSBuilderDir, out: Path, image_key: str, labeler, *,
             template = str(split_info.get("filepathTemplate") or DEFAULT_TEMPLATE)
             paths, lengths = src.shard_paths(split), src.shard_lengths(split)
             num_bytes = 0
-            for i, (shard, n) in enumerate(zip(paths, lengths)):
+            for i, (shard, n) in enumerate(zip(paths, lengths, strict=True)):
                 target = staging / shard_filename(template, name, split, i, len(paths), src.file_format)
                 if target.is_file():  # finished by an earlier run
                     bar.update(n)
@@ -300,7 +302,8 @@ def run_annotate(cfg: AnnotateConfig) -> list[Path]:
         else:
             _check_source(src, key)  # fail before loading the model
             # the staging directory is created beside the output: a read-only disk fails now
-            check_writable_dir(out.parent, f"{'--output_dir' if cfg.output_dir else 'annotation output'} {out}: its directory")
+            check_writable_dir(out.parent, f"{'--output_dir' if cfg.output_dir else 'annotation output'} "
+                                           f"{out}: its directory")
             pending.append((src, key, out))
     if not pending:
         return [s.path if cfg.in_place else Path(cfg.output_dir) if cfg.output_dir else default_output_dir(s)

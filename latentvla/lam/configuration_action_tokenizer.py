@@ -1,12 +1,13 @@
-"""Configs of the VQ action-chunk tokenizer (lam.md §3): the model and `latentvla lam action-train`.
+"""Configs of the VQ action-chunk tokenizer: the model and `latentvla lam action-train`.
 
 Light module: no torch import, so `latentvla lam action-train --help` stays fast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from latentvla.config import arg
 from latentvla.errors import LatentVLAError
@@ -14,11 +15,11 @@ from latentvla.errors import LatentVLAError
 
 @dataclass
 class ActionTokenizerConfig:
-    """Sizes of the tokenizer. Defaults are the paper's (lam.md §3); action_dim/chunk_len come from
+    """Sizes of the tokenizer. Defaults are the paper's; action_dim/chunk_len come from
     the platform. chunk_len=None means "any length" (the paper's own files do not record it)."""
 
     action_dim: int = 7
-    chunk_len: Optional[int] = 8
+    chunk_len: int | None = 8
     hidden_dim: int = 128
     codebook_size: int = 256
     num_heads: int = 4
@@ -31,15 +32,17 @@ class ActionTokenizerConfig:
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
 
-    def validate(self, source: str = "tokenizer config") -> "ActionTokenizerConfig":
-        for key in ("action_dim", "hidden_dim", "codebook_size", "num_heads", "ffn_dim", "num_layers", "decoder_hidden_dim"):
+    def validate(self, source: str = "tokenizer config") -> ActionTokenizerConfig:
+        for key in ("action_dim", "hidden_dim", "codebook_size", "num_heads", "ffn_dim", "num_layers",
+                    "decoder_hidden_dim"):
             v = getattr(self, key)
             if not isinstance(v, int) or v < 1:
                 raise LatentVLAError(f"{source}: {key} must be a positive integer, got {v!r}")
         if self.chunk_len is not None and (not isinstance(self.chunk_len, int) or self.chunk_len < 1):
             raise LatentVLAError(f"{source}: chunk_len must be a positive integer or None, got {self.chunk_len!r}")
         if self.hidden_dim % self.num_heads:
-            raise LatentVLAError(f"{source}: hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
+            raise LatentVLAError(f"{source}: hidden_dim {self.hidden_dim} is not divisible by num_heads "
+                                 f"{self.num_heads}")
         if len(self.dilations) != 3:
             raise LatentVLAError(f"{source}: dilations must have 3 entries (conv1..conv3), got {list(self.dilations)}")
         if not 0.0 < self.ema_decay < 1.0:
@@ -54,7 +57,7 @@ class ActionTokenizerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "tokenizer config") -> "ActionTokenizerConfig":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "tokenizer config") -> ActionTokenizerConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
@@ -67,20 +70,21 @@ class ActionTokenizerConfig:
 
 @dataclass
 class ActionTrainConfig:
-    """Train the VQ action-chunk tokenizer (lam.md §3) on the action chunks of an RLDS data mix."""
+    """Train the VQ action-chunk tokenizer on the action chunks of an RLDS data mix."""
 
     data_root_dir: str = arg("", "Directory holding <name>/<version>/ TFDS builder dirs.")
     data_mix: str = arg("", "Mixture name, dataset name, or JSON list of names (one platform).")
     results_dir: str = arg("", "Output directory: tokenizer_step_{N}.pt, metrics.jsonl, report.json.")
-    dataset_registry: Optional[str] = arg(None, "YAML/JSON file registering extra datasets.")
+    dataset_registry: str | None = arg(None, "YAML/JSON file registering extra datasets.")
     num_steps: int = arg(100_000, "Optimizer steps in total (the paper: 100k).")
     batch_size: int = arg(8, "Action chunks per step (the paper: 8).")
     learning_rate: float = arg(1e-4, "Adam learning rate.", aliases=("--lr",))
     save_every: int = arg(10_000, "Write tokenizer_step_{N}.pt every N steps (and at the end).")
     log_every: int = arg(100, "Log metrics (over the last N steps) every N steps.")
-    keep_last: Optional[int] = arg(None, "Keep only the newest N checkpoints (None = keep all).")
+    keep_last: int | None = arg(None, "Keep only the newest N checkpoints (None = keep all).")
     resume: bool = arg(False, "Continue from the newest tokenizer_step_{N}.pt in results_dir.")
-    init_checkpoint: Optional[str] = arg(None, "Start from these weights (ours or the paper's .pt; sizes come from it); a new optimizer.")
+    init_checkpoint: str | None = arg(None, "Start from these weights (ours or the paper's .pt; sizes come from it); "
+                                            "a new optimizer.")
     seed: int = arg(42, "Seed of weights, sampling and masking.")
     device: str = arg("auto", "auto (cuda when present), cpu, cuda, cuda:N.")
     num_workers: int = arg(0, "DataLoader worker processes.")
@@ -93,9 +97,9 @@ class ActionTrainConfig:
     ema_decay: float = arg(0.99, "EMA decay of the codebook.")
     restart_every: int = arg(200, "Restart codes unused during the last N steps (0 = never).")
     init_batches: int = arg(8, "Batches whose encoder outputs initialise the codebook (0 = random init).")
-    grad_clip: Optional[float] = arg(1.0, "Clip the gradient norm (None = no clipping).")
+    grad_clip: float | None = arg(1.0, "Clip the gradient norm (None = no clipping).")
     eval_batches: int = arg(32, "Batches drawn with a fixed seed for the final report's metrics.")
-    run_name: Optional[str] = arg(None, "Run name for W&B / SwanLab (default: the results_dir name).")
+    run_name: str | None = arg(None, "Run name for W&B / SwanLab (default: the results_dir name).")
     use_wandb: bool = arg(False, "Also log to Weights & Biases (SwanLab: set ENABLE_SWANLAB=1).")
     wandb_project: str = arg("latentvla", "W&B / SwanLab project.")
 

@@ -7,7 +7,7 @@ Light module (no torch import): `latentvla lam image-train --help` and `latentvl
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Literal, Optional
+from typing import Literal
 
 from latentvla.config import arg
 from latentvla.errors import LatentVLAError
@@ -15,7 +15,7 @@ from latentvla.errors import LatentVLAError
 
 @dataclass
 class ImageLAMConfig:
-    """Architecture of the UniVLA-style LAM (lam.md §1). Defaults are the paper's sizes."""
+    """Architecture of the UniVLA-style LAM. Defaults are the paper's sizes."""
 
     model_dim: int = 768
     enc_blocks: int = 12
@@ -53,7 +53,7 @@ class ImageLAMConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "LAM config") -> "ImageLAMConfig":
+    def from_dict(cls, data: dict, source: str = "LAM config") -> ImageLAMConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -71,16 +71,17 @@ class ImageLAMTrainConfig:
 
     data_root_dir: str = arg("", "Directory holding <name>/<version>/ RLDS builder dirs.")
     data_mix: str = arg("", "Mixture name, dataset name, or JSON list of dataset names.")
-    dataset_registry: Optional[str] = arg(None, "YAML/JSON file registering extra datasets.")
-    dino_path: Optional[str] = arg(None, "DINOv2-with-registers: HF directory, original .pth or Hugging Face repo id "
+    dataset_registry: str | None = arg(None, "YAML/JSON file registering extra datasets.")
+    dino_path: str | None = arg(None, "DINOv2-with-registers: HF directory, original .pth or Hugging Face repo id "
                                          "(may be omitted when --lam_path carries dino_encoder weights).")
-    lam_path: Optional[str] = arg(None, "Start from this checkpoint: UniVLA stage-2 Lightning .ckpt or one of ours, or "
+    lam_path: str | None = arg(None, "Start from this checkpoint: UniVLA stage-2 Lightning .ckpt or one of ours, or "
                                         "a Hugging Face repo id holding one.")
-    stage_one_ckpt: Optional[str] = arg(None, "Stage-1 checkpoint whose task-irrelevant codebook and queries start stage 2.")
-    t5_path: Optional[str] = arg(None, "Local T5 encoder directory (stage 1 language conditioning).")
+    stage_one_ckpt: str | None = arg(None, "Stage-1 checkpoint whose task-irrelevant codebook and "
+                                           "queries start stage 2.")
+    t5_path: str | None = arg(None, "Local T5 encoder directory (stage 1 language conditioning).")
     stage: Literal[1, 2] = arg(2, "1: task-irrelevant codes with language (needs --t5_path); 2: task-centric codes.")
     results_dir: str = arg("runs/lam", "Run directory root; the run lives in <results_dir>/<run_id>/.")
-    run_id: Optional[str] = arg(None, "Run name (default: lam-stage<stage>-<data_mix>).")
+    run_id: str | None = arg(None, "Run name (default: lam-stage<stage>-<data_mix>).")
     max_steps: int = arg(1000, "Optimizer steps to train.")
     batch_size: int = arg(64, "Frame pairs per step (per process).")
     model_dim: int = arg(768, "Transformer width.")
@@ -108,7 +109,7 @@ class ImageLAMTrainConfig:
     non_strict: bool = arg(False, "Load --lam_path even when keys are missing or unexpected (reported).")
     num_workers: int = arg(0, "DataLoader worker processes.")
     image_aug: bool = arg(False, "Augment frames (random crop + color jitter, same for both frames).")
-    device: Optional[str] = arg(None, "cpu, cuda, cuda:N (default: cuda when available).")
+    device: str | None = arg(None, "cpu, cuda, cuda:N (default: cuda when available).")
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = arg("auto", "auto = bf16 on GPU, fp32 on CPU.")
     seed: int = arg(42, "Seed for weights, sampling and augmentation.")
 
@@ -142,29 +143,34 @@ class ImageLAMTrainConfig:
 class AnnotateConfig:
     """Annotate an RLDS dataset with image-LAM latent actions (steps/latent_idx, steps/latent_z)."""
 
-    lam_ckpt: str = arg("", "LAM checkpoint: a `lam image-train` run dir (its newest checkpoint) or checkpoints/step_N dir, "
-                        "or a UniVLA Lightning .ckpt, or a Hugging Face repo id holding one.", aliases=("--lam_path",))
-    data_root_dir: Optional[str] = arg(None, "Directory holding <name>/<version>/ (with --data_mix).")
-    data_mix: Optional[str] = arg(None, "Dataset name (or JSON list of names) to annotate.")
-    dataset_registry: Optional[str] = arg(None, "YAML/JSON file registering extra datasets.")
-    dataset_dir: Optional[str] = arg(None, "Annotate this builder dir <root>/<name>/<version> instead of --data_mix.")
-    image_key: Optional[str] = arg(None, "Step image key (default: the registry's primary camera, else observation/image).")
-    output_dir: Optional[str] = arg(None, "Output builder dir (default: <root>/<name>_latent/<version>; one dataset only).")
-    dino_path: Optional[str] = arg(None, "DINOv2 backbone (directory, .pth or Hugging Face repo id), when the checkpoint "
+    lam_ckpt: str = arg("",
+                        "LAM checkpoint: a `lam image-train` run dir (its newest checkpoint) or "
+                        "checkpoints/step_N dir, or a UniVLA Lightning .ckpt, or a Hugging Face repo id holding one.",
+                        aliases=("--lam_path",))
+    data_root_dir: str | None = arg(None, "Directory holding <name>/<version>/ (with --data_mix).")
+    data_mix: str | None = arg(None, "Dataset name (or JSON list of names) to annotate.")
+    dataset_registry: str | None = arg(None, "YAML/JSON file registering extra datasets.")
+    dataset_dir: str | None = arg(None, "Annotate this builder dir <root>/<name>/<version> instead of --data_mix.")
+    image_key: str | None = arg(None, "Step image key (default: the registry's primary camera, else "
+                                      "observation/image).")
+    output_dir: str | None = arg(None, "Output builder dir (default: <root>/<name>_latent/<version>; "
+                                       "one dataset only).")
+    dino_path: str | None = arg(None, "DINOv2 backbone (directory, .pth or Hugging Face repo id), when the checkpoint "
                                          "does not carry one.")
     pair_offset: int = arg(11, "k_annotate: pair step t with min(t+k, T-1) (paper annotation: 11).")
     batch_size: int = arg(64, "Frames per forward pass.")
-    num_heads: Optional[int] = arg(None, "Attention heads of a UniVLA .ckpt (default: its hyper_parameters "
+    num_heads: int | None = arg(None, "Attention heads of a UniVLA .ckpt (default: its hyper_parameters "
                                          "lam_num_heads, else 12).")
-    lam_pair_offset: Optional[int] = arg(None, "k a UniVLA .ckpt was trained with, to size its action head (default: "
-                                               "its hyper_parameters goal_image_step, else 32; the head is unused here).")
+    lam_pair_offset: int | None = arg(None, "k a UniVLA .ckpt was trained with, to size its action head (default: "
+                                               "its hyper_parameters goal_image_step, else 32; the head "
+                                               "is unused here).")
     non_strict: bool = arg(False, "Load the checkpoint even when keys are missing or unexpected (reported).")
     overwrite: bool = arg(False, "Replace an existing complete annotation.")
     in_place: bool = arg(False, "Replace the input dataset by its annotated copy once that is complete.")
-    splits: Optional[list[str]] = arg(None, "Splits to annotate (default: all).")
-    device: Optional[str] = arg(None, "cpu, cuda, cuda:N (default: cuda when available).")
+    splits: list[str] | None = arg(None, "Splits to annotate (default: all).")
+    device: str | None = arg(None, "cpu, cuda, cuda:N (default: cuda when available).")
     mixed_precision: Literal["auto", "bf16", "no"] = arg("auto", "auto = bf16 on GPU, fp32 on CPU.")
-    decode_threads: Optional[int] = arg(None, "JPEG decode threads (default: min(8, CPU count)).")
+    decode_threads: int | None = arg(None, "JPEG decode threads (default: min(8, CPU count)).")
 
     def validate(self) -> None:
         if not self.lam_ckpt:

@@ -18,7 +18,8 @@ class TinyDinoConfig:
     num_layers: int = arg(2, "Number of transformer layers (ViT-B/14: 12).")
     num_heads: int = arg(2, "Attention heads; must divide hidden_size (ViT-B/14: 12).")
     patch_size: int = arg(14, "Patch size in pixels (DINOv2: 14).")
-    image_size: int = arg(56, "Native image size; a multiple of patch_size (the model interpolates positions for others).")
+    image_size: int = arg(56, "Native image size; a multiple of patch_size (the model interpolates "
+                              "positions for others).")
     num_register_tokens: int = arg(4, "Register tokens (the LAM uses DINOv2 with 4 registers).")
     mlp_ratio: int = arg(4, "MLP width as a multiple of hidden_size.")
     seed: int = arg(0, "Seed of the random weights.")

@@ -50,7 +50,7 @@ class DinoFeatures(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "DinoFeatures":  # frozen: always in eval mode
+    def train(self, mode: bool = True) -> DinoFeatures:  # frozen: always in eval mode
         return super().train(False)
 
     def num_patches(self, image_size: int) -> int:
@@ -78,7 +78,8 @@ def original_to_hf(sd: dict, prefix: str = ""):
         num_pos = sd["pos_embed"].shape[1] - 1
         registers = sd["register_tokens"].shape[1] if "register_tokens" in sd else 0
     except KeyError as e:
-        raise LatentVLAError(f"DINOv2 weights: missing key {prefix}{e.args[0]} (expected the original layout)") from None
+        raise LatentVLAError(f"DINOv2 weights: missing key {prefix}{e.args[0]} (expected the "
+                             "original layout)") from None
     side = int(round(num_pos ** 0.5))
     layers = 1 + max(int(m.group(1)) for k in sd if (m := _ORIGINAL_BLOCK.match(k)))
     mlp_ratio = sd["blocks.0.mlp.fc1.weight"].shape[0] // dim
@@ -165,6 +166,8 @@ def load_dino(path: str | Path) -> DinoFeatures:
             sd = sd["model"]
         prefix = next((k[: -len("cls_token")] for k in sd if k.endswith("cls_token")), None)
         if prefix is None or not is_original_dino_state_dict(sd, prefix):
-            raise LatentVLAError(f"--dino_path {path}: not a DINOv2 state dict (no cls_token / patch_embed.proj.weight)")
+            raise LatentVLAError(f"--dino_path {path}: not a DINOv2 state dict (no cls_token / "
+                                 "patch_embed.proj.weight)")
         return dino_from_original(sd, prefix, source=f"--dino_path {path}")
-    raise LatentVLAError(f"--dino_path {path}: not found (expected a Dinov2WithRegistersModel directory or a .pth file)")
+    raise LatentVLAError(f"--dino_path {path}: not found (expected a Dinov2WithRegistersModel directory "
+                         "or a .pth file)")

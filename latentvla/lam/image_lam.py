@@ -1,7 +1,7 @@
-"""UniVLA-style image latent action model (lam.md §1).
+"""UniVLA-style image latent action model.
 
-A VQ-VAE in frozen DINOv2 feature space. Module names mirror the layout of UniVLA's checkpoints
-(`lam.md` appendix), so loading one is a prefix strip:
+A VQ-VAE in frozen DINOv2 feature space. Module names mirror the layout of UniVLA's checkpoints,
+so loading one is a prefix strip:
 
 - `action_latent_controllable` / `action_latent`: the 4 task-centric / 4 task-irrelevant queries;
   each frame's token row is [task-centric queries | task-irrelevant queries | patches].
@@ -189,7 +189,8 @@ class ImageLatentActionModel(nn.Module):
             self.vq_action = VectorQuantizer(cfg.codebook_size, e)
             self.action_up = nn.Linear(e, d)
             if cfg.action_dim > 0:
-                self.action_decoder = nn.Sequential(nn.Linear(e, e), nn.ReLU(), nn.Linear(e, cfg.pair_offset * cfg.action_dim))
+                self.action_decoder = nn.Sequential(nn.Linear(e, e), nn.ReLU(),
+                                                    nn.Linear(e, cfg.pair_offset * cfg.action_dim))
             self.vq.requires_grad_(False)  # the task-irrelevant codebook is frozen in stage 2
         else:
             self.text_encoder = text_encoder
@@ -301,7 +302,7 @@ class T5TextEncoder(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "T5TextEncoder":
+    def train(self, mode: bool = True) -> T5TextEncoder:
         return super().train(False)
 
     @torch.no_grad()
@@ -309,5 +310,6 @@ class T5TextEncoder(nn.Module):
         dev = next(self.model.parameters()).device
         enc = self.tokenizer(texts, return_tensors="pt", padding=True)
         with torch.autocast(device_type=dev.type, enabled=False):
-            h = self.model(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev)).last_hidden_state
+            h = self.model(input_ids=enc["input_ids"].to(dev),
+                           attention_mask=enc["attention_mask"].to(dev)).last_hidden_state
         return h, enc["attention_mask"].to(dev)

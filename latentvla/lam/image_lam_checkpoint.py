@@ -17,10 +17,22 @@ import torch
 
 from latentvla.errors import LatentVLAError
 from latentvla.lam.configuration_image_lam import ImageLAMConfig
-from latentvla.lam.dino import DinoFeatures, dino_from_config_dict, dino_from_original, is_original_dino_state_dict, load_dino
+from latentvla.lam.dino import (
+    DinoFeatures,
+    dino_from_config_dict,
+    dino_from_original,
+    is_original_dino_state_dict,
+    load_dino,
+)
 from latentvla.lam.image_lam import ImageLatentActionModel
-from latentvla.lam.univla_checkpoint import (describe_settings, load_lam_weights, read_lightning_checkpoint,
-                                             read_lightning_state_dict, rename_for_stage, resolve_config)
+from latentvla.lam.univla_checkpoint import (
+    describe_settings,
+    load_lam_weights,
+    read_lightning_checkpoint,
+    read_lightning_state_dict,
+    rename_for_stage,
+    resolve_config,
+)
 from latentvla.utils.atomic import atomic_directory, atomic_write_json
 
 FORMAT = "latentvla-image-lam"
@@ -60,10 +72,12 @@ def resolve_lam_checkpoint(path: str | Path) -> Path:
     if pointer.is_file():
         target = root / pointer.read_text().strip()
         if not (target / "config.json").is_file():
-            raise LatentVLAError(f"{pointer} names {target.name!r}, which is not a complete LAM checkpoint (no config.json)")
+            raise LatentVLAError(f"{pointer} names {target.name!r}, which is not a complete LAM checkpoint "
+                                 "(no config.json)")
         return target
     steps = sorted((int(d.name[5:]), d) for d in (root.iterdir() if root.is_dir() else [])
-                   if d.is_dir() and d.name.startswith("step_") and d.name[5:].isdigit() and (d / "config.json").is_file())
+                   if d.is_dir() and d.name.startswith("step_") and d.name[5:].isdigit()
+                   and (d / "config.json").is_file())
     if steps:
         return steps[-1][1]
     raise LatentVLAError(f"{path}: neither an image-LAM checkpoint (no config.json) nor a `latentvla lam image-train` "
@@ -81,7 +95,8 @@ def read_checkpoint_config(path: str | Path) -> dict:
     return meta
 
 
-def _build(cfg: ImageLAMConfig, dino: DinoFeatures, t5_path: str | None, with_text_encoder: bool) -> ImageLatentActionModel:
+def _build(cfg: ImageLAMConfig, dino: DinoFeatures, t5_path: str | None,
+           with_text_encoder: bool) -> ImageLatentActionModel:
     if dino.hidden_size != cfg.dino_dim:
         raise LatentVLAError(f"DINO backbone width {dino.hidden_size} does not match the LAM's dino_dim {cfg.dino_dim}")
     text = None
@@ -118,7 +133,8 @@ def load_image_lam(path: str | Path, *, dino_path: str | None = None, t5_path: s
         dino = load_dino(dino_path) if dino_path else _stored_dino(path, meta, tensors)
         model = _build(cfg, dino, t5_path or meta.get("t5_path"), with_text_encoder)
         load_lam_weights(model, tensors, strict=strict, source=str(path))
-        return model.float().eval(), {"step": int(meta.get("step", 0)), "source": str(path), "t5_path": meta.get("t5_path")}
+        return model.float().eval(), {"step": int(meta.get("step", 0)), "source": str(path),
+                                      "t5_path": meta.get("t5_path")}
     sd, stored = read_lightning_checkpoint(path)
     dino = load_dino(dino_path) if dino_path else _stored_dino(path, None, sd)
     # The public DINOv2 weights are stored at 518 px; UniVLA feeds 224 px frames (256 patches).

@@ -9,7 +9,7 @@ this rank) is checkpointed so a resumed run continues the same stream.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -58,7 +58,8 @@ class FramePairStream:
 
         epoch_len = len(self._order(0))
         if epoch_len < self.batch_size:
-            raise LatentVLAError(f"the data mix has {epoch_len} transitions per process, fewer than --batch_size {self.batch_size}")
+            raise LatentVLAError(f"the data mix has {epoch_len} transitions per process, fewer than --batch_size "
+                                 f"{self.batch_size}")
         while True:
             epoch, skip = divmod(self.consumed, epoch_len)
             order = self._order(epoch)[skip:]
@@ -66,8 +67,8 @@ class FramePairStream:
             if n == 0:
                 self.consumed = (epoch + 1) * epoch_len
                 continue
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order[:n], num_workers=self.num_workers,
-                                collate_fn=collate_pairs, drop_last=True)
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order[:n],
+                                num_workers=self.num_workers, collate_fn=collate_pairs, drop_last=True)
             for batch in loader:
                 self.consumed += self.batch_size
                 yield batch

@@ -1,4 +1,4 @@
-"""`latentvla lam image-train`: train the image latent action model (lam.md §1).
+"""`latentvla lam image-train`: train the image latent action model.
 
 Data: frame pairs (primary camera at t and min(t+k, T−1)) with the normalized action chunk of the
 pair, from `latentvla.data.dataset.FramePairDataset`, drawn in a seeded permutation per epoch
@@ -39,7 +39,6 @@ from latentvla.utils.paths import check_writable_dir
 from latentvla.utils.seeding import seed_everything
 from latentvla.utils.weight_files import load_safetensors, load_torch_file
 
-
 # ----------------------------------------------------------------------------- model set-up
 
 def _load_dino(cfg: ImageLAMTrainConfig):
@@ -55,7 +54,8 @@ def build_model(cfg: ImageLAMTrainConfig, action_dim: int) -> ImageLatentActionM
 
     dino = _load_dino(cfg)
     if cfg.image_size % dino.patch_size:
-        raise LatentVLAError(f"--image_size {cfg.image_size} is not a multiple of the DINO patch size {dino.patch_size}")
+        raise LatentVLAError(f"--image_size {cfg.image_size} is not a multiple of the DINO patch size "
+                             f"{dino.patch_size}")
     text = None
     text_dim = 768
     if cfg.stage == 1:
@@ -70,7 +70,8 @@ def build_model(cfg: ImageLAMTrainConfig, action_dim: int) -> ImageLatentActionM
     if cfg.lam_path:
         tensors, stage, stored = read_lam_checkpoint(cfg.lam_path)
         # heads are not in the weights: the checkpoint's own settings catch a silent mismatch
-        check_train_flags(stored, num_heads=mcfg.num_heads, pair_offset=mcfg.pair_offset, source=f"--lam_path {cfg.lam_path}")
+        check_train_flags(stored, num_heads=mcfg.num_heads, pair_offset=mcfg.pair_offset,
+                          source=f"--lam_path {cfg.lam_path}")
         if stage != mcfg.stage:
             raise LatentVLAError(f"--lam_path {cfg.lam_path} is a stage-{stage} checkpoint but --stage is {mcfg.stage}"
                                  + ("; use --stage_one_ckpt to start stage 2 from it" if stage == 1 else ""))
@@ -78,7 +79,8 @@ def build_model(cfg: ImageLAMTrainConfig, action_dim: int) -> ImageLatentActionM
     elif cfg.stage_one_ckpt:
         tensors, stage = read_lam_tensors(cfg.stage_one_ckpt)
         if stage != 1:
-            raise LatentVLAError(f"--stage_one_ckpt {cfg.stage_one_ckpt} is a stage-{stage} checkpoint, expected stage 1")
+            raise LatentVLAError(f"--stage_one_ckpt {cfg.stage_one_ckpt} is a stage-{stage} checkpoint, "
+                                 "expected stage 1")
         carried = stage_one_transfer(tensors)
         load_lam_weights(model, carried, strict=False, source=f"--stage_one_ckpt {cfg.stage_one_ckpt}")
         print(f"stage 1 → 2: carried {', '.join(sorted(carried))}")
@@ -307,7 +309,8 @@ def run_image_train(cfg: ImageLAMTrainConfig) -> Path:
             rec = _summarize(window, book_size, cfg.batch_size * world)
             if logger is not None:
                 logger.log(step, rec)
-            bar.set_postfix(recon=f"{rec['recon_loss']:.4f}", used=int(rec["codes_used"]), ppl=f"{rec['perplexity']:.2f}")
+            bar.set_postfix(recon=f"{rec['recon_loss']:.4f}", used=int(rec["codes_used"]),
+                            ppl=f"{rec['perplexity']:.2f}")
             window = {"indices": [], "metrics": [], "t0": time.time()}
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             _save(run_dir, model, opt, scaler, cfg, step, stream.consumed, rank, world, gen, usage)

@@ -9,8 +9,8 @@ from the codebook in fp32.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -95,8 +95,9 @@ class LatentLabeler:
         frames = self._decode([img for ep in episodes for img in ep])
         feats = self._features(frames)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if lengths else np.zeros(0, np.int64)
-        first = np.concatenate([s + np.arange(n) for s, n in zip(starts, lengths)] or [np.zeros(0, np.int64)])
-        second = np.concatenate([s + pair_targets(n, self.pair_offset) for s, n in zip(starts, lengths)]
+        first = np.concatenate([s + np.arange(n) for s, n in zip(starts, lengths, strict=True)]
+                               or [np.zeros(0, np.int64)])
+        second = np.concatenate([s + pair_targets(n, self.pair_offset) for s, n in zip(starts, lengths, strict=True)]
                                 or [np.zeros(0, np.int64)])
         if len(first):
             idx, z = self._encode_pairs(feats, first.astype(np.int64), second.astype(np.int64))

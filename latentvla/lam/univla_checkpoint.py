@@ -1,4 +1,4 @@
-"""Read UniVLA's Lightning LAM checkpoints (`lam.md` appendix) into `ImageLatentActionModel`.
+"""Read UniVLA's Lightning LAM checkpoints into `ImageLatentActionModel`.
 
 UniVLA stores `ckpt["state_dict"]["lam.<name>"]`; our module names mirror `<name>`, so the mapping
 is a prefix strip plus, for stage-1 files, the task-irrelevant branch's names (`to_codebook` /
@@ -22,8 +22,9 @@ stage) are always taken from the weights; a stored value that disagrees is repor
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -151,7 +152,8 @@ def resolve_config(sd: dict, stored: Mapping[str, tuple[int, str]] | None = None
     note saying how to load it: annotation does not use it.
     """
     stored = dict(stored or {})
-    names = {"num_heads": "--num_heads", "pair_offset": "--lam_pair_offset", "action_dim": "action_dim", **(flag_names or {})}
+    names = {"num_heads": "--num_heads", "pair_offset": "--lam_pair_offset", "action_dim": "action_dim",
+             **(flag_names or {})}
     used: dict[str, str] = {}
 
     def pick(field: str, given: int | None) -> tuple[int | None, str]:

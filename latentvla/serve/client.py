@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -83,7 +83,8 @@ class PolicyClient:
     def predict_action(self, images: Sequence[np.ndarray] | np.ndarray, instruction: str,
                        proprio: np.ndarray | None = None) -> np.ndarray:
         request = {"type": "predict_action", "images": [np.asarray(im) for im in images],
-                   "instruction": instruction, "proprio": None if proprio is None else np.asarray(proprio, dtype=np.float32)}
+                   "instruction": instruction,
+                   "proprio": None if proprio is None else np.asarray(proprio, dtype=np.float32)}
         reply = self.send_raw(packb(request))
         if not isinstance(reply, dict) or not reply.get("ok"):
             err = reply.get("error") if isinstance(reply, dict) else reply
@@ -99,7 +100,7 @@ class PolicyClient:
     def close(self) -> None:
         self._ws.close()
 
-    def __enter__(self) -> "PolicyClient":
+    def __enter__(self) -> PolicyClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,8 +22,9 @@ N, "use_proprio": bool, "server": "latentvla", ...}` (plain values: both clients
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -205,7 +206,8 @@ def validate_request(msg: Any, platform: Platform, num_images: int, use_proprio:
                      max_instruction_chars: int | None = None, image_names: Sequence[str] | None = None,
                      instruction_name: str = "instruction",
                      proprio_name: str = "proprio") -> tuple[list[np.ndarray], str, np.ndarray | None]:
-    """Check a latentvla-layout predict_action request; returns (images, instruction, proprio) or raises RequestError."""
+    """Check a latentvla-layout predict_action request; returns (images, instruction, proprio) or
+    raises RequestError."""
     if not isinstance(msg, dict):
         raise RequestError(f"a request must be a msgpack map, got {type(msg).__name__}")
     kind = msg.get("type", "predict_action")
@@ -235,7 +237,8 @@ def validate_request(msg: Any, platform: Platform, num_images: int, use_proprio:
             raise RequestError(f"{name} must be an array, got {type(img).__name__}")
         if img.dtype != np.uint8:
             raise RequestError(f"{name} must be uint8, got {img.dtype}")
-        if img.ndim != 3 or img.shape[2] != 3 or not (1 <= img.shape[0] <= MAX_IMAGE_SIDE and 1 <= img.shape[1] <= MAX_IMAGE_SIDE):
+        if img.ndim != 3 or img.shape[2] != 3 or not (1 <= img.shape[0] <= MAX_IMAGE_SIDE
+                                                      and 1 <= img.shape[1] <= MAX_IMAGE_SIDE):
             raise RequestError(f"{name} must be HxWx3 (sides 1..{MAX_IMAGE_SIDE}), got shape {list(img.shape)}")
     proprio = msg.get("proprio")
     if proprio is not None:
@@ -269,7 +272,8 @@ def parse_request(data: bytes | str, platform: Platform, num_images: int, use_pr
                 req, platform, num_images, use_proprio, max_instruction_chars, image_names=names,
                 instruction_name=openpi_keys.prompt_key, proprio_name=openpi_keys.state_key)
         else:
-            images, instruction, proprio = validate_request(msg, platform, num_images, use_proprio, max_instruction_chars)
+            images, instruction, proprio = validate_request(msg, platform, num_images, use_proprio,
+                                                            max_instruction_chars)
     except RequestError as e:
         e.layout, e.openpi_arrays = layout, openpi_arrays
         raise

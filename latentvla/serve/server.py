@@ -29,23 +29,33 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.eval.transforms import convert_actions_to_env, prepare_policy_image
-from latentvla.serve.protocol import (DEFAULT_MAX_INSTRUCTION_CHARS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PROMPT_TOKENS,
-                                      OpenpiKeys, Request, RequestError, packb, parse_request)
+from latentvla.serve.protocol import (
+    DEFAULT_MAX_INSTRUCTION_CHARS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_PROMPT_TOKENS,
+    OpenpiKeys,
+    Request,
+    RequestError,
+    packb,
+    parse_request,
+)
 
 log = logging.getLogger("latentvla.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_OPENPI_KEYS = OpenpiKeys()  # frozen, so one shared default instance is safe
 TOKEN_SCHEMES = ("Bearer", "Api-Key")  # latentvla's client / openpi-client's api_key
 
 
@@ -86,7 +96,7 @@ class PolicyServer:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_instruction_chars: int = DEFAULT_MAX_INSTRUCTION_CHARS,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                 batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, openpi_keys: OpenpiKeys = OpenpiKeys(),
+                 batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, openpi_keys: OpenpiKeys = DEFAULT_OPENPI_KEYS,
                  openpi_actions: str = "auto"):
         from latentvla.eval.policies import policy_input_spec
 
@@ -165,7 +175,8 @@ class PolicyServer:
 
     def _predict_one(self, req: Request) -> tuple[bool, Any]:
         try:
-            return True, np.asarray(self.policy.predict_action(req.images, req.instruction, req.proprio), dtype=np.float32)
+            return True, np.asarray(self.policy.predict_action(req.images, req.instruction, req.proprio),
+                                    dtype=np.float32)
         except (RequestError, LatentVLAError) as e:
             return False, str(e)
         except Exception as e:  # a policy bug must not take the server down
@@ -195,7 +206,8 @@ class PolicyServer:
                                                                 None if all(p is None for p in proprios) else proprios),
                                      dtype=np.float32)
                     if out.ndim != 3 or out.shape[0] != len(reqs):
-                        raise LatentVLAError(f"batched predict_action gave shape {list(out.shape)} for {len(reqs)} requests")
+                        raise LatentVLAError(f"batched predict_action gave shape {list(out.shape)} for "
+                                             f"{len(reqs)} requests")
                     for k, i in enumerate(todo):
                         results[i] = (True, out[k].copy())
                     todo = []
@@ -257,9 +269,10 @@ class PolicyServer:
             except Exception as e:  # never reached in normal operation; the batcher must live on regardless
                 log.exception("batch error")
                 results, infer_ms = [(False, f"internal error: {type(e).__name__}: {e}")] * len(jobs), 0.0
-            for job, (ok, value) in zip(jobs, results):
+            for job, (ok, value) in zip(jobs, results, strict=True):
                 if not job.future.done():
-                    timing = {"queue_ms": 1000.0 * (started - job.queued), "infer_ms": infer_ms, "batch_size": len(jobs)}
+                    timing = {"queue_ms": 1000.0 * (started - job.queued), "infer_ms": infer_ms,
+                              "batch_size": len(jobs)}
                     job.future.set_result((ok, value, timing))
 
     @staticmethod
@@ -338,7 +351,7 @@ class PolicyServer:
     def serve_forever(self) -> None:
         asyncio.run(self._main())
 
-    def start(self, timeout: float = 30.0) -> "PolicyServer":
+    def start(self, timeout: float = 30.0) -> PolicyServer:
         """Serve in a background thread (tests, notebooks); returns once the port is bound."""
         self._thread = threading.Thread(target=self.serve_forever, name="latentvla-policy-server", daemon=True)
         self._thread.start()
@@ -378,7 +391,8 @@ def run_server(cfg) -> int:
                           image_resample=image_resample, max_message_bytes=cfg.max_message_bytes,
                           max_instruction_chars=cfg.max_instruction_chars, max_prompt_tokens=cfg.max_prompt_tokens,
                           max_batch_size=cfg.max_batch_size, batch_wait_ms=cfg.batch_wait_ms,
-                          openpi_keys=OpenpiKeys(tuple(cfg.openpi_image_keys), cfg.openpi_state_key, cfg.openpi_prompt_key),
+                          openpi_keys=OpenpiKeys(tuple(cfg.openpi_image_keys), cfg.openpi_state_key,
+                                                 cfg.openpi_prompt_key),
                           openpi_actions=cfg.openpi_actions)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if cfg.host not in LOOPBACK and token is None:

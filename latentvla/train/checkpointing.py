@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from latentvla.utils.atomic import StaleTemps, atomic_directory, atomic_write_text, remove_stale_temps
 
@@ -79,7 +79,7 @@ class CheckpointManager:
         """Remove the temporaries of killed writers (a finished one whose swap-in was cut is restored)."""
         return remove_stale_temps(self.root, complete=lambda d: (d / COMPLETE_MARKER).is_file())
 
-    def resume_point(self) -> "ResumePoint":
+    def resume_point(self) -> ResumePoint:
         """The checkpoint to resume from: the newest complete one whose files are intact and that has
         the training state. `newer` lists the complete checkpoints after it, each with its problem."""
         point = ResumePoint()
@@ -94,7 +94,7 @@ class CheckpointManager:
             point.newer.append((d, problem))
         return point
 
-    def set_aside(self, point: "ResumePoint") -> list[tuple[Path, Path]]:
+    def set_aside(self, point: ResumePoint) -> list[tuple[Path, Path]]:
         """Rename the checkpoints newer than `point.path` to `step_N.damaged` / `step_N.superseded`
         (kept; not counted, pruned or resumed from any more) and point `latest` at `point.path`."""
         moved = []

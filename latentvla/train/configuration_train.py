@@ -1,7 +1,8 @@
 """Options of `latentvla train` (and `exp/train_vla.py`): the paper's flags plus ours.
 
-Every flag of method.md §7 is accepted with the paper's name; defaults work for all five
-variants (no variant needs an extra flag to run). Light module: no torch import.
+Every flag of the paper's training script is accepted under its name (list in docs/api.md,
+Training); defaults work for all five variants (no variant needs an extra flag to run). Light
+module: no torch import.
 
 Cheap checks that need nothing but the values themselves live in `TrainConfig.validate()`
 (called by the CLI right after parsing); checks that look at files (dataset, backbone dir,
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from latentvla.config import arg
 from latentvla.errors import LatentVLAError
@@ -37,8 +38,9 @@ class TrainConfig:
     # --- run -----------------------------------------------------------------------------------
     seed: int = arg(42, "Random seed (model init, data order, augmentation).")
     run_root_dir: str = arg("runs", "Directory under which the run directory <run_id>/ is created.")
-    run_id: Optional[str] = arg(None, "Name of the run directory (default: derived from vla_id, data_mix, batch, lr, seed).")
-    run_id_note: Optional[str] = arg(None, "Extra text appended to the derived run id.")
+    run_id: str | None = arg(None, "Name of the run directory (default: derived from vla_id, data_mix, "
+                                   "batch, lr, seed).")
+    run_id_note: str | None = arg(None, "Extra text appended to the derived run id.")
     save_checkpoint: bool = arg(True, "Write checkpoints (every --save_step and at the end).")
     save_step: int = arg(5000, "Save a checkpoint every this many optimizer steps.")
     keep_checkpoints: int = arg(3, "Keep only the newest N complete checkpoints (0 = keep all).")
@@ -48,67 +50,81 @@ class TrainConfig:
                                        "(for job scripts resubmitted unchanged).")
     from_pretrained: bool = arg(False, "Warm-start the trainable weights from --pretrained_checkpoint (weights only); "
                                        "without it that flag is ignored.")
-    pretrained_checkpoint: Optional[str] = arg(None, "A checkpoint directory written by `latentvla train` (or a Hugging "
+    pretrained_checkpoint: str | None = arg(None, "A checkpoint directory written by `latentvla train` (or a Hugging "
                                                "Face repo id) to warm-start from with --from_pretrained True.")
-    merge_lora: bool = arg(False, "At the end, also export merged full weights (backbone with LoRA folded in) for deployment.")
+    merge_lora: bool = arg(False, "At the end, also export merged full weights (backbone with LoRA folded in) "
+                                  "for deployment.")
 
     # --- model ---------------------------------------------------------------------------------
     vla_id: str = arg("baseline", "Variant: " + ", ".join(VLA_IDS) + ".")
     vlm_path: str = arg("", "Qwen3-VL directory (Hugging Face layout) used as the backbone, or a Hugging Face repo id "
                         "org/name[@revision] (HF cache; HF_HUB_OFFLINE=1 reads only the cache).")
-    vlm_model_id: Optional[str] = arg(None, "Name of the backbone, recorded in the run config (e.g. Qwen3-VL-2B-Instruct).")
+    vlm_model_id: str | None = arg(None, "Name of the backbone, recorded in the run config (e.g. "
+                                         "Qwen3-VL-2B-Instruct).")
     default_image_size: int = arg(224, "Image side length fed to the backbone (multiple of 32).")
     use_pro_version: bool = arg(False, "Rotary positions in the action head (VLA-Adapter-Pro style).")
-    num_images_in_input: Optional[int] = arg(None, "Cameras per sample (default: the platform's; 1 with --use_wrist_image False).")
+    num_images_in_input: int | None = arg(None, "Cameras per sample (default: the platform's; 1 with "
+                                                "--use_wrist_image False).")
     lora_rank: int = arg(64, "LoRA rank on the backbone's linear layers.")
     lora_alpha: float = arg(16.0, "LoRA alpha.")
     lora_dropout: float = arg(0.0, "LoRA dropout.")
-    head_layers: Optional[int] = arg(None, "Number of last LLM layers read by the action head (default: VLA config's).")
-    head_dim: Optional[int] = arg(None, "Action-head width (default: LLM hidden size / 4, at least 64: 512 for Qwen3-VL-2B; "
-                                        "2048 = the 806 M-parameter head of earlier versions).")
+    head_layers: int | None = arg(None, "Number of last LLM layers read by the action head (default: VLA config's).")
+    head_dim: int | None = arg(None, "Action-head width (default: LLM hidden size / 4, at least 64: 512 "
+                                        "for Qwen3-VL-2B; 2048 = the 806 M-parameter head of earlier versions).")
     head_mlp_ratio: int = arg(4, "Action-head MLP width as a multiple of --head_dim.")
     head_num_heads: int = arg(8, "Attention heads in the action head.")
-    align_layer: Optional[int] = arg(None, "la_align: LLM layer whose action-query states are aligned (default: 2/3 of depth).")
+    align_layer: int | None = arg(None, "la_align: LLM layer whose action-query states are aligned "
+                                        "(default: 2/3 of depth).")
     gradient_checkpointing: bool = arg(False, "Recompute backbone activations in backward to save memory.")
-    attn_implementation: Optional[str] = arg(None, "Backbone attention kernel (default: flash_attention_2 on GPU if installed, else sdpa).")
+    attn_implementation: str | None = arg(None, "Backbone attention kernel (default: flash_attention_2 on GPU if "
+                                                "installed, else sdpa).")
     token_loss_weight: float = arg(1.0, "Weight of the code cross-entropy (la_direct, la_cond, la_tok).")
     latent_loss_weight: float = arg(1.0, "Weight of the alignment loss (la_align).")
-    action_tokenizer_ckpt: Optional[str] = arg(None, "la_tok: action tokenizer checkpoint (from `latentvla lam action-train`).")
-    codebook_size: Optional[int] = arg(None, "la_tok: action tokenizer codebook size M (checked against the checkpoint; default: read from it).")
-    latent_codebook_size: Optional[int] = arg(None, "la_direct / la_cond: image-LAM codebook size K of the annotation (default: the annotation's latent_annotation.json, else 16).")
-    use_latent: Optional[bool] = arg(None, "Accepted for compatibility; whether latent labels are used follows from --vla_id.")
-    type: Optional[str] = arg(None, "Accepted for compatibility (the paper scripts' latent type); --vla_id decides the variant.")
+    action_tokenizer_ckpt: str | None = arg(None, "la_tok: action tokenizer checkpoint (from `latentvla lam "
+                                                  "action-train`).")
+    codebook_size: int | None = arg(None, "la_tok: action tokenizer codebook size M (checked against the checkpoint; "
+                                          "default: read from it).")
+    latent_codebook_size: int | None = arg(None, "la_direct / la_cond: image-LAM codebook size K of the annotation "
+                                                 "(default: the annotation's latent_annotation.json, else 16).")
+    use_latent: bool | None = arg(None, "Accepted for compatibility; whether latent labels are used "
+                                        "follows from --vla_id.")
+    type: str | None = arg(None, "Accepted for compatibility (the paper scripts' latent type); --vla_id "
+                                 "decides the variant.")
 
     # --- data ----------------------------------------------------------------------------------
     data_root_dir: str = arg("", "Directory holding <name>/<version>/ RLDS (TFDS) builder directories.")
     data_mix: str = arg("libero_goal", "Mixture name, dataset name, or JSON list of names, e.g. '[\"libero_goal\"]'.")
-    dataset_registry: Optional[str] = arg(None, "YAML/JSON file registering your own datasets/mixtures.")
-    robot: Optional[str] = arg(None, "Robot platform override (default: the dataset registry entry decides).")
-    shuffle_buffer_size: int = arg(256000, "Accepted for compatibility and ignored: sampling is uniform over all transitions.")
+    dataset_registry: str | None = arg(None, "YAML/JSON file registering your own datasets/mixtures.")
+    robot: str | None = arg(None, "Robot platform override (default: the dataset registry entry decides).")
+    shuffle_buffer_size: int = arg(256000, "Accepted for compatibility and ignored: sampling is uniform over "
+                                           "all transitions.")
     image_aug: bool = arg(True, "Random crop + color jitter on training images.")
     image_resample: Literal["bicubic", "bilinear", "lanczos"] = arg(
         "bicubic", "Resize filter for images (antialiased); saved in the checkpoint so inference resizes the same way. "
         "lanczos = the reference TF pipeline's, ~8x slower per image (docs/data.md).")
-    window_size: Optional[int] = arg(None, "Action chunk length; must equal the platform's chunk length (default: it).")
+    window_size: int | None = arg(None, "Action chunk length; must equal the platform's chunk length (default: it).")
     use_wrist_image: bool = arg(True, "Feed the wrist camera(s) too.")
     use_proprio: bool = arg(True, "Feed the proprioceptive state.")
     num_workers: int = arg(2, "DataLoader worker processes per rank.")
 
     # --- optimisation --------------------------------------------------------------------------
     epochs: int = arg(1, "Passes over the data; bounds training when --max_steps is not given.")
-    max_steps: Optional[int] = arg(None, "Number of optimizer steps (wins over --epochs).")
-    global_batch_size: Optional[int] = arg(None, "Samples per optimizer step over all ranks (default: per_device x world); gradient accumulation makes up the rest.")
+    max_steps: int | None = arg(None, "Number of optimizer steps (wins over --epochs).")
+    global_batch_size: int | None = arg(None, "Samples per optimizer step over all ranks (default: per_device x "
+                                              "world); gradient accumulation makes up the rest.")
     per_device_batch_size: int = arg(8, "Samples per forward pass on each rank.")
     learning_rate: float = arg(2e-4, "Peak learning rate (AdamW).")
     weight_decay: float = arg(0.0, "AdamW weight decay.")
     max_grad_norm: float = arg(1.0, "Clip the global gradient norm to this (0 = no clipping).")
     lr_scheduler_type: str = arg("constant", "Schedule: " + ", ".join(SCHEDULERS) + ".")
-    warmup_ratio: float = arg(0.03, "Fraction of steps with linear warm-up (the paper's 0.03; honoured by every schedule).")
-    lr_decay_steps: list[int] = arg([], "step-decay: steps at which the lr is multiplied by --lr_decay_gamma (default: at 80 percent of training).")
+    warmup_ratio: float = arg(0.03, "Fraction of steps with linear warm-up (the paper's 0.03; honoured by "
+                                    "every schedule).")
+    lr_decay_steps: list[int] = arg([], "step-decay: steps at which the lr is multiplied by --lr_decay_gamma (default: "
+                                        "at 80 percent of training).")
     lr_decay_gamma: float = arg(0.1, "step-decay: multiplicative factor.")
     strategy: Literal["ddp", "fsdp"] = arg("ddp", "Multi-process strategy under torchrun: DDP or FSDP2 (fully_shard).")
     precision: Literal["auto", "bf16", "fp32"] = arg("auto", "auto = bf16 autocast on GPU, fp32 on CPU.")
-    device: Optional[str] = arg(None, "cuda or cpu (default: cuda when available).")
+    device: str | None = arg(None, "cuda or cpu (default: cuda when available).")
 
     # --- validation and logging ----------------------------------------------------------------
     use_val: bool = arg(False, "Periodically compute validation L1 on held-out episodes.")
@@ -118,7 +134,7 @@ class TrainConfig:
     log_step: int = arg(1, "Write a metrics.jsonl record every this many steps.")
     use_wandb: bool = arg(False, "Log to Weights & Biases (needs `pip install latentvla[wandb]`).")
     wandb_project: str = arg("latentvla", "W&B project.")
-    wandb_entity: Optional[str] = arg(None, "W&B entity (team or user).")
+    wandb_entity: str | None = arg(None, "W&B entity (team or user).")
     use_tensorboard: bool = arg(False, "Also log to TensorBoard under <run_dir>/tensorboard.")
     progress: bool = arg(True, "Show a progress bar (rank 0).")
 
@@ -127,7 +143,8 @@ class TrainConfig:
         if self.vla_id not in VLA_IDS:
             raise LatentVLAError(f"--vla_id {self.vla_id!r} is unknown; expected one of: {', '.join(VLA_IDS)}")
         if self.lr_scheduler_type not in SCHEDULERS:
-            raise LatentVLAError(f"--lr_scheduler_type {self.lr_scheduler_type!r} is unknown; expected one of: {', '.join(SCHEDULERS)}")
+            raise LatentVLAError(f"--lr_scheduler_type {self.lr_scheduler_type!r} is unknown; expected one of: "
+                                 f"{', '.join(SCHEDULERS)}")
         positive = {"per_device_batch_size": self.per_device_batch_size, "save_step": self.save_step,
                     "log_step": self.log_step, "val_step": self.val_step, "val_batches": self.val_batches,
                     "default_image_size": self.default_image_size, "epochs": self.epochs}
@@ -154,10 +171,11 @@ class TrainConfig:
         if self.merge_lora and not self.save_checkpoint:
             raise LatentVLAError("--merge_lora True exports the final checkpoint; it needs --save_checkpoint True")
         if self.from_pretrained and not self.pretrained_checkpoint:
-            raise LatentVLAError("--from_pretrained True needs --pretrained_checkpoint DIR (a checkpoint written by latentvla train)")
+            raise LatentVLAError("--from_pretrained True needs --pretrained_checkpoint DIR (a checkpoint written by "
+                                 "latentvla train)")
         if not self.vlm_path:
-            raise LatentVLAError("--vlm_path is required: a local Qwen3-VL directory (config.json + weights + tokenizer) "
-                                 "or a Hugging Face repo id")
+            raise LatentVLAError("--vlm_path is required: a local Qwen3-VL directory (config.json + "
+                                 "weights + tokenizer) or a Hugging Face repo id")
         if not self.data_root_dir:
             raise LatentVLAError("--data_root_dir is required: the directory holding <name>/<version>/ dataset dirs")
         world = world_size_from_env()

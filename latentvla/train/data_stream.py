@@ -13,7 +13,8 @@ allocated once (`shared_batches.SharedBatchRing`), not a fresh shared segment pe
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -89,7 +90,7 @@ class MicroBatchStream:
             self.position += self.batch_size
             return self._ring.take(batch) if self._ring is not None else batch
 
-    def __iter__(self) -> "MicroBatchStream":
+    def __iter__(self) -> MicroBatchStream:
         return self
 
     def close(self) -> None:

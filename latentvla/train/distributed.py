@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -115,10 +116,10 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", mixed_bf
     if not info.distributed:
         return model
     if strategy == "fsdp":
+        import warnings
+
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        import warnings
 
         # Our forward returns a dict of fresh tensors and never edits them in place.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")

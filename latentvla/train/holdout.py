@@ -29,7 +29,7 @@ class EpisodeSubset(_TorchDataset):
     def __init__(self, base: Any, episodes: list[np.ndarray]):
         self.base = base
         ids, lengths = [], []
-        for d, (idx, eps) in enumerate(zip(base.indexes, episodes)):
+        for d, (idx, eps) in enumerate(zip(base.indexes, episodes, strict=False)):
             start = int(base._starts[d])
             parts = [np.arange(idx.ep_start[e], idx.ep_start[e + 1], dtype=np.int64) + start for e in sorted(eps)]
             ids.append(np.concatenate(parts) if parts else np.zeros(0, np.int64))

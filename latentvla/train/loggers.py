@@ -18,8 +18,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from latentvla.errors import LatentVLAError
 
@@ -125,7 +126,8 @@ class SwanLabLogger:
         try:
             import swanlab
         except ImportError:
-            raise LatentVLAError("ENABLE_SWANLAB=1 needs the swanlab package: pip install 'latentvla[swanlab]'") from None
+            raise LatentVLAError("ENABLE_SWANLAB=1 needs the swanlab package: pip install "
+                                 "'latentvla[swanlab]'") from None
         self._swanlab = swanlab
         try:
             # experiment_name / logdir: the names every swanlab release accepts (newer ones alias name / log_dir).
@@ -153,7 +155,8 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise LatentVLAError("--use_tensorboard True needs the tensorboard package: pip install 'latentvla[tensorboard]'") from None
+            raise LatentVLAError("--use_tensorboard True needs the tensorboard package: pip install "
+                                 "'latentvla[tensorboard]'") from None
         # purge_step: TensorBoard discards the earlier files' events from the resumed step on, so
         # the steps redone after a resume are not shown twice.
         self._w = SummaryWriter(str(log_dir), purge_step=None if resume_step is None else resume_step + 1)

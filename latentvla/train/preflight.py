@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from latentvla.errors import LatentVLAError
-from latentvla.utils.json_files import read_json
 from latentvla.robots import Platform
 from latentvla.train.configuration_train import LATENT_KEYS, TrainConfig
+from latentvla.utils.json_files import read_json
 
 
 @dataclass
@@ -148,7 +148,8 @@ def load_action_tokenizer(cfg: TrainConfig, platform: Platform):
     except LatentVLAError as e:
         raise LatentVLAError(f"--action_tokenizer_ckpt: {e}") from None
     except Exception as e:  # a file that is not a tokenizer checkpoint at all
-        raise LatentVLAError(f"--action_tokenizer_ckpt {path}: cannot load an action tokenizer ({type(e).__name__}: {e})") from None
+        raise LatentVLAError(f"--action_tokenizer_ckpt {path}: cannot load an action tokenizer "
+                             f"({type(e).__name__}: {e})") from None
     if cfg.codebook_size is not None and int(tok.codebook_size) != cfg.codebook_size:
         raise LatentVLAError(f"--action_tokenizer_ckpt {path}: codebook size {tok.codebook_size} != --codebook_size "
                              f"{cfg.codebook_size}")
@@ -189,7 +190,8 @@ def check_pretrained(path: str) -> Path:
         raise LatentVLAError(f"--pretrained_checkpoint: {e}") from None
     if not (p / "model.safetensors").is_file() or not (p / "config.json").is_file():
         raise LatentVLAError(f"--pretrained_checkpoint {path}: expected a checkpoint directory written by latentvla "
-                             "train (model.safetensors + config.json), e.g. <run>/checkpoints/step_N or the run dir <run>")
+                             "train (model.safetensors + config.json), e.g. <run>/checkpoints/step_N or "
+                             "the run dir <run>")
     from latentvla.utils.weight_files import check_safetensors
 
     check_safetensors(p / "model.safetensors", "--pretrained_checkpoint: choose another checkpoint of the run")
@@ -228,7 +230,8 @@ def _check_backends(cfg: TrainConfig) -> None:
         import torch
 
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise LatentVLAError(f"--device {cfg.device}: no CUDA device is available (use --device cpu or leave it out)")
+            raise LatentVLAError(f"--device {cfg.device}: no CUDA device is available (use --device cpu "
+                                 "or leave it out)")
         if not (cfg.device.startswith("cuda") or cfg.device == "cpu"):
             raise LatentVLAError(f"--device {cfg.device!r}: expected cuda, cuda:N or cpu")
 
@@ -276,7 +279,8 @@ def preflight(cfg: TrainConfig) -> PreflightResult:
     keys = LATENT_KEYS[cfg.vla_id]
     if keys:
         labels = _latent_shapes(resolved, keys, cfg.vla_id)
-        res.latent_codes_per_step, res.latent_dim, res.dataset_dirs = labels.codes_per_step, labels.latent_dim, labels.directories
+        res.latent_codes_per_step, res.latent_dim = labels.codes_per_step, labels.latent_dim
+        res.dataset_dirs = labels.directories
         if "latent_idx" in keys and labels.codebook_size is not None:
             if cfg.latent_codebook_size is None:
                 res.latent_codebook_size = labels.codebook_size

@@ -96,8 +96,10 @@ def _no_run_message(run_dir: Path) -> str:
     listed = ", ".join(runs[:10]) + (f" (+{len(runs) - 10} more)" if len(runs) > 10 else "")
     return (f"--resume True: there is no run directory {run_dir}, so nothing to resume"
             + (f"; did you mean --run_id {close[0]}?" if close else "")
-            + (f" Runs with checkpoints under {run_dir.parent}: {listed}." if runs else f" ({run_dir.parent} holds no runs.)")
-            + " Check --run_id / --run_root_dir, or pass --resume_or_start True to start the run when it does not exist yet")
+            + (f" Runs with checkpoints under {run_dir.parent}: {listed}." if runs
+               else f" ({run_dir.parent} holds no runs.)")
+            + " Check --run_id / --run_root_dir, or pass --resume_or_start True to start the run when it does "
+              "not exist yet")
 
 
 def _no_resume_point_message(run_dir: Path, point, n_complete: int, flag: str) -> str:
@@ -110,7 +112,8 @@ def _no_resume_point_message(run_dir: Path, point, n_complete: int, flag: str) -
              "checkpoint keeps the optimizer state)" if n_complete > 1 else "there is no older checkpoint")
     if point.warm_start is not None:
         fix = (f"to continue from the weights of {point.warm_start} (optimizer state and data order start afresh), "
-               f"start a new run with --from_pretrained True --pretrained_checkpoint {point.warm_start} and another --run_id")
+               f"start a new run with --from_pretrained True --pretrained_checkpoint {point.warm_start} and "
+               "another --run_id")
     else:
         fix = "no checkpoint has intact weights; start over with another --run_id"
     return f"{flag}: cannot resume {run_dir}: {what}, and {older}; {fix} (no checkpoint was deleted or changed)"
@@ -160,8 +163,9 @@ def _prepare_run_dir(cfg: TrainConfig, is_main: bool = True, barrier=lambda: Non
     if point.newer:
         barrier()  # every rank has read the checkpoints before rank 0 renames any
         if is_main:
-            for (d, problem), (_, moved) in zip(point.newer, manager.set_aside(point)):
-                why = f"damaged ({problem[0].name}: {problem[1]})" if problem is not None else "newer than the resume point"
+            for (d, problem), (_, moved) in zip(point.newer, manager.set_aside(point), strict=True):
+                why = (f"damaged ({problem[0].name}: {problem[1]})" if problem is not None
+                       else "newer than the resume point")
                 print(f"[latentvla train] warning: checkpoint {d.name} is {why}; kept as {moved}")
             print(f"[latentvla train] warning: resuming from {point.path.name}, the newest intact checkpoint "
                   "with training state")
@@ -172,7 +176,6 @@ def _prepare_run_dir(cfg: TrainConfig, is_main: bool = True, barrier=lambda: Non
 def train(cfg: TrainConfig, callbacks: list | None = None) -> int:
     """Run training; `callbacks(step, record)` run after every step (tests use them)."""
     pre = preflight(cfg)  # cheap; before any process group, backbone or image
-    import torch
 
     from latentvla.train import distributed as D
 
@@ -255,7 +258,8 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
         bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu), progress=cfg.progress,
         val_step=cfg.val_step, val_batches=cfg.val_batches)
     sampler = GlobalSampler(train_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
-    val_sampler = GlobalSampler(val_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size) if val_ds is not None else None
+    val_sampler = (GlobalSampler(val_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+                   if val_ds is not None else None)
     # A run that fails before its first step leaves no run dir behind (unless it existed already).
     created_run_dir = None  # the topmost directory this run creates
     if info.is_main and resume_from is None and not run_dir.exists():
@@ -279,15 +283,15 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
             if resume_from is not None:
                 resume_step = int(resume_from.name.split("_")[-1])
             logger = build_loggers(run_dir, resume_step=resume_step, run_name=run_dir.name, config=resolved,
-                                   use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
-                                   use_tensorboard=cfg.use_tensorboard)
+                                   use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project,
+                                   wandb_entity=cfg.wandb_entity, use_tensorboard=cfg.use_tensorboard)
             if resume_from is not None:
                 where = f"resuming from {resume_from}"
             elif pre.pretrained_dir is not None:
                 where = f"warm-started from {pre.pretrained_dir}"
             else:
                 where = "from scratch"
-            data = ", ".join(f"{n} ({d})" for n, d in zip(pre.dataset_names, pre.dataset_dirs))
+            data = ", ".join(f"{n} ({d})" for n, d in zip(pre.dataset_names, pre.dataset_dirs, strict=False))
             print(f"[latentvla train] {cfg.vla_id} on {data}, platform {pre.platform.name}, "
                   f"{info.world_size} process(es) x {cfg.per_device_batch_size} x {accumulation} accumulation, "
                   f"{where}; run dir {run_dir}")

@@ -9,7 +9,7 @@ never changes.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -45,10 +45,12 @@ def lr_factor_fn(kind: str, total_steps: int, warmup_ratio: float = 0.0,
                 return w
             return gamma ** sum(step >= m for m in milestones)
     else:
-        raise LatentVLAError(f"--lr_scheduler_type {kind!r} is unknown; expected constant, linear-warmup+cosine-decay or step-decay")
+        raise LatentVLAError(f"--lr_scheduler_type {kind!r} is unknown; expected constant, "
+                             "linear-warmup+cosine-decay or step-decay")
     return f
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_ratio: float = 0.0,
                     decay_steps: Sequence[int] = (), gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(kind, total_steps, warmup_ratio, decay_steps, gamma))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(kind, total_steps, warmup_ratio, decay_steps,
+                                                                     gamma))

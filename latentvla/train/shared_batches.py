@@ -16,7 +16,8 @@ copied it out (`SharedBatchRing.take`).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset

@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,7 +151,8 @@ class Trainer:
             if self.total_steps < 1:
                 raise LatentVLAError(
                     f"one epoch holds {self.batches_per_epoch} micro-batches per rank, fewer than the "
-                    f"{settings.accumulation_steps} accumulation steps of one optimizer step: set --max_steps or a smaller batch")
+                    f"{settings.accumulation_steps} accumulation steps of one optimizer step: set --max_steps or "
+                    "a smaller batch")
 
         if self.ckpt is not None and info.is_main:
             for line in self.ckpt.clean_stale_temps().describe():  # what killed checkpoint writers left
@@ -263,21 +265,22 @@ class Trainer:
                 if f is not None:
                     metric_sums[k] = metric_sums.get(k, 0.0) + f / n
         keys = sorted(metric_sums)
-        vec = torch.tensor([float(torch.stack(losses).mean())] + [metric_sums[k] for k in keys] + [wait], dtype=torch.float64)
+        vec = torch.tensor([float(torch.stack(losses).mean())] + [metric_sums[k] for k in keys] + [wait],
+                           dtype=torch.float64)
         vec = D.all_reduce_mean(vec)  # the same values on every rank, so all ranks stop together
         max_norm = self.s.max_grad_norm if self.s.max_grad_norm > 0 else math.inf
         grad_norm = _full(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         if not (math.isfinite(float(vec[0])) and math.isfinite(float(grad_norm))):
-            raise LatentVLAError(f"step {self.step + 1}: loss {float(vec[0])}, gradient norm {float(grad_norm)} (not finite); "
-                                 "lower --learning_rate, keep --max_grad_norm > 0 or check the data; the weights were "
-                                 "not updated and the last checkpoint is intact")
+            raise LatentVLAError(f"step {self.step + 1}: loss {float(vec[0])}, gradient norm "
+                                 f"{float(grad_norm)} (not finite); lower --learning_rate, keep --max_grad_norm > 0 or "
+                                 "check the data; the weights were not updated and the last checkpoint is intact")
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         dt = time.perf_counter() - t0
-        rec = {"loss": float(vec[0]), **{k: float(v) for k, v in zip(keys, vec[1:-1])},
+        rec = {"loss": float(vec[0]), **{k: float(v) for k, v in zip(keys, vec[1:-1], strict=True)},
                "lr": lr, "grad_norm": float(grad_norm), "epoch": self.stream.epoch,
                "samples_per_s": self.s.per_device_batch_size * n * self.info.world_size / max(dt, 1e-9),
                "data_wait_fraction": float(vec[-1]) / max(dt, 1e-9)}
@@ -306,7 +309,7 @@ class Trainer:
         keys = sorted(sums)
         vec = D.all_reduce_mean(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
         self.wrapped.train()
-        return {f"val/{k}": float(v) for k, v in zip(keys, vec)}
+        return {f"val/{k}": float(v) for k, v in zip(keys, vec, strict=True)}
 
     def fit(self) -> dict:
         """Train to `total_steps`; returns the last logged record."""

@@ -15,9 +15,10 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 # <host> is optional: names written before it was added count as this host's.
 _TMP = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<pid>\d+)(?:@(?P<host>[A-Za-z0-9_.]*))?-[a-z0-9_]+$")

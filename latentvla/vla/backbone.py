@@ -152,9 +152,8 @@ def check_vlm_dir(path: str) -> Path:
 def load_backbone(cfg: VLAConfig, device: torch.device):
     """-> (Qwen3VLForConditionalGeneration with LoRA and new-token rows, tokenizer, SpecialTokenIds)."""
     import transformers
-    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
-
     from safetensors import SafetensorError
+    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 
     from latentvla.utils.weight_files import check_safetensors_dir
 

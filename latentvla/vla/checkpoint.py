@@ -5,7 +5,7 @@ A checkpoint directory holds
   projector, strategy modules) — the frozen backbone is re-read from `vla.vlm_path`;
 - `config.json`: `{"format": "latentvla-policy", "format_version", "vla": VLAConfig, "platform":
   Platform.to_dict(), "train": train config}`;
-- `dataset_statistics.json`: `{dataset_name: stats}` (data.md), used to un-normalize;
+- `dataset_statistics.json`: `{dataset_name: stats}` (`latentvla.data.statistics`), used to un-normalize;
 - `versions.json`: torch / transformers / peft / latentvla versions it was written with.
 Written atomically (the directory appears complete or not at all).
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from latentvla.errors import LatentVLAError
-from latentvla.utils.json_files import read_json
 from latentvla.utils.atomic import atomic_directory
+from latentvla.utils.json_files import read_json
 
 FORMAT = "latentvla-policy"
 FORMAT_VERSION = 1
@@ -70,13 +70,15 @@ def check_versions(directory: Path) -> list[str]:
     """Warn for every library whose version differs from the one the checkpoint was trained with."""
     f = directory / "versions.json"
     if not f.is_file():
-        warnings.warn(f"{f} missing: cannot check the torch/transformers/peft versions the policy was trained with")
+        warnings.warn(f"{f} missing: cannot check the torch/transformers/peft versions the policy was trained with",
+                      stacklevel=1)
         return []
     saved, now = _read_json(f), library_versions()
-    diffs = [f"{k} {saved[k]} -> {now[k]}" for k in ("torch", "transformers", "peft") if k in saved and saved[k] != now[k]]
+    diffs = [f"{k} {saved[k]} -> {now[k]}"
+             for k in ("torch", "transformers", "peft") if k in saved and saved[k] != now[k]]
     if diffs:
         warnings.warn(f"{directory}: library versions differ from training ({', '.join(diffs)}); a changed "
-                      "transformers build can silently change the policy's behaviour")
+                      "transformers build can silently change the policy's behaviour", stacklevel=1)
     return diffs
 
 
@@ -108,7 +110,8 @@ def load_policy_model(directory: str | Path, device: str | None = "cpu", vlm_pat
     if not directory.is_dir():
         raise LatentVLAError(f"policy checkpoint {directory}: directory not found")
     config = _read_json(directory / "config.json")
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "vla" not in config or "platform" not in config:
+    if (not isinstance(config, dict) or config.get("format") != FORMAT or "vla" not in config
+            or "platform" not in config):
         raise LatentVLAError(f"{directory / 'config.json'}: not a {FORMAT} config (needs keys format, vla, platform)")
     statistics = _read_json(directory / "dataset_statistics.json")
     check_versions(directory)
@@ -116,21 +119,22 @@ def load_policy_model(directory: str | Path, device: str | None = "cpu", vlm_pat
     if vlm_path:
         vla["vlm_path"] = vlm_path
     if not Path(vla.get("vlm_path") or "").is_dir():
-        raise LatentVLAError(f"{directory}: backbone directory {vla.get('vlm_path')!r} recorded in config.json does not "
-                             "exist here; pass vlm_path=... (CLI: --vlm_path of `latentvla serve` / `latentvla eval libero`) "
-                             "pointing to the same Qwen3-VL directory")
+        raise LatentVLAError(f"{directory}: backbone directory {vla.get('vlm_path')!r} recorded in "
+                             "config.json does not exist here; pass vlm_path=... (CLI: --vlm_path of `latentvla serve` "
+                             "/ `latentvla eval libero`) pointing to the same Qwen3-VL directory")
     cfg = config_from_dict(VLAConfig, vla, source=str(directory / "config.json"))
     platform = Platform.from_dict(config["platform"], source=str(directory / "config.json"))
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise LatentVLAError(f"{weights}: not found")
-    from safetensors import safe_open
-
     import dataclasses
+
+    from safetensors import safe_open
 
     from latentvla.utils.weight_files import check_safetensors, load_safetensors
 
-    check_safetensors(weights, "use another checkpoint of the run")  # a truncated file, named, before any model is built
+    # a truncated file, named, before any model is built
+    check_safetensors(weights, "use another checkpoint of the run")
 
     with safe_open(str(weights), "pt") as f:
         merged = (f.metadata() or {}).get("format") == MERGED_FORMAT

@@ -12,7 +12,6 @@ sections, deepstack indexes, token ids).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from latentvla.config import arg
 from latentvla.errors import LatentVLAError
@@ -60,33 +59,36 @@ def scaled_deepstack(indexes: list[int], preset_depth: int, depth: int) -> list[
 class TinyVLMConfig:
     """Write a random Qwen3-VL checkpoint directory (Hugging Face layout): tiny, or of real shapes (--preset)."""
 
-    out_dir: str = arg(help="Directory to write (config.json, model.safetensors, tokenizer, preprocessor).", positional=True)
+    out_dir: str = arg(help="Directory to write (config.json, model.safetensors, tokenizer, preprocessor).",
+                       positional=True)
     preset: str = arg("tiny", "Size preset: " + ", ".join(TINY_VLM_PRESETS) + " (Qwen3-VL-2B-Instruct's exact config); "
                               "every size flag below overrides it (e.g. --num_layers 2 --vision_depth 2).")
-    hidden_size: Optional[int] = arg(None, "LLM hidden size (default: the preset's).")
-    num_layers: Optional[int] = arg(None, "Number of LLM decoder layers.")
-    num_heads: Optional[int] = arg(None, "LLM attention heads.")
-    num_kv_heads: Optional[int] = arg(None, "LLM key/value heads (grouped-query attention); must divide num_heads.")
-    head_dim: Optional[int] = arg(None, "LLM per-head dim (even; M-RoPE sections sum to head_dim/2).")
-    intermediate_size: Optional[int] = arg(None, "LLM MLP width.")
-    vocab_size: Optional[int] = arg(None, "Rows of the embedding / output matrix (>= tokenizer size, like the real model).")
+    hidden_size: int | None = arg(None, "LLM hidden size (default: the preset's).")
+    num_layers: int | None = arg(None, "Number of LLM decoder layers.")
+    num_heads: int | None = arg(None, "LLM attention heads.")
+    num_kv_heads: int | None = arg(None, "LLM key/value heads (grouped-query attention); must divide num_heads.")
+    head_dim: int | None = arg(None, "LLM per-head dim (even; M-RoPE sections sum to head_dim/2).")
+    intermediate_size: int | None = arg(None, "LLM MLP width.")
+    vocab_size: int | None = arg(None, "Rows of the embedding / output matrix (>= tokenizer size, like "
+                                       "the real model).")
     tokenizer_vocab_size: int = arg(384, "Byte-level BPE vocabulary size before the special tokens (>= 256 + 1).")
-    mrope_section: Optional[list[int]] = arg(None, "M-RoPE (t, h, w) sections, summing to head_dim/2 (default: the "
+    mrope_section: list[int] | None = arg(None, "M-RoPE (t, h, w) sections, summing to head_dim/2 (default: the "
                                                    "preset's, else derived).")
-    rope_theta: Optional[float] = arg(None, "RoPE base of the LLM.")
-    vision_depth: Optional[int] = arg(None, "Vision transformer blocks.")
-    vision_hidden_size: Optional[int] = arg(None, "Vision transformer width.")
-    vision_num_heads: Optional[int] = arg(None, "Vision transformer heads.")
-    vision_intermediate_size: Optional[int] = arg(None, "Vision transformer MLP width.")
-    num_position_embeddings: Optional[int] = arg(None, "Vision position-embedding table size (a square number).")
-    deepstack_visual_indexes: Optional[list[int]] = arg(
+    rope_theta: float | None = arg(None, "RoPE base of the LLM.")
+    vision_depth: int | None = arg(None, "Vision transformer blocks.")
+    vision_hidden_size: int | None = arg(None, "Vision transformer width.")
+    vision_num_heads: int | None = arg(None, "Vision transformer heads.")
+    vision_intermediate_size: int | None = arg(None, "Vision transformer MLP width.")
+    num_position_embeddings: int | None = arg(None, "Vision position-embedding table size (a square number).")
+    deepstack_visual_indexes: list[int] | None = arg(
         None, "Vision blocks whose features are injected into the first LLM layers (< vision_depth; default: the "
               "preset's, moved to the same relative depth when --vision_depth is smaller).")
     patch_size: int = arg(16, "Vision patch size (Qwen3-VL: 16).")
     temporal_patch_size: int = arg(2, "Temporal patch size (Qwen3-VL: 2).")
     merge_size: int = arg(2, "Spatial merge size (Qwen3-VL: 2).")
-    tie_word_embeddings: Optional[bool] = arg(None, "Tie the output matrix to the input embedding (as Qwen3-VL-2B).")
-    dtype: Optional[str] = arg(None, "Weight dtype on disk: float32 or bfloat16 (the real checkpoint's; default: the preset's).")
+    tie_word_embeddings: bool | None = arg(None, "Tie the output matrix to the input embedding (as Qwen3-VL-2B).")
+    dtype: str | None = arg(None, "Weight dtype on disk: float32 or bfloat16 (the real checkpoint's; "
+                                  "default: the preset's).")
     seed: int = arg(0, "Seed of the random weights.")
     overwrite: bool = arg(False, "Replace OUT_DIR if it exists.")
 
@@ -122,7 +124,8 @@ class TinyVLMConfig:
         if self.num_heads % self.num_kv_heads:
             raise bad("num_kv_heads", f"{self.num_kv_heads} must divide num_heads={self.num_heads}")
         if self.vision_hidden_size % self.vision_num_heads:
-            raise bad("vision_num_heads", f"{self.vision_num_heads} must divide vision_hidden_size={self.vision_hidden_size}")
+            raise bad("vision_num_heads",
+                      f"{self.vision_num_heads} must divide vision_hidden_size={self.vision_hidden_size}")
         vhd = self.vision_hidden_size // self.vision_num_heads
         if vhd % 4:
             raise bad("vision_hidden_size", f"vision head dim {vhd} must be a multiple of 4 (2-D rotary)")
@@ -131,18 +134,22 @@ class TinyVLMConfig:
             raise bad("num_position_embeddings", f"must be a square number, got {self.num_position_embeddings}")
         sec = self.resolved_mrope_section()
         if len(sec) != 3 or any(s < 1 for s in sec) or sum(sec) != self.head_dim // 2:
-            raise bad("mrope_section", f"needs 3 positive sections summing to head_dim/2={self.head_dim // 2}, got {sec}")
+            raise bad("mrope_section",
+                      f"needs 3 positive sections summing to head_dim/2={self.head_dim // 2}, got {sec}")
         bad_idx = [i for i in self.deepstack_visual_indexes if not 0 <= i < self.vision_depth]
         if bad_idx:
             raise bad("deepstack_visual_indexes", f"{bad_idx} out of range [0, vision_depth={self.vision_depth})")
         if self.dtype not in ("float32", "bfloat16"):
             raise bad("dtype", f"must be float32 or bfloat16, got {self.dtype!r}")
         if self.tokenizer_vocab_size < 257:
-            raise bad("tokenizer_vocab_size", f"must be >= 257 (256 byte symbols + merges), got {self.tokenizer_vocab_size}")
+            raise bad("tokenizer_vocab_size",
+                      f"must be >= 257 (256 byte symbols + merges), got {self.tokenizer_vocab_size}")
         need = self.tokenizer_vocab_size + len(QWEN_SPECIAL_TOKENS)
         if need > self.vocab_size:
-            raise bad("vocab_size", f"{self.vocab_size} is smaller than the tokenizer ({self.tokenizer_vocab_size} BPE + "
-                                    f"{len(QWEN_SPECIAL_TOKENS)} special tokens = {need}): token ids must be < vocab_size")
+            raise bad("vocab_size",
+                      f"{self.vocab_size} is smaller than the tokenizer ({self.tokenizer_vocab_size} BPE + "
+                                    f"{len(QWEN_SPECIAL_TOKENS)} special tokens = {need}): token ids must "
+                                    "be < vocab_size")
 
     def resolved_mrope_section(self) -> list[int]:
         if self.mrope_section:

@@ -56,7 +56,8 @@ class VLAConfig:
     use_proprio: bool = arg(True, "Feed the proprio token to the head.")
     num_images_in_input: int | None = arg(None, "Cameras per sample (default: platform's; 1 without wrist images).")
     gradient_checkpointing: bool = arg(False, "Recompute backbone activations in backward.")
-    attn_implementation: str | None = arg(None, "flash_attention_2 / sdpa / eager (default: flash_attention_2 on GPU if installed, else sdpa).")
+    attn_implementation: str | None = arg(None, "flash_attention_2 / sdpa / eager (default: flash_attention_2 on GPU "
+                                                "if installed, else sdpa).")
     dtype: str = arg("auto", "Backbone weight dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16, float32.")
 
     def validate(self) -> None:
@@ -77,14 +78,15 @@ class VLAConfig:
         if self.dtype not in ("auto", "bfloat16", "float32", "float16"):
             raise LatentVLAError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
         if self.attn_implementation not in (None, "flash_attention_2", "sdpa", "eager"):
-            raise LatentVLAError(f"attn_implementation must be flash_attention_2, sdpa or eager, got {self.attn_implementation!r}")
+            raise LatentVLAError("attn_implementation must be flash_attention_2, sdpa or eager, got "
+                                 f"{self.attn_implementation!r}")
 
     def num_images(self, platform_cameras: int) -> int:
         expected = platform_cameras if self.use_wrist_image else 1  # what the data pipeline yields per sample
         if self.num_images_in_input is not None and self.num_images_in_input != expected:
             # Caught here, before the backbone loads, instead of at the first batch.
+            why = f"the platform has {platform_cameras}" if self.use_wrist_image else "use_wrist_image False"
             raise LatentVLAError(
                 f"num_images_in_input {self.num_images_in_input} does not match the {expected} camera image(s) per "
-                f"sample ({'the platform has ' + str(platform_cameras) if self.use_wrist_image else 'use_wrist_image False'}"
-                f"); pass --num_images_in_input {expected} or leave it out")
+                f"sample ({why}); pass --num_images_in_input {expected} or leave it out")
         return expected

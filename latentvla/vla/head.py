@@ -1,4 +1,4 @@
-"""The action head shared by all variants (method.md §4) and the proprio projector.
+"""The action head shared by all variants and the proprio projector.
 
 One `HeadBlock` per used LLM layer. Block i: the chunk queries (learned per-step embeddings,
 width head_dim) attend over [themselves; action-query states of layer i + proprio token] and,
@@ -97,7 +97,8 @@ class ActionHead(nn.Module):
                  action_dim: int, rotary: bool = False, mlp_ratio: int = 4):
         super().__init__()
         self.chunk_queries = nn.Parameter(torch.randn(chunk_len, head_dim) * 0.02)  # per-step, learned
-        self.blocks = nn.ModuleList(HeadBlock(head_dim, llm_dim, num_heads, rotary, mlp_ratio) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(HeadBlock(head_dim, llm_dim, num_heads, rotary, mlp_ratio)
+                                    for _ in range(num_blocks))
         self.norm = nn.LayerNorm(head_dim)
         self.proj = nn.Linear(head_dim, action_dim)
         # Output layer at std 1/width (not PyTorch's ~1/sqrt(width)): Adam moves every upstream weight
@@ -117,7 +118,7 @@ class ActionHead(nn.Module):
         if proprio_token is not None:
             pos = torch.cat([pos, pos.new_full((1,), -1)])
             cond_mask = torch.cat([cond_mask, cond_mask[:, :1]], 1)
-        for block, qs, im in zip(self.blocks, query_states, image_states):
+        for block, qs, im in zip(self.blocks, query_states, image_states, strict=False):
             cond = qs if proprio_token is None else torch.cat([qs, proprio_token.to(qs.dtype)], 1)
             x = block(x, cond, cond_mask, pos, im, image_mask)
         return self.proj(self.norm(x))

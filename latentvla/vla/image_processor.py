@@ -8,7 +8,7 @@ tower expects). A still image is repeated over the temporal patch.
 Output matches transformers' `Qwen2VLImageProcessorPil` bit for bit (tests/test_tiny_vlm.py).
 
 The VLA feeds images already resized to `default_image_size` (a multiple of 32) and sets
-`min_pixels = 1` so a 224² image stays 224² (14×14 patches → 49 tokens), as method.md §1 says;
+`min_pixels = 1` so a 224² image stays 224² (14×14 patches → 49 tokens per image after the merge);
 the real Qwen3-VL default `shortest_edge` (65536) would upscale it to 256².
 
 `pixel_values_from_images` is the same computation in torch on a uint8 [N, H, W, 3] batch of
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class QwenVLImageProcessor:
     rescale_factor: float = 1 / 255
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides) -> "QwenVLImageProcessor":
+    def from_pretrained(cls, path: str | Path, **overrides) -> QwenVLImageProcessor:
         f = Path(path) / "preprocessor_config.json"
         if not f.is_file():
             raise LatentVLAError(f"{f}: not found (a Qwen3-VL checkpoint directory has a preprocessor_config.json)")
@@ -124,7 +124,7 @@ class QwenVLImageProcessor:
         """List of uint8 HxWx3 images -> {"pixel_values": float32 tensor, "image_grid_thw": int64 tensor}."""
         import torch
 
-        patches, grids = zip(*(self.patchify(np.asarray(im)) for im in images))
+        patches, grids = zip(*(self.patchify(np.asarray(im)) for im in images), strict=True)
         return {
             "pixel_values": torch.from_numpy(np.concatenate(patches, axis=0)),
             "image_grid_thw": torch.tensor(grids, dtype=torch.long),
@@ -162,7 +162,8 @@ class QwenVLImageProcessor:
         p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
         gh, gw = h // p, w // p
         # Reorder while still uint8 (1 byte per value), channel first so each channel reads its table row.
-        planar = images.reshape(n, gh // m, m, p, gw // m, m, p, c).permute(7, 0, 1, 4, 2, 5, 3, 6)  # C,n,gh/m,gw/m,m,m,p,p
+        # C,n,gh/m,gw/m,m,m,p,p
+        planar = images.reshape(n, gh // m, m, p, gw // m, m, p, c).permute(7, 0, 1, 4, 2, 5, 3, 6)
         index = planar.reshape(c, -1).int()
         index += torch.arange(c, dtype=torch.int32, device=images.device).unsqueeze(1) * 256
         table = self.normalization_table(images.device, dtype)

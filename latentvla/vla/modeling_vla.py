@@ -63,7 +63,7 @@ class LatentVLA(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: VLAConfig, platform: Platform, action_tokenizer=None,
-                    device: str | torch.device | None = None) -> "LatentVLA":
+                    device: str | torch.device | None = None) -> LatentVLA:
         cfg.validate()
         dev = resolve_device(device)
         backbone, tokenizer, ids = load_backbone(cfg, dev)
@@ -109,7 +109,8 @@ class LatentVLA(nn.Module):
         if "pixel_values" in batch:
             return batch["pixel_values"].to(dtype)
         if "images" not in batch:
-            raise LatentVLAError("batch has neither 'images' nor 'pixel_values' (build it with model.processor.collate)")
+            raise LatentVLAError("batch has neither 'images' nor 'pixel_values' (build it with "
+                                 "model.processor.collate)")
         images, grid = batch["images"], batch["image_grid_thw"]
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[0] != grid.shape[0]:
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
@@ -165,8 +166,8 @@ class LatentVLA(nn.Module):
             return {"actions": actions}
         target = batch["actions"].float()
         if target.shape != actions.shape:
-            raise LatentVLAError(f"target actions {tuple(target.shape[1:])} vs model output {tuple(actions.shape[1:])}: "
-                                 "window_size / action dim must match the platform")
+            raise LatentVLAError(f"target actions {tuple(target.shape[1:])} vs model output "
+                                 f"{tuple(actions.shape[1:])}: window_size / action dim must match the platform")
         valid = (~batch["action_pad"]).float().unsqueeze(-1)
         l1 = ((actions - target).abs() * valid).sum() / (valid.sum() * actions.shape[-1]).clamp(min=1.0)
         aux, metrics = self.strategy.aux_loss(ctx)
@@ -214,7 +215,8 @@ class LatentVLA(nn.Module):
         with torch.no_grad():
             for n in expected:
                 if params[n].shape != sd[n].shape:
-                    raise LatentVLAError(f"{source}: {n} has shape {tuple(sd[n].shape)}, model expects {tuple(params[n].shape)}")
+                    raise LatentVLAError(f"{source}: {n} has shape {tuple(sd[n].shape)}, model expects "
+                                         f"{tuple(params[n].shape)}")
                 params[n].copy_(sd[n].to(params[n].dtype))
 
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
@@ -265,7 +267,8 @@ class LatentVLA(nn.Module):
         emb, head = sd.pop(emb_key), sd.pop(head_key)
         n_total, n_base = rows.first_new + rows.num_new, rows.base.weight.shape[0]
         if emb.shape[0] < n_total or head.shape[0] < n_total:
-            raise LatentVLAError(f"{source}: vocabulary of {emb.shape[0]} rows, the model's special tokens need {n_total}")
+            raise LatentVLAError(f"{source}: vocabulary of {emb.shape[0]} rows, the model's special "
+                                 f"tokens need {n_total}")
         sd["backbone.model.language_model.embed_tokens.base.weight"] = emb[:n_base]
         sd["backbone.model.language_model.embed_tokens.new_rows"] = emb[rows.first_new:n_total]
         sd["backbone.model.language_model.embed_tokens.new_output_rows"] = head[rows.first_new:n_total]
@@ -292,10 +295,13 @@ def check_action_tokenizer(tok, cfg: VLAConfig, platform: Platform) -> None:
             raise LatentVLAError(f"action tokenizer {type(tok).__name__} lacks .{attr}()")
     m = getattr(tok, "codebook_size", None)
     if m is not None and int(m) != cfg.codebook_size:
-        raise LatentVLAError(f"action tokenizer codebook size {m} != codebook_size {cfg.codebook_size} of the VLA config")
+        raise LatentVLAError(f"action tokenizer codebook size {m} != codebook_size {cfg.codebook_size} "
+                             "of the VLA config")
     d = getattr(tok, "action_dim", None)
     if d is not None and int(d) != platform.action_dim:
-        raise LatentVLAError(f"action tokenizer action_dim {d} != platform {platform.name!r} action_dim {platform.action_dim}")
+        raise LatentVLAError(f"action tokenizer action_dim {d} != platform {platform.name!r} action_dim "
+                             f"{platform.action_dim}")
     p = getattr(tok, "chunk_len", None)
     if p is not None and int(p) != platform.chunk_len:
-        raise LatentVLAError(f"action tokenizer chunk_len {p} != platform {platform.name!r} chunk_len {platform.chunk_len}")
+        raise LatentVLAError(f"action tokenizer chunk_len {p} != platform {platform.name!r} chunk_len "
+                             f"{platform.chunk_len}")

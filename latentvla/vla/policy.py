@@ -1,4 +1,4 @@
-"""`VLAPolicy`: a trained checkpoint -> actions in robot units (method.md §6).
+"""`VLAPolicy`: a trained checkpoint -> actions in robot units.
 
     policy = VLAPolicy.from_pretrained(ckpt_dir, unnorm_key=None)
     chunk = policy.predict_action([agent_img, wrist_img], "put the bowl on the plate", proprio)  # [P, D]
@@ -20,8 +20,9 @@ un-normalized exactly like the head's output.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ def resolve_unnorm_key(statistics: dict, unnorm_key: str | None, where: str = "c
         raise LatentVLAError(f"{where} was trained on several datasets; pass unnorm_key (--unnorm_key) = one of: "
                              f"{', '.join(keys)}")
     if unnorm_key not in statistics:
-        raise LatentVLAError(f"{where}: unnorm_key {unnorm_key!r} not in the saved statistics; available: {', '.join(keys)}")
+        raise LatentVLAError(f"{where}: unnorm_key {unnorm_key!r} not in the saved statistics; available: "
+                             f"{', '.join(keys)}")
     return unnorm_key
 
 
@@ -93,7 +95,8 @@ class VLAPolicy:
                  where: str = "policy", decode_tokens: bool = False):
         if decode_tokens and (model.cfg.vla_id != "la_tok" or model.action_tokenizer is None):
             raise LatentVLAError(f"{where}: decode_tokens needs a la_tok model with its action tokenizer "
-                                 f"(vla_id {model.cfg.vla_id!r}, tokenizer {'set' if model.action_tokenizer else 'missing'})")
+                                 f"(vla_id {model.cfg.vla_id!r}, tokenizer "
+                                 f"{'set' if model.action_tokenizer else 'missing'})")
         self.decode_tokens = bool(decode_tokens)
         self.model = model.eval()
         self.platform = model.platform
@@ -134,7 +137,7 @@ class VLAPolicy:
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | None = None, unnorm_key: str | None = None,
                         vlm_path: str | None = None, num_open_loop_steps: int | None = None,
-                        decode_tokens: bool = False, action_tokenizer_ckpt: str | None = None) -> "VLAPolicy":
+                        decode_tokens: bool = False, action_tokenizer_ckpt: str | None = None) -> VLAPolicy:
         from latentvla.utils.hub import resolve_model_path
         from latentvla.vla.checkpoint import load_policy_model
 
@@ -148,7 +151,8 @@ class VLAPolicy:
         model, config, statistics = load_policy_model(directory, device=device, vlm_path=vlm_path, action_tokenizer=tok)
         if tok is not None:
             tok.to(model.device)
-        policy = cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory), decode_tokens=decode_tokens)
+        policy = cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory),
+                     decode_tokens=decode_tokens)
         train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
         policy.center_crop = bool(train_cfg.get("image_aug", False))
         policy.image_resample = str(train_cfg.get("image_resample") or LEGACY_RESAMPLE)

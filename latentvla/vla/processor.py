@@ -1,4 +1,4 @@
-"""Prompt + query slots + collate: sample dicts -> backbone/head inputs (method.md §2).
+"""Prompt + query slots + collate: sample dicts -> backbone/head inputs (docs/architecture.md §3).
 
 Sequence of one sample (Qwen chat format):
     <|im_start|>user\\n  ( <|vision_start|> N×<|image_pad|> <|vision_end|> ) per camera
@@ -18,7 +18,8 @@ The processor holds only picklable state (tokenizer + numbers): DataLoader worke
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,8 @@ from latentvla.errors import LatentVLAError
 from latentvla.vla.backbone import SpecialTokenIds
 from latentvla.vla.image_processor import QwenVLImageProcessor
 
-OPTIONAL_KEYS = {"actions": torch.float32, "action_pad": torch.bool, "latent_idx": torch.long, "latent_z": torch.float32}
+OPTIONAL_KEYS = {"actions": torch.float32, "action_pad": torch.bool, "latent_idx": torch.long,
+                 "latent_z": torch.float32}
 
 
 def format_instruction(instruction: str, chunk_len: int) -> str:
@@ -107,7 +109,7 @@ class VLAProcessor:
     def build(self, images: Sequence[Any], instructions: Sequence[str], proprio: Sequence[Any] | None = None,
               where: str = "batch") -> dict[str, torch.Tensor]:
         seqs, all_images = [], []
-        for i, (ims, instr) in enumerate(zip(images, instructions)):
+        for i, (ims, instr) in enumerate(zip(images, instructions, strict=False)):
             s, checked = self.encode(ims, instr, where=f"{where}[{i}]")
             seqs.append(s)
             all_images += checked
@@ -127,7 +129,8 @@ class VLAProcessor:
         if self.use_proprio:
             if proprio is None:
                 raise LatentVLAError(f"{where}: the model uses proprio but none was given")
-            batch["proprio"] = torch.from_numpy(np.stack([self._proprio(p, f"{where}[{i}]") for i, p in enumerate(proprio)]))
+            batch["proprio"] = torch.from_numpy(np.stack([self._proprio(p, f"{where}[{i}]")
+                                                          for i, p in enumerate(proprio)]))
         return batch
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -151,8 +154,8 @@ class VLAProcessor:
         if "actions" in batch:
             a = batch["actions"]
             if a.ndim != 3 or a.shape[1] != self.chunk_len:
-                raise LatentVLAError(f"sample 'actions' has shape {tuple(a.shape[1:])}, expected [{self.chunk_len}, D]: "
-                                     "window_size must equal the platform's chunk length")
+                raise LatentVLAError(f"sample 'actions' has shape {tuple(a.shape[1:])}, expected "
+                                     f"[{self.chunk_len}, D]: window_size must equal the platform's chunk length")
             if not torch.isfinite(a).all():
                 raise LatentVLAError("sample 'actions' contain NaN/inf")
             if "action_pad" not in batch:

@@ -1,4 +1,4 @@
-"""The latent-supervision variants as small pluggable strategies (method.md §5).
+"""The latent-supervision variants as small pluggable strategies (docs/architecture.md §5).
 
 A strategy decides (1) the query slots appended to the prompt, (2) which slot states the action
 head reads (one [B, P, H] per head layer) and (3) its auxiliary loss + metrics. Everything else
@@ -13,8 +13,9 @@ Each code is predicted at its own slot (no causal-LM shift).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +24,10 @@ from torch import nn
 from latentvla.errors import LatentVLAError
 from latentvla.vla.backbone import NewTokenEmbedding, SpecialTokenIds
 
-STRATEGIES: dict[str, type["Strategy"]] = {}
+STRATEGIES: dict[str, type[Strategy]] = {}
 
 
-def register_strategy(name: str) -> Callable[[type["Strategy"]], type["Strategy"]]:
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     def deco(cls):
         from latentvla.vla.configuration_vla import EXTRA_VLA_IDS, VLA_IDS
 
@@ -79,8 +80,8 @@ def code_cross_entropy(ctx: ForwardContext, slot_token: int, vocab: tuple[int, .
     rows = ctx.token_rows.output_rows(list(vocab))  # [V, H]
     logits = states.float() @ rows.float().t()  # [B, n, V]
     if bool(((labels < 0) | (labels >= len(vocab))).any()):
-        raise LatentVLAError(f"code labels outside [0, {len(vocab)}): got min {int(labels.min())}, max {int(labels.max())} "
-                             "(codebook size of the labels does not match the model's)")
+        raise LatentVLAError(f"code labels outside [0, {len(vocab)}): got min {int(labels.min())}, max "
+                             f"{int(labels.max())} (codebook size of the labels does not match the model's)")
     ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels.float())
     w = valid.float()
     denom = w.sum().clamp(min=1.0)
@@ -133,14 +134,16 @@ class AlignStrategy(Strategy):
         super().__init__(cfg, ids, chunk_len, llm_dim, num_layers)
         self.align_layer = cfg.align_layer if cfg.align_layer is not None else max(1, int(num_layers * 2 / 3))
         if not 1 <= self.align_layer <= num_layers:
-            raise LatentVLAError(f"align_layer {self.align_layer} out of range [1, {num_layers}] (LLM layers of the backbone)")
+            raise LatentVLAError(f"align_layer {self.align_layer} out of range [1, {num_layers}] (LLM layers "
+                                 "of the backbone)")
         self.projector = nn.Sequential(nn.LayerNorm(llm_dim), nn.Linear(llm_dim, cfg.align_proj_dim), nn.GELU(),
                                        nn.Linear(cfg.align_proj_dim, cfg.latent_dim))
 
     def aux_loss(self, ctx):
         z = ctx.batch["latent_z"]
         if z.ndim != 4 or z.shape[1] != self.P or z.shape[-1] != self.cfg.latent_dim:
-            raise LatentVLAError(f"latent_z has shape {tuple(z.shape[1:])}, expected [{self.P}, C, {self.cfg.latent_dim}]")
+            raise LatentVLAError(f"latent_z has shape {tuple(z.shape[1:])}, expected [{self.P}, C, "
+                                 f"{self.cfg.latent_dim}]")
         states = ctx.gather(self.align_layer, self.ids.action_query, self.P)
         pred = self.projector(states.float())
         cos = F.cosine_similarity(pred, z.float().mean(2), dim=-1)  # [B, P]

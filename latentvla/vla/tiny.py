@@ -24,10 +24,14 @@ QWEN_SPLIT_PATTERN = (
 
 # Small corpus for the BPE merges: robot instructions and the prompt template words.
 _CORPUS = [
-    "put the bowl on the plate", "open the top drawer and put the bowl inside", "push the plate to the front of the stove",
-    "put the cream cheese in the bowl", "turn on the stove", "put the bowl on the stove", "put the wine bottle on top of the cabinet",
-    "open the middle drawer of the cabinet", "put the wine bottle on the rack", "pick up the black bowl and place it on the plate",
-    "pick up the alphabet soup and place it in the basket", "put both the alphabet soup and the tomato sauce in the basket",
+    "put the bowl on the plate", "open the top drawer and put the bowl inside",
+    "push the plate to the front of the stove",
+    "put the cream cheese in the bowl", "turn on the stove", "put the bowl on the stove",
+    "put the wine bottle on top of the cabinet",
+    "open the middle drawer of the cabinet", "put the wine bottle on the rack",
+    "pick up the black bowl and place it on the plate",
+    "pick up the alphabet soup and place it in the basket",
+    "put both the alphabet soup and the tomato sauce in the basket",
     "put the white mug on the left plate and put the yellow and white mug on the right plate",
     "close the microwave", "reach the red block", "push the button", "slide the drawer closed",
     "predict the next 8 robot actions.", "predict the next 25 robot actions.", "predict the next 4 robot actions.",
@@ -69,7 +73,8 @@ def _tokenizer_config(special_ids: dict[str, int]) -> dict:
         "clean_up_tokenization_spaces": False,
         "model_max_length": 262144,
         "added_tokens_decoder": {
-            str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+            str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                     "special": True}
             for t, i in special_ids.items()
         },
     }
@@ -154,7 +159,8 @@ def write_tiny_vlm(cfg: TinyVLMConfig) -> Path:
     tok = build_tiny_tokenizer(cfg.tokenizer_vocab_size)
     special_ids = {t: tok.token_to_id(t) for t in QWEN_SPECIAL_TOKENS}
     if max(special_ids.values()) >= cfg.vocab_size:
-        raise LatentVLAError(f"tiny-vlm --vocab_size: {cfg.vocab_size} too small for tokenizer ids up to {max(special_ids.values())}")
+        raise LatentVLAError(f"tiny-vlm --vocab_size: {cfg.vocab_size} too small for tokenizer ids up to "
+                             f"{max(special_ids.values())}")
     config = build_qwen3vl_config(cfg, special_ids)
 
     torch.manual_seed(cfg.seed)
@@ -170,6 +176,6 @@ def write_tiny_vlm(cfg: TinyVLMConfig) -> Path:
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(special_ids), indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(_preprocessor_config(cfg), indent=2) + "\n")
-    print(f"wrote random Qwen3-VL, preset {cfg.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-          f"{cfg.dtype}) to {out}")
+    print(f"wrote random Qwen3-VL, preset {cfg.preset} "
+          f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {cfg.dtype}) to {out}")
     return out

@@ -17,7 +17,8 @@ IGNORED = {"--model_family", "--use_film", "--use_l1_regression", "--use_diffusi
            "--num_diffusion_steps_train", "--num_diffusion_steps_inference", "--load_in_8bit", "--load_in_4bit",
            "--lora_rank", "--run_id_note", "--use_wandb", "--wandb_entity", "--wandb_project", "--initial_states_path",
            "--env_img_res", "--use_minivlm", "--save_version", "--phase"}
-RENAMED = {"--local_log_dir": "--log_dir", "--save_rollout_video": "--save_videos", "--num_steps_wait": "--num_steps_wait"}
+RENAMED = {"--local_log_dir": "--log_dir", "--save_rollout_video": "--save_videos",
+           "--num_steps_wait": "--num_steps_wait"}
 
 
 def translate(argv: list[str]) -> list[str]:
