@@ -27,16 +27,12 @@ import numpy as np
 import torch
 
 from latentvla.robots import get_platform
-from latentvla.vla.configuration_tiny import TinyVLMConfig
+from latentvla.vla.configuration_tiny import TINY_VLM_PRESETS, TinyVLMConfig
 from latentvla.vla.configuration_vla import VLA_IDS, VLAConfig
 from latentvla.vla.modeling_vla import LatentVLA
 from latentvla.vla.tiny import write_tiny_vlm
 
-# Qwen3-VL-2B-Instruct shapes (public config), random weights.
-QWEN3VL_2B = dict(hidden_size=2048, num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128, intermediate_size=6144,
-                  vocab_size=151936, mrope_section=[24, 20, 20], vision_depth=24, vision_hidden_size=1024,
-                  vision_num_heads=16, vision_intermediate_size=4096, num_position_embeddings=2304,
-                  deepstack_visual_indexes=[5, 11, 17])
+QWEN3VL_2B_VOCAB = TINY_VLM_PRESETS["qwen3-vl-2b"]["vocab_size"]  # what full-vocabulary logits would cost
 
 
 class _Tok:
@@ -128,7 +124,7 @@ def bench(vlm_dir, vla_id, batch_size, steps, image_size, device, attn=None, pea
     row = {"variant": vla_id, "batch": batch_size, "seq": L, "step_ms": step_s * 1e3, "samples_s": batch_size / step_s,
            "infer_ms_chunk": infer_s * 1e3 / batch_size, "act_MiB": box[0] / 2**20,
            "fullvocab_MiB": batch_size * L * V * 4 / 2**20,
-           "fullvocab_2B_MiB": batch_size * L * QWEN3VL_2B["vocab_size"] * 4 / 2**20, "attn": attn or "default"}
+           "fullvocab_2B_MiB": batch_size * L * QWEN3VL_2B_VOCAB * 4 / 2**20, "attn": attn or "default"}
     if dev.type == "cuda":
         row["peak_GiB"] = peak
     if peak_tflops:
@@ -175,7 +171,7 @@ def main():
             if not torch.cuda.is_available():
                 print("\n(--gpu: no CUDA device; skipped)")
                 return
-            big = write_tiny_vlm(TinyVLMConfig(out_dir=str(Path(tmp) / "qwen3vl_2b_shape"), **QWEN3VL_2B))
+            big = write_tiny_vlm(TinyVLMConfig(out_dir=str(Path(tmp) / "qwen3vl_2b_shape"), preset="qwen3-vl-2b"))
             attns = ["sdpa"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
             rows = [bench(big, v, int(b), args.steps, args.image_size, "cuda", attn=a, peak_tflops=args.peak_tflops)
                     for a in attns for v in variants for b in args.gpu_batch_sizes.split(",")]

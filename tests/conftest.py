@@ -49,6 +49,23 @@ def tiny_vlm_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def tokenizer_ckpt(tmp_path_factory) -> Path:
+    """A tiny random action tokenizer checkpoint for LIBERO (P 8, D 7, 32 codes) in the real file format."""
+    import torch
+
+    from latentvla.lam.action_tokenizer import ActionTokenizerModel
+    from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
+    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
+    from latentvla.robots import get_platform
+
+    torch.manual_seed(0)
+    cfg = ActionTokenizerConfig(action_dim=7, chunk_len=8, hidden_dim=16, codebook_size=32, num_heads=2, ffn_dim=32,
+                                decoder_hidden_dim=16)
+    return save_tokenizer_checkpoint(tmp_path_factory.mktemp("tok") / "tokenizer_step_1.pt", ActionTokenizerModel(cfg),
+                                     step=1, statistics={}, platform=get_platform("libero").to_dict())
+
+
 @pytest.fixture(scope="session")
 def vla_data_root(tmp_path_factory) -> Path:
     """Synthetic LIBERO-layout RLDS data (64 px): `libero_goal_no_noops` (3 episodes, unannotated)

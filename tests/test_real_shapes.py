@@ -26,19 +26,6 @@ def qwen3vl_2b_shallow(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def tokenizer_ckpt(tmp_path_factory):
-    from latentvla.lam.action_tokenizer import ActionTokenizerModel
-    from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
-    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
-
-    torch.manual_seed(0)
-    cfg = ActionTokenizerConfig(action_dim=7, chunk_len=8, hidden_dim=16, codebook_size=32, num_heads=2, ffn_dim=32,
-                                decoder_hidden_dim=16)
-    return save_tokenizer_checkpoint(tmp_path_factory.mktemp("tok") / "tokenizer_step_1.pt", ActionTokenizerModel(cfg),
-                                     step=1, statistics={}, platform=LIBERO.to_dict())
-
-
 def test_preset_has_the_real_config(qwen3vl_2b_shallow):
     cfg = json.loads((qwen3vl_2b_shallow / "config.json").read_text())
     text, vision = cfg["text_config"], cfg["vision_config"]

@@ -24,20 +24,6 @@ from latentvla.train.run import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_ckpt(tmp_path_factory) -> Path:
-    from latentvla.lam.action_tokenizer import ActionTokenizerModel
-    from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
-    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
-    from latentvla.robots import get_platform
-
-    torch.manual_seed(0)
-    cfg = ActionTokenizerConfig(action_dim=7, chunk_len=8, hidden_dim=16, codebook_size=32, num_heads=2, ffn_dim=32,
-                                decoder_hidden_dim=16)
-    return save_tokenizer_checkpoint(tmp_path_factory.mktemp("tok") / "tokenizer_step_1.pt", ActionTokenizerModel(cfg),
-                                     step=1, statistics={}, platform=get_platform("libero").to_dict())
-
-
 def paper_flags(vlm, data, runs, vla_id, **over) -> list[str]:
     """The paper's README flags (paths filled in, sizes shrunk for CPU)."""
     flags = {

@@ -44,8 +44,7 @@ def checkpoint_sizes(model: nn.Module, keep_checkpoints: int = 3) -> dict:
     rows = parameter_table(model)
     weights = sum(r["trainable_bytes"] for r in rows)
     optimizer = sum(r["trainable"] for r in rows) * _ADAM_BYTES_PER_PARAM
-    keep = max(1, keep_checkpoints) if keep_checkpoints else None
-    run = None if keep is None else keep * weights + optimizer
+    run = keep_checkpoints * weights + optimizer if keep_checkpoints > 0 else None  # 0 = every checkpoint kept
     return {"policy_weights": weights, "newest_checkpoint": weights + optimizer, "run_total": run}
 
 
