@@ -9,6 +9,13 @@ bound for the same images (simplejpeg and PIL, one process), per-stage CPU costs
 reference, the naive path that parses the whole episode record for each sample.
 
     python benchmarks/data_loader.py [--episodes 40 --steps 100 --samples 1500 --batch_size 32]
+
+`--lerobot` instead measures a LeRobot v3.0 copy (default 20 episodes x 100 frames, the same
+textured 2 x 256^2 frames as AV1 video, GOP 2, written by `LeRobotWriter`): the same loader with
+0/1/2 workers, the single-core random-access decode rate of the same mp4s (PyAV, one thread,
+containers kept open), and, with `--lerobot_python PY` (a scratch venv holding `lerobot`),
+lerobot's own `LeRobotDataset` + DataLoader on the same files (this script re-run under PY with
+`--lerobot_reference DIR`).
 """
 
 from __future__ import annotations
@@ -25,8 +32,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from latentvla.data.synthetic import write_synthetic_dataset  # noqa: E402
 
 
 def scene_fn(size: int):
@@ -259,7 +264,7 @@ def loader_rate(ds, workers: int, samples: int, batch_size: int, seed: int, resa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=40)
+    ap.add_argument("--episodes", type=int, default=None, help="default 40 (RLDS) / 20 (--lerobot)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--samples", type=int, default=1500, help="timed samples per configuration")
     ap.add_argument("--batch_size", type=int, default=32)
@@ -267,9 +272,18 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (empty: only the decode "
                                                        "bound and stages)")
     ap.add_argument("--out_dir", default=None, help="keep the dataset here (default: a temp dir, removed)")
+    ap.add_argument("--lerobot", action="store_true", help="the LeRobot video rows instead of the RLDS ones")
+    ap.add_argument("--lerobot_python", default=None, help="python of a venv with lerobot, for its loader's row")
+    ap.add_argument("--lerobot_reference", default=None, help=argparse.SUPPRESS)  # internal: run under lerobot
     args = ap.parse_args()
 
+    if args.lerobot_reference:
+        return lerobot_reference(args)
+    if args.lerobot:
+        return lerobot_main(args)
+    args.episodes = args.episodes or 40
     from latentvla.data.dataset import VLADataset
+    from latentvla.data.synthetic import write_synthetic_dataset
 
     root = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="latentvla_bench_"))
     try:
@@ -322,6 +336,127 @@ def main() -> None:
         print("\nCPU ms per stage (one thread; median over 20 samples of the best of 3 repeats):")
         for k, v in m.items():
             print(f"  {k:<90} {v:7.3f}")
+    finally:
+        if not args.out_dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- LeRobot video rows
+
+def write_lerobot(root: Path, episodes: int, steps: int) -> Path:
+    from latentvla.data.lerobot_writer import LeRobotWriter
+    from latentvla.data.synthetic import LAYOUTS, smooth_actions
+
+    out = root / "libero_goal_no_noops"
+    if (out / "meta" / "info.json").is_file():
+        return out
+    cams = {c: {"dtype": "video", "shape": [256, 256, 3], "names": ["height", "width", "channels"]}
+            for c in ("observation.images.image", "observation.images.wrist_image")}
+    feats = {**cams, "observation.state": {"dtype": "float32", "shape": [8], "names": None},
+             "action": {"dtype": "float32", "shape": [7], "names": None}}
+    fn = scene_fn(256)
+    with LeRobotWriter(out, feats, fps=10, robot_type="panda") as w:
+        for e in range(episodes):
+            act = smooth_actions(e, steps, 7, LAYOUTS["libero"]["gripper"])
+            frames = {c: np.stack([fn(e, t, c, act[:t]) for t in range(steps)]) for c in cams}
+            w.add_episode({**frames, "observation.state": np.cumsum(np.pad(act, ((0, 0), (0, 1))), 0) * 0.05,
+                           "action": act}, "put the bowl on the plate")
+    return out
+
+
+def video_decode_bound(idx, rows: np.ndarray, path: Path) -> float:
+    """Frames/s (CPU time) decoding the cameras of the given rows in that (random) order: one thread, PyAV,
+    containers kept open, seek to the preceding keyframe and decode forward to the frame."""
+    import av
+
+    conts = {}
+    jobs = [(int(idx.frame_file[r, c]), int(idx.frame_pts[r, c]), int(idx.seek_pts[r, c]))
+            for r in rows for c in range(idx.frame_pts.shape[1])]
+    t0 = time.process_time()
+    for f, pts, seek in jobs:
+        if f not in conts:
+            c = av.open(str(path / idx.video_files[f]))
+            c.streams.video[0].codec_context.thread_count = 1
+            conts[f] = c
+        c = conts[f]
+        s = c.streams.video[0]
+        c.seek(seek, stream=s, backward=True, any_frame=False)
+        for fr in c.decode(s):
+            if fr.pts == pts:
+                fr.to_ndarray(format="rgb24")
+                break
+    rate = len(jobs) / (time.process_time() - t0)
+    for c in conts.values():
+        c.close()
+    return rate
+
+
+def lerobot_reference(args) -> None:
+    """Under a venv with lerobot: LeRobotDataset + DataLoader samples/s on the dataset (printed as one line)."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    torch.set_num_threads(1)
+    root = Path(args.lerobot_reference)
+    backend = "torchcodec"
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:  # no system FFmpeg for torchcodec: lerobot's PyAV backend
+        backend = "pyav"
+    ds = LeRobotDataset("local/bench", root=root, video_backend=backend,
+                        delta_timestamps={"action": [i / 10 for i in range(8)]})
+    for w in [int(x) for x in args.workers.split(",") if x]:
+        dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=w,
+                                         generator=torch.Generator().manual_seed(0))
+        with PeakRSS() as mem:
+            it = iter(dl)
+            next(it)
+            c0, t0, n = tree_cpu_seconds(), time.perf_counter(), 0
+            for b in it:
+                n += len(b["action"])
+                if n >= args.samples:
+                    break
+            dt, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0
+        print(f"LEROBOT {w} {n / dt:.1f} {n / cpu:.1f} {mem.peak / 2**20:.0f} {mem.peak_pss / 2**20:.0f} {backend}")
+
+
+def lerobot_main(args) -> None:
+    import subprocess
+
+    from latentvla.data.dataset import VLADataset
+
+    episodes = args.episodes or 20
+    root = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="latentvla_bench_lerobot_"))
+    try:
+        t0 = time.perf_counter()
+        path = write_lerobot(root, episodes, args.steps)
+        t_write = time.perf_counter() - t0
+        ds = VLADataset(root, "libero_goal", image_size=args.image_size, image_aug=True, train=True, progress=False)
+        size = sum(p.stat().st_size for p in path.rglob("*.mp4"))
+        rows = np.random.default_rng(0).choice(len(ds), size=min(len(ds), 600), replace=False)
+        bound = video_decode_bound(ds.indexes[0], rows, path) / 2
+        print(f"LeRobot v3.0: {episodes} episodes x {args.steps} frames, 2 x 256^2 AV1 (GOP 2, crf 30), "
+              f"{size / 2**20:.1f} MiB of mp4 (write {t_write:.1f} s); samples at {args.image_size}^2, augmentation "
+              f"on, batch {args.batch_size}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+        print(f"{'configuration':<58} {'wall samples/s':>14} {'samples/CPU-s':>13} {'% of bound (CPU)':>16} "
+              f"{'wall / 1-core bound':>19} {'peak RSS MiB':>12} {'peak PSS MiB':>12}")
+        print(f"{'AV1 random-access decode bound, PyAV (2 frames/sample)':<58} {'-':>14} {bound:>13.0f} "
+              f"{100:>15.0f}% {'-':>19} {'-':>12} {'-':>12}")
+        for w in [int(x) for x in args.workers.split(",") if x]:
+            rate, per_cpu, rss, pss = loader_rate(ds, w, args.samples, args.batch_size, seed=0, resample="bicubic")
+            print(f"{f'latentvla VLADataset, {w} worker(s)':<58} {rate:>14.0f} {per_cpu:>13.0f} "
+                  f"{100 * per_cpu / bound:>15.0f}% {100 * rate / bound:>18.0f}% {rss:>12.0f} {pss:>12.0f}")
+        if args.lerobot_python:
+            out = subprocess.run([args.lerobot_python, __file__, "--lerobot_reference", str(path), "--workers",
+                                  args.workers, "--samples", str(args.samples), "--batch_size", str(args.batch_size)],
+                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            lines = [x.split() for x in out.stdout.splitlines() if x.startswith("LEROBOT ")]
+            if not lines:
+                print(f"lerobot reference failed:\n{out.stderr[-2000:]}")
+            for _, w, rate, per_cpu, rss, pss, backend in lines:
+                name = f"lerobot LeRobotDataset ({backend}), {w} worker(s)"
+                print(f"{name:<58} {float(rate):>14.0f} {float(per_cpu):>13.0f} "
+                      f"{100 * float(per_cpu) / bound:>15.0f}% {100 * float(rate) / bound:>18.0f}% {rss:>12} {pss:>12}")
     finally:
         if not args.out_dir:
             shutil.rmtree(root, ignore_errors=True)

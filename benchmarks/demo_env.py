@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from latentvla.demo.metaworld_env import MetaWorldEnv, configure_rendering
+from latentvla.eval.metaworld_env import MetaWorldEnv, configure_rendering
 
 
 def measure(task: str, size: int, steps: int) -> dict:

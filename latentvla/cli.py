@@ -33,7 +33,7 @@ COMMANDS: dict[str, Command] = {
                          "latentvla.lam.tiny_dino:write_tiny_dino",
                          "Write a tiny random DINOv2-with-registers checkpoint directory (for the image LAM)."),
     "train": Command("latentvla.train.configuration_train:TrainConfig", "latentvla.train.run:train",
-                     "Train a VLA policy (baseline, la_align, la_direct, la_cond, la_tok); torchrun for DDP / FSDP2."),
+                     "Train a VLA policy (a variant of the strategy registry, --vla_id); torchrun for DDP / FSDP2."),
     "robots": Command("latentvla.robots:RobotsConfig", "latentvla.robots:print_platforms",
                       "List the built-in robot platforms (chunk length, action/proprio dims, normalization)."),
     "data stats": Command("latentvla.data.configuration_data:DataStatsConfig", "latentvla.data.commands:data_stats",
@@ -46,10 +46,16 @@ COMMANDS: dict[str, Command] = {
                                     "latentvla.data.commands:data_declare_latents",
                                     "Declare in features.json the latent labels a dataset's records carry undeclared "
                                     "(the paper's latent.py output)."),
+    "data convert": Command("latentvla.data.convert:DataConvertConfig", "latentvla.data.convert:run_convert",
+                            "Convert a dataset between RLDS and LeRobot v3.0 (--from D1 --to D2 --format "
+                            "rlds|lerobot)."),
     "eval libero": Command("latentvla.eval.configuration_eval:LiberoEvalConfig",
                            "latentvla.eval.libero_eval:run_libero_eval",
                            "Closed-loop LIBERO evaluation: success per task and suite, JSONL + summary + "
                            "MP4s, resumable."),
+    "eval metaworld": Command("latentvla.eval.configuration_eval:MetaWorldEvalConfig",
+                              "latentvla.eval.metaworld_eval:run_metaworld_eval",
+                              "Closed-loop Meta-World evaluation on held-out seeds, through eval libero's engine."),
     "eval robustness": Command("latentvla.eval.configuration_eval:RobustnessEvalConfig",
                                "latentvla.eval.robustness:run_robustness",
                                "A LIBERO suite and each of its LIBERO-PRO perturbations: success and drop "
@@ -59,24 +65,24 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("latentvla.serve.configuration_serve:ServeConfig", "latentvla.serve.server:run_server",
                      "Serve a policy checkpoint over a websocket (msgpack numpy) for robots and simulators."),
     "lam action-train": Command("latentvla.lam.configuration_action_tokenizer:ActionTrainConfig",
-                                "latentvla.lam.action_tokenizer_train:run_action_train",
+                                "latentvla.train.lam_run:run_action_train",
                                 "Train the VQ action-chunk tokenizer (la_tok targets) on a data mix's action chunks."),
     "lam image-train": Command("latentvla.lam.configuration_image_lam:ImageLAMTrainConfig",
-                               "latentvla.lam.image_lam_train:run_image_train",
+                               "latentvla.train.lam_run:run_image_train",
                                "Train the UniVLA-style image latent action model on frame pairs (stage 1 or 2)."),
     "lam annotate": Command("latentvla.lam.configuration_image_lam:AnnotateConfig",
                             "latentvla.lam.annotate:run_annotate",
-                            "Write a copy of an RLDS dataset with image-LAM latent actions (steps/latent_idx, "
-                            "steps/latent_z)."),
+                            "Write a copy of an RLDS or LeRobot dataset with image-LAM latent actions "
+                            "(latent_idx, latent_z)."),
     "demo": Command("latentvla.demo.configuration_demo:DemoConfig", "latentvla.demo.pipeline:run_demo",
                     "The whole study end to end on Meta-World (CPU, no downloads): data, LAMs, 5 "
                     "variants, eval, report."),
 }
 
 GROUP_HELP = {
-    "data": "Inspect RLDS datasets: statistics, episodes; declare latent labels.",
+    "data": "Inspect datasets (statistics, episodes), declare latent labels, convert RLDS <-> LeRobot.",
     "lam": "Latent action models: action tokenizer, image LAM, dataset annotation.",
-    "eval": "Closed-loop evaluation (LIBERO).",
+    "eval": "Closed-loop evaluation (LIBERO, Meta-World).",
 }
 
 

@@ -175,12 +175,8 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
     doc = description if description is not None else (cls.__doc__ or "").strip()
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=doc,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--config", type=Path, default=None, help="YAML/JSON file whose keys set option "
                                                                   "defaults (flags win).")
     for f, tp in _fields(cls):
@@ -190,26 +186,14 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         if meta.get("positional"):
             kwargs: dict[str, Any] = {"type": value_parser(tp), "help": help_text, "metavar": f.name.upper()}
             if default is not _MISSING:
-                kwargs["nargs"] = "?"
-                kwargs["default"] = default
+                kwargs.update(nargs="?", default=default)
             parser.add_argument(f.name, **kwargs)
             continue
-        names = [f"--{f.name}", *meta.get("aliases", ())]
-        inner, _ = _unwrap_optional(tp)
-        kwargs = {
-            "dest": f.name,
-            "type": value_parser(tp),
-            "help": help_text,
-            "metavar": _metavar(tp),
-        }
-        if default is _MISSING:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = default
-        if inner is bool:
-            kwargs["nargs"] = "?"
-            kwargs["const"] = True
-        parser.add_argument(*names, **kwargs)
+        kwargs = {"dest": f.name, "type": value_parser(tp), "help": help_text, "metavar": _metavar(tp),
+                  **({"required": True} if default is _MISSING else {"default": default})}
+        if _unwrap_optional(tp)[0] is bool:
+            kwargs.update(nargs="?", const=True)
+        parser.add_argument(f"--{f.name}", *meta.get("aliases", ()), **kwargs)
     return parser
 
 
@@ -273,6 +257,14 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, prog: str | No
     if callable(validate):
         validate()
     return cfg
+
+
+def check_min(cfg: Any, names: Sequence[str], minimum: int = 1, prefix: str = "--") -> None:
+    """Each named field of `cfg` that is set (not None) must be >= `minimum` (the error says `<prefix><name>`)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < minimum:
+            raise LatentVLAError(f"{prefix}{name} must be >= {minimum}, got {value}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -162,32 +162,29 @@ def _bounds(stats: Mapping, normalization: str) -> tuple[np.ndarray, np.ndarray]
 
 def normalize(x: np.ndarray, stats: Mapping, mask: np.ndarray | tuple[bool, ...], normalization: str) -> np.ndarray:
     """Normalize the masked dims of x[..., D] to [-1, 1] (float32)."""
+    return _rescale(x, stats, mask, normalization, inverse=False)
+
+
+def unnormalize(y: np.ndarray, stats: Mapping, mask: np.ndarray | tuple[bool, ...], normalization: str) -> np.ndarray:
+    """Exact inverse of `normalize` on the masked dims (constant dims return lo)."""
+    return _rescale(y, stats, mask, normalization, inverse=True)
+
+
+def _rescale(x, stats: Mapping, mask, normalization: str, inverse: bool) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if normalization == "none":
         return x.astype(np.float32)
     lo, hi = _bounds(stats, normalization)
     mask = np.asarray(mask, dtype=bool)
     if lo.shape[-1] != x.shape[-1] or mask.shape[-1] != x.shape[-1]:
-        raise LatentVLAError(f"normalization: value has {x.shape[-1]} dims but statistics/mask have "
-                             f"{lo.shape[-1]}/{mask.shape[-1]}")
+        raise LatentVLAError(f"{'unnormalize' if inverse else 'normalization'}: value has {x.shape[-1]} dims but "
+                             f"statistics/mask have {lo.shape[-1]}/{mask.shape[-1]}")
     span = hi - lo
-    y = np.clip(2.0 * (x - lo) / (span + 1e-8) - 1.0, -1.0, 1.0)
-    y = np.where(span == 0, 0.0, y)
+    if inverse:
+        y = np.where(span == 0, lo, (np.clip(x, -1.0, 1.0) + 1.0) / 2.0 * (span + 1e-8) + lo)
+    else:
+        y = np.where(span == 0, 0.0, np.clip(2.0 * (x - lo) / (span + 1e-8) - 1.0, -1.0, 1.0))
     return np.where(mask, y, x).astype(np.float32)
-
-
-def unnormalize(y: np.ndarray, stats: Mapping, mask: np.ndarray | tuple[bool, ...], normalization: str) -> np.ndarray:
-    """Exact inverse of `normalize` on the masked dims (constant dims return lo)."""
-    y = np.asarray(y, dtype=np.float64)
-    if normalization == "none":
-        return y.astype(np.float32)
-    lo, hi = _bounds(stats, normalization)
-    mask = np.asarray(mask, dtype=bool)
-    if lo.shape[-1] != y.shape[-1]:
-        raise LatentVLAError(f"unnormalize: value has {y.shape[-1]} dims but statistics have {lo.shape[-1]}")
-    x = (np.clip(y, -1.0, 1.0) + 1.0) / 2.0 * (hi - lo + 1e-8) + lo
-    x = np.where(hi - lo == 0, lo, x)
-    return np.where(mask, x, y).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- CLI

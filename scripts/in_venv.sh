@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${LATENTVLA_EXTRAS:-dev,libero,metaworld}
+EXTRAS=${LATENTVLA_EXTRAS:-dev,libero,metaworld,lerobot}
 TORCH_SPEC=${LATENTVLA_TORCH-torch==2.13.0}
 
 if [ ! -x .venv/bin/python ]; then

@@ -37,6 +37,20 @@ def tfds_fixture_root(tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.fixture
+def lerobot_root(tmp_path: Path) -> Path:
+    """A writable data root holding copies of the three lerobot-written datasets (v3.0 AV1
+    `libero_tiny_lerobot`, v3.0 H.264 `libero_tiny_lerobot_h264`, v2.1 AV1 `libero_tiny_lerobot_v21`)."""
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("av")
+    dst = tmp_path / "lerobot_root"
+    dst.mkdir()
+    for d in (FIXTURES / "lerobot_written").iterdir():
+        if d.is_dir():
+            shutil.copytree(d, dst / d.name)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen3-VL checkpoint dir (hidden 64, 2 layers, vision depth 2), written once

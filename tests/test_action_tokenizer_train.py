@@ -17,10 +17,11 @@ from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.errors import LatentVLAError
 from latentvla.lam.action_tokenizer import ActionChunkTokenizer, ActionTokenizerModel
 from latentvla.lam.action_tokenizer_checkpoint import list_checkpoints, load_tokenizer_checkpoint
-from latentvla.lam.action_tokenizer_train import train_action_tokenizer
 from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig, ActionTrainConfig
+from latentvla.train.lam_run import train_action_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 def structured_action(episode: int, t: int, num_steps: int, rng) -> np.ndarray:
@@ -147,3 +148,62 @@ def test_keep_last_prunes_old_checkpoints(data_root, tmp_path):
     assert not [p for p in (tmp_path / "k").iterdir() if p.name.startswith(".")]  # no temp files left
     written = {p.name for p in (tmp_path / "k").iterdir()}
     assert {"config.json", "dataset_statistics.json", "metrics.jsonl", "report.json"} <= written
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_between_restarts_is_exact(data_root, tmp_path):
+    """Resume at step 4, inside a dead-code restart window (every 3): the restart pool, the codebook's
+    usage window, the optimizer, RNG and data position come back, so steps 5-10 equal the straight run."""
+    kw = dict(save_every=4, log_every=2, restart_every=3, init_batches=2)
+    train_action_tokenizer(_cfg(data_root, tmp_path / "a", num_steps=10, **kw))
+    train_action_tokenizer(_cfg(data_root, tmp_path / "b", num_steps=4, **kw))
+    train_action_tokenizer(_cfg(data_root, tmp_path / "b", num_steps=10, resume=True, **kw))
+    straight, resumed = _log(tmp_path / "a"), _log(tmp_path / "b")
+    assert [r["step"] for r in resumed] == [2, 4, 6, 8, 10]
+    for a, b in zip(straight, resumed, strict=True):
+        for k in ("loss", "rec_mse", "code_usage", "perplexity", "restarted_codes", "mask_loss"):
+            assert a[k] == b[k], (k, a, b)
+    wa = load_tokenizer_checkpoint(tmp_path / "a" / "tokenizer_step_10.pt").model.state_dict()
+    wb = load_tokenizer_checkpoint(tmp_path / "b" / "tokenizer_step_10.pt").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # only the newest checkpoint keeps its training state; every tokenizer file loads as a tokenizer
+    assert sorted(p.name for p in (tmp_path / "b").glob("training_state_step_*.pt")) == ["training_state_step_10.pt"]
+
+
+def test_old_checkpoint_resume_is_a_clear_error(data_root, tmp_path):
+    out = tmp_path / "old"
+    train_action_tokenizer(_cfg(data_root, out, num_steps=2, save_every=2, init_batches=0))
+    (out / "training_state_step_2.pt").unlink()  # what an earlier latentvla wrote: the file alone
+    assert ActionChunkTokenizer.from_checkpoint(out).codebook_size == 64
+    with pytest.raises(LatentVLAError, match="cannot be resumed exactly.*--init_checkpoint"):
+        train_action_tokenizer(_cfg(data_root, out, num_steps=4, resume=True))
+
+
+def test_two_processes_match_one(data_root, tmp_path):
+    """torchrun, 2 processes x 4 chunks == 1 process x 8 (the codebook's EMA update and the code
+    counts are summed over the ranks). Masking and restarts draw per-rank random numbers, so they
+    are off here, as dropout is in the trainer's test."""
+    from torchrun_helpers import completed, torchrun
+
+    flags = ["--data_root_dir", str(data_root), "--data_mix", "libero_goal", "--num_steps", "6", "--batch_size", "8",
+             "--save_every", "3", "--log_every", "1", "--learning_rate", "1e-3", "--restart_every", "0",
+             "--mask_ratio", "0", "--init_batches", "2", "--eval_batches", "1", "--hidden_dim", "32",
+             "--codebook_size", "64", "--device", "cpu"]
+    assert main(["lam", "action-train", "--results_dir", str(tmp_path / "one"), *flags]) == 0
+    r = torchrun(["-m", "latentvla", "lam", "action-train", "--results_dir", str(tmp_path / "two"), *flags],
+                 env={"PYTHONPATH": str(REPO)}, timeout=240)
+    assert completed(r), r.stdout[-3000:] + r.stderr[-3000:]
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert [r["step"] for r in two] == list(range(1, 7))
+    for a, b in zip(one, two, strict=True):
+        for k in ("loss", "rec_mse", "commitment", "grad_norm", "code_usage", "perplexity"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-7), (k, a, b)
+    wa = load_tokenizer_checkpoint(tmp_path / "one").model.state_dict()
+    wb = load_tokenizer_checkpoint(tmp_path / "two").model.state_dict()
+    # Adam turns gradients that are zero up to rounding (the attention key bias, whose gradient
+    # vanishes) into steps of full size, so those few weights agree to 1e-4 (lr 1e-3), not 1e-6
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-4, msg=k)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from annotate_helpers import CrashAfter, expected_labels, write_tiny_lam
 from image_lam_helpers import TINY
 
 from latentvla.cli import main as cli_main
@@ -21,21 +21,12 @@ from latentvla.errors import LatentVLAError
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     from latentvla.data.synthetic import write_synthetic_dataset
-    from latentvla.lam.configuration_image_lam import ImageLAMConfig
-    from latentvla.lam.dino import load_dino
-    from latentvla.lam.image_lam import ImageLatentActionModel
-    from latentvla.lam.image_lam_checkpoint import save_lam_checkpoint
 
     root = tmp_path_factory.mktemp("annotate")
     # small shards: several per split, so resume granularity is visible
     write_synthetic_dataset(root / "data", name="libero_goal_no_noops", num_episodes=5, steps=[6, 1, 9, 4, 7, 5, 3],
                             image_size=64, val_episodes=2, max_shard_bytes=12_000)
-    assert cli_main(["tiny-dino", str(root / "dino"), "--num_layers", "1"]) == 0
-    torch.manual_seed(0)
-    model = ImageLatentActionModel(ImageLAMConfig(**TINY), dino=load_dino(root / "dino"))
-    with torch.no_grad():  # spread the codebook so random inputs use several codes
-        model.vq_action.codebook.weight.normal_()
-    save_lam_checkpoint(root / "lam", model, step=1)
+    write_tiny_lam(root)
     return root
 
 
@@ -51,7 +42,6 @@ def _annotate(data: Path, lam: Path, *extra: str) -> int:
 
 def test_round_trip_every_step_of_every_episode(assets, tmp_path):
     from latentvla.lam.image_lam_checkpoint import load_image_lam
-    from latentvla.lam.latent_labeler import decode_frame
 
     data = _fresh_data(assets, tmp_path)
     run = tmp_path / "lam_run"  # an image-train run dir resolves to the checkpoint `latest` names
@@ -85,12 +75,9 @@ def test_round_trip_every_step_of_every_episode(assets, tmp_path):
             assert ep["latent_z"].shape == (T, 4, 16) and ep["latent_z"].dtype == np.float32
             used.update(ep["latent_idx"].ravel().tolist())
             # the label of step t is the pair (t, min(t + 3, T - 1)) of the primary camera
-            frames = torch.from_numpy(np.stack([decode_frame(b, 56) for b in ep["observation/image"]]))
-            feats = model.dino_features(frames.permute(0, 3, 1, 2).float() / 255)
-            second = np.minimum(np.arange(T) + 3, T - 1)
-            idx, z = model.encode_latent_actions(torch.stack([feats, feats[second]], 1))
-            np.testing.assert_array_equal(ep["latent_idx"], idx.numpy())
-            np.testing.assert_allclose(ep["latent_z"], z.numpy(), rtol=0, atol=0)
+            idx, z = expected_labels(model, ep["observation/image"])
+            np.testing.assert_array_equal(ep["latent_idx"], idx)
+            np.testing.assert_allclose(ep["latent_z"], z, rtol=0, atol=0)
     assert len(used) > 1
     info = json.loads((out.path / "dataset_info.json").read_text())
     assert info["name"] == "libero_goal_no_noops_latent"
@@ -98,20 +85,6 @@ def test_round_trip_every_step_of_every_episode(assets, tmp_path):
     assert record["codebook_size"] == TINY["codebook_size"] and record["num_codes"] == 4
     assert record["lam_ckpt"] == str((run / "checkpoints" / "step_1").resolve())
     assert not [p for p in out.path.parent.iterdir() if p.name.startswith(".")]  # no staging left
-
-
-class _CrashAfter:
-    """Wraps the real labeler; raises on call number `n` (simulates a kill mid-run)."""
-
-    def __init__(self, labeler, n: int | None):
-        self.labeler, self.n, self.calls = labeler, n, 0
-        self.num_codes, self.latent_dim, self.batch_size = labeler.num_codes, labeler.latent_dim, 10_000
-
-    def label_episodes(self, episodes):
-        self.calls += 1
-        if self.n is not None and self.calls >= self.n:
-            raise KeyboardInterrupt
-        return self.labeler.label_episodes(episodes)
 
 
 def test_interrupted_run_resumes_per_shard(assets, tmp_path):
@@ -124,7 +97,7 @@ def test_interrupted_run_resumes_per_shard(assets, tmp_path):
     out = data / "libero_goal_no_noops_latent" / "1.0.0"
     labeler = LatentLabeler(load_image_lam(assets / "lam")[0], pair_offset=3, batch_size=8)
     job = {"lam_ckpt": "x", "pair_offset": 3}
-    crash = _CrashAfter(labeler, n=2)  # one label call per shard here: dies in the second shard
+    crash = CrashAfter(labeler, n=2)  # one label call per shard here: dies in the second shard
     with pytest.raises(KeyboardInterrupt):
         annotate_builder(src, out, "observation/image", crash, job=job)
     assert not out.exists()  # nothing partial is visible
@@ -133,7 +106,7 @@ def test_interrupted_run_resumes_per_shard(assets, tmp_path):
     assert len(done) == 1 and not [p for p in staging.iterdir() if p.name.startswith(".")]
     first = (staging / done[0]).stat()
     n_shards = sum(len(src.shard_paths(s)) for s in src.split_names)
-    again = _CrashAfter(labeler, n=None)
+    again = CrashAfter(labeler, n=None)
     annotate_builder(src, out, "observation/image", again, job=job)
     assert again.calls == n_shards - 1  # the finished shard was not redone
     assert (out / done[0]).stat().st_ino == first.st_ino

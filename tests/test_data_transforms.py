@@ -152,7 +152,7 @@ def test_augmentation_seeded_by_seed_epoch_index(root):
 
 
 def test_training_without_aug_matches_inference_resize(root):
-    from latentvla.eval.transforms import prepare_policy_image
+    from latentvla.vla.policy_io import prepare_image as prepare_policy_image
 
     ds = VLADataset(root, "libero_goal", image_size=16, image_aug=False, progress=False)
     d, e, t = ds.locate(7)

@@ -20,7 +20,7 @@ pytestmark = [
 
 
 def test_demo_tiny_end_to_end(tmp_path):
-    from latentvla.demo.metaworld_env import configure_rendering
+    from latentvla.eval.metaworld_env import configure_rendering
 
     configure_rendering()
     pytest.importorskip("metaworld", reason="needs the [metaworld] extra")

@@ -7,15 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from latentvla.demo.metaworld_env import configure_rendering
+from latentvla.eval.metaworld_env import configure_rendering
 
 configure_rendering()  # MUJOCO_GL must be set before mujoco is first imported
 pytest.importorskip("metaworld", reason="needs the [metaworld] extra")
 pytestmark = pytest.mark.metaworld
 
-from latentvla.demo.metaworld_env import MetaWorldEnv  # noqa: E402
-from latentvla.demo.metaworld_eval import ExpertPolicy, RandomActionPolicy, evaluate  # noqa: E402
 from latentvla.errors import LatentVLAError  # noqa: E402
+from latentvla.eval.metaworld_env import MetaWorldEnv  # noqa: E402
+from latentvla.eval.metaworld_eval import evaluate_metaworld  # noqa: E402
+from latentvla.eval.policies import PolicySpec  # noqa: E402
+
+EXPERT, RANDOM = (PolicySpec(kind=k, platform="metaworld", seed=0) for k in ("expert", "random"))
 
 
 def test_fixed_initial_states_and_cameras():
@@ -46,24 +49,22 @@ def test_fixed_initial_states_and_cameras():
 
 def test_expert_beats_random_and_evaluation_resumes(tmp_path):
     kw = dict(tasks=["reach"], episodes_per_task=2, image_size=32, max_episode_steps=80, progress=False)
-    expert = evaluate(lambda env: ExpertPolicy(env), out_dir=tmp_path / "expert", label="expert", needs_images=False,
-                      num_videos=1, **kw)
-    rand = evaluate(lambda env: RandomActionPolicy(0), out_dir=tmp_path / "random", label="random", needs_images=False,
-                    **kw)
+    expert = evaluate_metaworld(EXPERT, out_dir=tmp_path / "expert", label="expert", num_videos=1, **kw)
+    rand = evaluate_metaworld(RANDOM, out_dir=tmp_path / "random", label="random", **kw)
     assert expert["success_rate"] == 1.0 and rand["success_rate"] == 0.0
-    assert expert["per_task"]["reach"]["episodes"] == 2
-    assert (tmp_path / "expert" / "videos" / "reach_ep000.mp4").stat().st_size > 0
+    assert expert["tasks"][0]["task"] == "reach" and expert["tasks"][0]["episodes"] == 2
+    (video,) = (tmp_path / "expert" / "videos").glob("metaworld-task00-trial000-*.mp4")  # the first episode only
+    assert video.stat().st_size > 0
     lines = (tmp_path / "expert" / "episodes.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])["seed"] != json.loads(lines[1])["seed"]
     # resume: finished episodes are not run again; a torn last line is ignored and that episode redone
     with open(tmp_path / "expert" / "episodes.jsonl", "w") as f:
         f.write(lines[0] + "\n" + lines[1][:10])
 
-    again = evaluate(lambda env: ExpertPolicy(env), out_dir=tmp_path / "expert", label="expert", needs_images=False,
-                     **kw)
+    again = evaluate_metaworld(EXPERT, out_dir=tmp_path / "expert", label="expert", **kw)
     assert again["episodes"] == 2 and again["success_rate"] == 1.0
     recs = [json.loads(x) for x in (tmp_path / "expert" / "episodes.jsonl").read_text().splitlines()]
-    assert [r["episode"] for r in recs] == [0, 1] and recs[0] == json.loads(lines[0])  # torn line dropped, ep 1 re-run
+    assert [r["trial"] for r in recs] == [0, 1] and recs[0] == json.loads(lines[0])  # torn line dropped, ep 1 re-run
 
 
 def test_policy_with_wrong_chunk_shape_is_an_error(tmp_path):
@@ -73,7 +74,7 @@ def test_policy_with_wrong_chunk_shape_is_an_error(tmp_path):
             return np.zeros((4, 7))
 
     with pytest.raises(LatentVLAError, match="shape"):
-        evaluate(lambda env: Bad(), ["reach"], 1, tmp_path, image_size=32, max_episode_steps=5, progress=False)
+        evaluate_metaworld(Bad(), ["reach"], 1, tmp_path, image_size=32, max_episode_steps=5, progress=False)
 
 
 def test_expert_dataset_reads_back_as_vla_samples(tmp_path):

@@ -103,7 +103,7 @@ def test_demo_seeds_runs_one_demo_per_seed_and_aggregates(tmp_path, monkeypatch,
         return {}
 
     monkeypatch.setattr(pipeline.Demo, "run", fake_run)
-    monkeypatch.setattr("latentvla.demo.metaworld_env.configure_rendering", lambda *a, **k: None)
+    monkeypatch.setattr("latentvla.eval.metaworld_env.configure_rendering", lambda *a, **k: None)
     out = tmp_path / "demo"
     cfg = parse_config(DemoConfig, ["--output_dir", str(out), "--scale", "tiny", "--seeds", "2", "--variants",
                                     "baseline"])

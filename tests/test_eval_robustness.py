@@ -63,10 +63,10 @@ def test_failed_runs_before_any_episode_leave_no_log(tmp_path, capsys):
 
 
 def test_robustness_runs_a_real_perturbed_episode_and_resumes(tmp_path, monkeypatch, capsys):
-    import latentvla.eval.libero_eval as libero_eval
+    import latentvla.eval.engine as engine
     from latentvla.cli import main
 
-    real_run = libero_eval.run_in_workers
+    real_run = engine.run_in_workers
     ran = []
 
     def original_faked(target, payloads, on_result):
@@ -79,7 +79,7 @@ def test_robustness_runs_a_real_perturbed_episode_and_resumes(tmp_path, monkeypa
                        "trial": ep.trial, "seed": ep.seed, "success": True, "steps": 1, "seconds": 0.0,
                        "policy_calls": 1})
 
-    monkeypatch.setattr(libero_eval, "run_in_workers", original_faked)
+    monkeypatch.setattr(engine, "run_in_workers", original_faked)
     out, logs = tmp_path / "rob", tmp_path / "logs"
     argv = ["eval", "robustness", "--policy", "zero", "--suite", "libero_goal", "--perturbations", "lan",
             "--task_ids", "[0]", "--num_trials_per_task", "1", "--max_steps", "4", "--num_steps_wait", "0",

@@ -228,7 +228,10 @@ def test_configure_rendering_sets_both_variables(monkeypatch):
     from latentvla.eval.libero_env import configure_rendering
 
     monkeypatch.setenv("MUJOCO_GL", "osmesa")
-    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    # set, then delete: monkeypatch restores a variable only if it recorded it, and configure_rendering
+    # sets PYOPENGL_PLATFORM, which must not leak into later tests (Meta-World would see osmesa vs egl)
+    monkeypatch.setenv("PYOPENGL_PLATFORM", "")
+    monkeypatch.delenv("PYOPENGL_PLATFORM")
     assert configure_rendering("auto") == "osmesa"
     import os
 

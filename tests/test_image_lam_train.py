@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from latentvla.cli import main as cli_main
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 DIRS = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], np.float32)
 
@@ -55,7 +58,7 @@ def test_tiny_lam_learns_and_uses_several_codes(setup):
     assert "action_loss" in m[-1] and "commit_loss_action" in m[-1]
     ckpt = run / "checkpoints" / "step_200"
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_200"
-    assert {p.name for p in ckpt.iterdir()} == {"config.json", "model.safetensors", "training_state.pt"}
+    assert {p.name for p in ckpt.iterdir()} == {"config.json", "model.safetensors", "training_state.pt", "COMPLETE"}
 
 
 def test_resume_continues_exactly(setup):
@@ -148,3 +151,62 @@ def test_post_train_univla_stage_two_checkpoint(setup, capsys):
     ref = {k[len("model."):]: v for k, v in src.dino_encoder.state_dict().items()}
     for k, v in hf_to_original_dino(dino, 1).items():
         torch.testing.assert_close(v, hf_to_original_dino(ref, 1)[k], msg=k)
+
+
+def test_resume_between_restarts_is_exact(setup):
+    """Resume at step 4, after the restart at 3: the usage since that restart, the action-subset
+    generator, optimizer, RNG and data position come back, so steps 5-6 equal the straight run."""
+    common = ("--log_every", "2", "--save_every", "4", "--code_restart_every", "3")
+    assert cli_main(_argv(setup, "gap-straight", "--max_steps", "6", *common)) == 0
+    assert cli_main(_argv(setup, "gap-resumed", "--max_steps", "4", *common)) == 0
+    assert cli_main(_argv(setup, "gap-resumed", "--max_steps", "6", *common)) == 0
+    a, b = _metrics(setup / "runs" / "gap-straight"), _metrics(setup / "runs" / "gap-resumed")
+    assert [r["step"] for r in b] == [2, 4, 6]
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("loss", "recon_loss", "action_loss", "codes_used", "perplexity", "codes_restarted", "grad_norm"):
+            assert ra[k] == rb[k], (k, ra, rb)
+    from safetensors.torch import load_file
+
+    wa = load_file(str(setup / "runs" / "gap-straight" / "checkpoints" / "step_6" / "model.safetensors"))
+    wb = load_file(str(setup / "runs" / "gap-resumed" / "checkpoints" / "step_6" / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_old_run_directory(setup, capsys):
+    """A run whose checkpoints an earlier latentvla wrote (no COMPLETE marker) is not silently started
+    over; its checkpoint still loads for `lam annotate`."""
+    from latentvla.lam.image_lam_checkpoint import load_image_lam
+
+    assert cli_main(_argv(setup, "old", "--max_steps", "1")) == 0
+    ckpt = setup / "runs" / "old" / "checkpoints" / "step_1"
+    (ckpt / "COMPLETE").unlink()
+    model, meta = load_image_lam(setup / "runs" / "old")
+    assert meta["step"] == 1 and model.config.codebook_size == 8
+    assert cli_main(_argv(setup, "old", "--max_steps", "2")) == 2
+    assert "earlier latentvla" in capsys.readouterr().err
+
+
+def test_two_processes_match_one(setup):
+    """torchrun, 2 processes x 4 pairs == 1 process x 8. Every pair gets the action loss
+    (--action_loss_fraction 1: the random subset is per rank) and no codes restart (restarts seed
+    codes from rank 0's encoder outputs)."""
+    from safetensors.torch import load_file
+    from torchrun_helpers import completed, torchrun
+
+    common = ("--max_steps", "4", "--log_every", "1", "--save_every", "4", "--code_restart_every", "0",
+              "--action_loss_fraction", "1.0", "--device", "cpu")
+    assert cli_main(_argv(setup, "one", *common)) == 0
+    argv = _argv(setup, "two", *common)
+    argv[argv.index("--batch_size") + 1] = "4"
+    r = torchrun(["-m", "latentvla", *argv], env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                 timeout=240)
+    assert completed(r), r.stdout[-3000:] + r.stderr[-3000:]
+    one, two = _metrics(setup / "runs" / "one"), _metrics(setup / "runs" / "two")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        for k in ("loss", "recon_loss", "action_loss", "grad_norm", "codes_used", "perplexity"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-7), (k, a, b)
+    wa = load_file(str(setup / "runs" / "one" / "checkpoints" / "step_4" / "model.safetensors"))
+    wb = load_file(str(setup / "runs" / "two" / "checkpoints" / "step_4" / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)

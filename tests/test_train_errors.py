@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from latentvla.cli import main
-from latentvla.train.configuration_train import VLA_IDS, TrainConfig
+from latentvla.errors import LatentVLAError
+from latentvla.train.configuration_train import TrainConfig
+from latentvla.vla.configuration_vla import STRATEGIES, VLA_IDS
 
 
-def test_vla_ids_match_the_model():
-    from latentvla.vla.configuration_vla import VLA_IDS as MODEL_IDS
-
-    assert VLA_IDS == MODEL_IDS
+def test_train_accepts_exactly_the_registered_variants():
+    for vla_id in STRATEGIES:
+        TrainConfig(vla_id=vla_id, vlm_path="x", data_root_dir="y").validate()
+    with pytest.raises(LatentVLAError, match="--vla_id 'la_magic' is unknown"):
+        TrainConfig(vla_id="la_magic", vlm_path="x", data_root_dir="y").validate()
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -239,3 +240,83 @@ def test_use_wandb_means_wandb_and_swanlab_needs_its_env(tmp_path, monkeypatch):
     lg.close()
     assert ("log", 2, {"loss": 0.25}) in swanlab.calls and len(wandb.calls) == 3
     assert [r["step"] for r in _records(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_window_mean_logs_means_and_resumes_mid_window(tmp_path):
+    """`window_mean` (the latent action models' logging): each logged value is the mean of the steps
+    since the last log; a crash and resume inside a window logs what the straight run logs."""
+    def run(run_dir, resume=None, crash_at=None, window=True):
+        torch.manual_seed(0)
+        ds = ToyDataset(n=40)
+        s = LoopSettings(per_device_batch_size=4, max_steps=8, learning_rate=0.05, log_step=3 if window else 1,
+                         save_step=2, window_mean=window, progress=False)
+
+        def crash(step, rec):
+            if crash_at == step:
+                raise RuntimeError("crash")
+
+        lg = JSONLLogger(Path(run_dir) / "metrics.jsonl", resume_step=int(resume.name[5:]) if resume else None)
+        tr = Trainer(ToyModel(0.2), ds, ToySampler(40, seed=1), s, info=CPU, run_dir=run_dir, logger=lg,
+                     callbacks=[crash], resume_from=resume)
+        try:
+            tr.fit()
+        finally:
+            lg.close()
+        return _records(Path(run_dir) / "metrics.jsonl")
+
+    losses = [r["loss"] for r in run(tmp_path / "steps", window=False)]
+    straight = run(tmp_path / "a")
+    assert [r["step"] for r in straight] == [3, 6, 8]
+    assert [r["loss"] for r in straight] == pytest.approx([np.mean(losses[:3]), np.mean(losses[3:6]),
+                                                           np.mean(losses[6:])], rel=1e-12)
+    with pytest.raises(RuntimeError):
+        run(tmp_path / "b", crash_at=5)  # last checkpoint: step 4, inside the window 4-6
+    resumed = run(tmp_path / "b", resume=CheckpointManager(tmp_path / "b" / "checkpoints").latest())
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in resumed] == [
+        (r["step"], r["loss"], r["grad_norm"]) for r in straight]
+
+
+def test_loop_settings_come_from_the_train_config():
+    """`latentvla train` copies every loop setting a TrainConfig option of the same name has, so a new
+    setting cannot be forgotten; the rest are derived in run.py or used by the latent action models."""
+    import dataclasses
+
+    from latentvla.train.configuration_train import TrainConfig
+
+    cfg = TrainConfig(max_steps=7, learning_rate=0.125, keep_checkpoints=5, seed=9)
+    s = LoopSettings.from_config(cfg, accumulation_steps=2)
+    assert (s.max_steps, s.learning_rate, s.keep_checkpoints, s.seed, s.accumulation_steps) == (7, 0.125, 5, 9, 2)
+    others = {f.name for f in dataclasses.fields(LoopSettings)} - {f.name for f in dataclasses.fields(TrainConfig)}
+    assert others == {"accumulation_steps", "bf16", "fp16", "find_unused_parameters", "window_mean"}
+
+
+def test_fp16_loss_scaling_resumes_exactly(tmp_path):
+    """`fp16` (the image LAM's --mixed_precision fp16): float16 autocast with a loss scaler whose
+    state rides in the training state, so a resumed run takes the straight run's steps."""
+    def run(run_dir, resume=None, crash_at=None):
+        torch.manual_seed(0)
+        s = LoopSettings(per_device_batch_size=4, max_steps=6, learning_rate=0.05, save_step=3, fp16=True,
+                         progress=False)
+
+        def crash(step, rec):
+            if crash_at == step:
+                raise RuntimeError("crash")
+
+        lg = JSONLLogger(Path(run_dir) / "metrics.jsonl", resume_step=int(resume.name[5:]) if resume else None)
+        tr = Trainer(ToyModel(), ToyDataset(n=40), ToySampler(40, seed=1), s, info=CPU, run_dir=run_dir, logger=lg,
+                     callbacks=[crash], resume_from=resume)
+        try:
+            tr.fit()
+        finally:
+            lg.close()
+        return tr
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(RuntimeError):
+        run(tmp_path / "b", crash_at=4)
+    latest = CheckpointManager(tmp_path / "b" / "checkpoints").latest()
+    assert "scaler" in torch.load(latest / "training_state.pt", weights_only=False)
+    resumed = run(tmp_path / "b", resume=latest)
+    assert resumed.scaler.get_scale() == straight.scaler.get_scale()
+    a, b = (_records(tmp_path / d / "metrics.jsonl") for d in ("a", "b"))
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in a] == [(r["step"], r["loss"], r["grad_norm"]) for r in b]

@@ -433,10 +433,7 @@ def test_a_sixth_variant_is_one_strategy_class(tiny_vlm_dir, vla_data_root):
         out["loss"].backward()
         assert out["actions"].shape == (4, 8, 7)
     finally:
-        from latentvla.vla.configuration_vla import EXTRA_VLA_IDS
-
         STRATEGIES.pop("test_double_slots", None)
-        EXTRA_VLA_IDS.remove("test_double_slots")
 
 
 def test_lam_codes_beyond_the_act_vocabulary_name_the_setting(tiny_vlm_dir, vla_data_root):

@@ -52,7 +52,9 @@ def trained(tiny_vlm_dir, vla_data_root, tmp_path_factory):
 def test_checkpoint_layout_and_reload(trained):
     model, ckpt, ds = trained
     assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "dataset_statistics.json",
-                                                "versions.json"}
+                                                "versions.json", "policy_io.json"}
+    io = json.loads((ckpt / "policy_io.json").read_text())  # the inference recipe, saved with the weights
+    assert (io["image_size"], io["image_resample"], io["center_crop"], io["num_images"]) == (64, "bicubic", False, 2)
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["vla"]["vla_id"] == "la_tok" and cfg["platform"]["name"] == "libero" and cfg["train"]["max_steps"] == 5
     size = (ckpt / "model.safetensors").stat().st_size
@@ -192,6 +194,7 @@ def test_raw_frames_are_prepared_like_training_images(trained, tmp_path):
     assert policy.image_resample == "bicubic"  # the checkpoint's train config says so
     legacy = tmp_path / "legacy"  # a checkpoint from before image_resample existed: trained with Lanczos
     shutil.copytree(ckpt, legacy)
+    (legacy / "policy_io.json").unlink()  # written since: older checkpoints derive the recipe from config.json
     cfg = json.loads((legacy / "config.json").read_text())
     del cfg["train"]["image_resample"]
     (legacy / "config.json").write_text(json.dumps(cfg))

@@ -12,7 +12,8 @@ from latentvla.errors import LatentVLAError
 class DataStatsConfig:
     """Print per-dataset statistics of a data mix as JSON (computed once, then cached)."""
 
-    data_root_dir: str = arg("", "Directory holding <name>/<version>/ TFDS builder dirs.")
+    data_root_dir: str = arg("", "Directory holding <name>/<version>/ TFDS builder dirs or "
+                                 "<name>/ LeRobot dataset dirs.")
     data_mix: str = arg("", "Mixture name, dataset name, or JSON list of names (e.g. '[\"libero_goal\"]').")
     dataset_registry: str | None = arg(None, "YAML/JSON file registering extra datasets / mixtures.")
     split: str = arg("train", "Split to compute statistics over.")
@@ -26,7 +27,8 @@ class DataInspectConfig:
     """Print a data mix's episodes as JSON: count, every episode's length and instruction, and for
     `--episode K` its actions, proprio and image shapes."""
 
-    data_root_dir: str = arg("", "Directory holding <name>/<version>/ TFDS builder dirs.")
+    data_root_dir: str = arg("", "Directory holding <name>/<version>/ TFDS builder dirs or "
+                                 "<name>/ LeRobot dataset dirs.")
     data_mix: str = arg("", "Mixture name, dataset name, or JSON list of names.")
     episode: int | None = arg(None, "Also print this episode's actions, proprio and image shapes.")
     dataset_registry: str | None = arg(None, "YAML/JSON file registering extra datasets / mixtures.")

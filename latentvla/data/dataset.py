@@ -31,22 +31,23 @@ ActionChunkDataset: same index, no images: {"actions", "action_pad", "dataset_na
 FramePairDataset(pair_offset=k): {"frames" uint8 [2, S, S, 3] (primary at t and min(t+k, T-1)),
   "actions" [k, D], "action_pad" [k], "instruction", "dataset_name", "episode", "step"}.
 
-Reading: one `pread` per camera (byte ranges from the cached index), no episode parsing. Files
-are opened lazily per process, so DataLoader workers (fork or spawn) each use their own handles.
+Reading goes through the storage seam (`latentvla.data.store`): RLDS costs one `pread` per camera
+(byte ranges from the cached index), LeRobot one decode from the preceding keyframe per camera
+(frames cached within the GOP). Files are opened lazily per process (`latentvla.data.handles`),
+so DataLoader workers (fork or spawn) each use their own handles.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from latentvla.data.example import FLOAT, FeatureSpan, decode_span, record_context
-from latentvla.data.index import DatasetIndex, load_or_build_index
+from latentvla.data.handles import Handles
 from latentvla.data.registry import ResolvedDataset, latent_sibling, resolve_data_mix
 from latentvla.data.statistics import load_or_compute_statistics
+from latentvla.data.store import load_or_build_store
 from latentvla.data.transforms import (
     DEFAULT_RESAMPLE,
     ImageDecodeError,
@@ -80,14 +81,14 @@ class _MixDataset(_TorchDataset):
         self.platform: Platform = resolved[0].entry.platform
         self.extra_keys = tuple(extra_keys)
         self.resolved: list[ResolvedDataset] = []
-        self.indexes: list[DatasetIndex] = []
+        self.indexes: list = []  # DatasetIndex (RLDS) | LeRobotIndex, see latentvla.data.store
         for r in resolved:
-            idx = load_or_build_index(r, split, progress=progress)
+            idx = load_or_build_store(r, split, progress=progress)
             missing = [k for k in self.extra_keys if not idx.has_step_key(k)]
             if missing:
                 sib = latent_sibling(r)
                 if sib is not None:
-                    sidx = load_or_build_index(sib, split, progress=progress)
+                    sidx = load_or_build_store(sib, split, progress=progress)
                     if all(sidx.has_step_key(k) for k in self.extra_keys):
                         r, idx, missing = sib, sidx, []
             if missing:
@@ -102,7 +103,7 @@ class _MixDataset(_TorchDataset):
                     e0 = int(lacking[0])
                     raise LatentVLAError(
                         f"dataset {r.name!r} ({r.path}): {len(lacking)} of {idx.num_episodes} episodes "
-                        f"lack per-step key {k!r} (first: episode {e0} in {idx.shard_files[int(idx.ep_shard[e0])]}); "
+                        f"lack per-step key {k!r} (first: episode {e0} in {idx.where(e0).name}); "
                         "annotate every shard, or the whole dataset with `latentvla lam annotate`")
             self.resolved.append(r)
             self.indexes.append(idx)
@@ -111,8 +112,7 @@ class _MixDataset(_TorchDataset):
         self.dataset_lengths = [ix.num_transitions for ix in self.indexes]
         self.dataset_weights = [r.weight for r in self.resolved]
         self._starts = np.concatenate([[0], np.cumsum(self.dataset_lengths)]).astype(np.int64)
-        self._fds: dict[str, int] = {}
-        self._pid = os.getpid()
+        self._handles = Handles()  # per-process open files (pickles empty, fork-safe)
 
     # ------------------------------------------------------------------ plumbing
     def __len__(self) -> int:
@@ -121,35 +121,8 @@ class _MixDataset(_TorchDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_fds"] = {}
-        return state
-
-    def __del__(self) -> None:
-        if getattr(self, "_pid", None) == os.getpid():
-            for fd in getattr(self, "_fds", {}).values():
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-
     def _read(self, path, start: int, end: int) -> bytes:
-        if self._pid != os.getpid():  # forked worker: never share file offsets / handles
-            self._fds, self._pid = {}, os.getpid()
-        key = str(path)
-        fd = self._fds.get(key)
-        if fd is None:
-            try:
-                fd = os.open(key, os.O_RDONLY)
-            except OSError as e:
-                raise LatentVLAError(f"{key}: cannot open shard ({e.strerror})") from None
-            self._fds[key] = fd
-        data = os.pread(fd, end - start, start)
-        if len(data) != end - start:
-            raise LatentVLAError(f"{key}: shard is shorter than its index (read {len(data)} of {end - start} bytes at "
-                                 f"offset {start}); it changed after indexing — delete its .latentvla_cache")
-        return data
+        return self._handles.pread(path, start, end)
 
     def locate(self, i: int) -> tuple[int, int, int]:
         """Global transition i -> (dataset, episode, step)."""
@@ -192,43 +165,19 @@ class _MixDataset(_TorchDataset):
     def frames(self, d: int, e: int, steps: Sequence[int], cameras: Sequence[int], size: int, params) -> np.ndarray:
         """uint8 [N, S, S, 3] for the (step, camera) pairs, one augmentation draw for all of them."""
         idx = self.indexes[d]
-        path, s = idx.shard_path(e), int(idx.ep_start[e])
-        spans = [idx.image_spans[s + t, c] for t, c in zip(steps, cameras, strict=False)]
-        data = [self._read(path, int(a), int(b)) for a, b in spans]
+        data = idx.read_frames(e, steps, cameras, self._handles)
         try:
             return process_frames(data, size, params, self.resample)
         except ImageDecodeError as err:
             k = getattr(err, "frame", 0)
-            raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e} step {steps[k]} camera "
+            raise LatentVLAError(f"dataset {idx.name!r} ({idx.where(e)}) episode {e} step {steps[k]} camera "
                                  f"{idx.camera_keys[cameras[k]]!r}: {err}") from None
 
     def step_feature(self, d: int, e: int, t: int, length: int, key: str) -> np.ndarray:
         """Per-step feature `key` for steps t..t+length-1 (past the end: the last step repeated)."""
         idx = self.indexes[d]
-        k = idx.step_keys.index(key)
-        start, end, kind, packed = (int(v) for v in idx.step_spans[e, k])
-        spec = idx.specs["steps/" + key]
-        T = int(idx.ep_len[e])
-        path = idx.shard_path(e)
-        if kind < 0:
-            raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e}: record lacks {key!r}")
-        if kind == FLOAT and packed:  # fixed width: read just the needed steps
-            w = spec.numel * 4
-            last = T - 1
-            rows = [min(t + j, last) for j in range(length)]
-            lo, hi = rows[0], rows[-1] + 1
-            buf = self._read(path, start + lo * w, start + hi * w)
-            vals = np.frombuffer(buf, "<f4").reshape(hi - lo, *spec.shape)
-            out = vals[np.asarray(rows) - lo]
-        else:
-            buf = self._read(path, start, end)
-            with record_context(f"{path} (record at offset {int(idx.ep_offset[e])}, episode {e})"):
-                vals = np.asarray(decode_span(buf, FeatureSpan(kind, 0, len(buf), bool(packed))))
-            if vals.size != T * spec.numel:
-                raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e}: {key!r} has {vals.size} values, "
-                                     f"expected {T} steps x {spec.numel}")
-            vals = vals.reshape(T, *spec.shape)
-            out = vals[np.minimum(np.arange(t, t + length), T - 1)]
+        out = idx.read_step_feature(e, t, length, key, self._handles)
+        path = idx.where(e)
         if not np.isfinite(out).all():
             raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e}: {key!r} has NaN/inf near step {t}")
         return out
@@ -293,7 +242,7 @@ class VLADataset(_MixDataset):
         idx = self.indexes[d]
         und = idx.undeclared
         limit = und.codebook_size if und is not None and und.usable and "steps/latent_idx" in und.specs else None
-        check_codes(v, limit, f"dataset {idx.name!r} ({idx.shard_path(e)}) episode {e} near step {t}", idx.path)
+        check_codes(v, limit, f"dataset {idx.name!r} ({idx.where(e)}) episode {e} near step {t}", idx.path)
 
 
 class ActionChunkDataset(_MixDataset):

@@ -157,13 +157,31 @@ def encode_feature(value) -> bytes:
     raise LatentVLAError(f"encode_example: unsupported value dtype {arr.dtype}")
 
 
+def _map_entries(features: Mapping[str, object]) -> bytes:
+    return b"".join(_len_field(1, _len_field(1, key.encode("utf-8")) + _len_field(2, encode_feature(value)))
+                    for key, value in features.items())
+
+
 def encode_example(features: Mapping[str, object]) -> bytes:
     """Serialize a `tf.train.Example` (map entries in the mapping's order)."""
-    entries = []
-    for key, value in features.items():
-        entry = _len_field(1, key.encode("utf-8")) + _len_field(2, encode_feature(value))
-        entries.append(_len_field(1, entry))
-    return _len_field(1, b"".join(entries))
+    return _len_field(1, _map_entries(features))
+
+
+def append_features(record: bytes, extra: Mapping[str, object], where: str = "record") -> bytes:
+    """`record` (a serialized Example) with `extra` added to its `Features` map; its own entries keep
+    their bytes (the result is valid protobuf: TFDS and our reader parse it as one Example)."""
+    body = b""
+    if record:
+        if record[0] != 0x0A:
+            raise LatentVLAError(f"{where}: not a tf.train.Example (first tag {record[0]:#x})")
+        try:
+            n, pos = _read_varint(record, 1, len(record))
+        except ExampleDecodeError:
+            raise LatentVLAError(f"{where}: truncated tf.train.Example header") from None
+        if pos + n != len(record):
+            raise LatentVLAError(f"{where}: tf.train.Example has {len(record) - pos - n} trailing byte(s)")
+        body = record[pos:]
+    return _len_field(1, body + _map_entries(extra))
 
 
 # ----------------------------------------------------------------------------- decode

@@ -273,6 +273,8 @@ def adopt_undeclared_latents(builder, *, announce: bool = True) -> UndeclaredLat
     (in memory only) with a notice, once per process and directory (rank 0 only under torchrun)."""
     if all(p in builder.specs for p in LATENT_PATHS):
         return None  # declared: nothing to look for (the common annotated case costs no read)
+    if not hasattr(builder, "shard_paths"):
+        return None  # a LeRobot directory: its info.json declares every column
     found = find_undeclared_latents(builder)
     if found is None or not found.usable:
         return found

@@ -17,6 +17,12 @@ Built in:
 - Meta-World (`latentvla demo`): `metaworld` and any `metaworld_<task>` (keys image, wrist_image,
   state, action; platform `metaworld`; no standardization).
 
+LeRobot datasets (v3.0 / v2.1) are found the same way, as `<root>/<name>/` holding `meta/info.json`
+(no version level); the keys above map to LeRobot feature names (`image` ->
+`observation.images.image`, `state` -> `observation.state`; `latentvla.data.lerobot_index`), so
+`libero_<x>` LeRobot copies of LIBERO use the built-in LIBERO layout and platform; so does any other
+unregistered LeRobot directory whose `robot_type` is `panda`.
+
 Annotated copies (`latentvla lam annotate` writes `<dir>_latent/<version>`): the name
 `<any name>_latent` (e.g. `libero_goal_latent`) resolves to the same entry with the `_latent`
 directory. `VLADataset(extra_keys=...)` also finds the `_latent` sibling on its own when the plain
@@ -34,6 +40,7 @@ User datasets: a YAML/JSON file (`--dataset_registry FILE`), no library edits:
         action_key: action
         action_standardization: none   # none | libero_gripper
         version: 1.0.0                 # optional; default: the highest version directory
+        format: lerobot                # optional: rlds | lerobot; default: detected (meta/info.json = lerobot)
     mixtures:
       my_mix: [[my_robot, 1.0], [libero_goal, 0.5]]
 """
@@ -52,6 +59,7 @@ from latentvla.errors import LatentVLAError
 from latentvla.robots import Platform, get_platform, register_platform
 
 STANDARDIZATIONS = ("none", "libero_gripper")
+FORMATS = ("rlds", "lerobot")
 LATENT_SUFFIX = "_latent"
 
 
@@ -69,6 +77,7 @@ class DatasetEntry:
     version: str | None = None
     annotated: bool = False  # resolved through a `_latent` name
     from_pattern: bool = False  # not registered; matched a name pattern (aloha_*, metaworld_*, libero_*)
+    format: str | None = None  # rlds | lerobot; None: detected from the directory (meta/info.json = lerobot)
 
     @property
     def platform(self) -> Platform:
@@ -84,7 +93,8 @@ class DatasetEntry:
                 "proprio_keys": list(self.proprio_keys), "action_key": self.action_key,
                 "language_key": self.language_key,
                 "action_standardization": self.action_standardization, "aliases": list(self.aliases),
-                "directory": self.directory, "version": self.version, "annotated": self.annotated}
+                "directory": self.directory, "version": self.version, "annotated": self.annotated,
+                "format": self.format}
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,8 @@ BUILTIN_MIXTURES: dict[str, tuple[tuple[str, float], ...]] = {
     "robotwin": tuple((f"aloha_{t}", 1.0) for t in ROBOTWIN_TASKS),
     "libero_4_task_suites": tuple((f"{s}_no_noops", 1.0) for s in LIBERO_SUITES[:4]),
 }
+# LeRobot `robot_type` -> the layout of an unregistered dataset of that robot (e.g. a LIBERO conversion).
+ROBOT_TYPES = {"panda": _libero_like}
 # Name patterns that resolve without an explicit entry.
 PATTERNS: tuple[tuple[str, Any], ...] = ((r"aloha_[a-z0-9_]+", _aloha), (r"metaworld_[a-z0-9_\-]+", _metaworld),
                                          (r"libero_[a-z0-9_]+", _libero_like))
@@ -174,7 +186,24 @@ class Registry:
         for pattern, make in PATTERNS:
             if re.fullmatch(pattern, name):
                 return replace(make(name), from_pattern=True)
+        entry = self._from_robot_type(name)
+        if entry is not None:
+            return entry
         raise LatentVLAError(self.unknown_message(name))
+
+    data_root_dir: str | os.PathLike | None = None  # set by resolve_data_mix: unregistered LeRobot dirs
+
+    def _from_robot_type(self, name: str) -> DatasetEntry | None:
+        """An unregistered LeRobot directory `<root>/<name>/` whose `robot_type` has a known layout."""
+        if not self.data_root_dir:
+            return None
+        info = Path(self.data_root_dir) / name / "meta" / "info.json"
+        try:
+            robot = str(json.loads(info.read_text()).get("robot_type") or "").lower()
+        except (OSError, ValueError, AttributeError):
+            return None
+        make = ROBOT_TYPES.get(robot)
+        return replace(make(name), format="lerobot", from_pattern=True) if make else None
 
     def unknown_message(self, name: str) -> str:
         where = f" (built-ins + {self.source})" if self.source else ""
@@ -253,7 +282,7 @@ def entry_from_dict(d: Mapping, source: str) -> DatasetEntry:
     if missing:
         raise LatentVLAError(f"{source}: dataset {d.get('name', '?')!r} lacks key(s) {', '.join(missing)}")
     known = {"name", "platform", "image_keys", "proprio_keys", "action_key", "language_key", "action_standardization",
-             "aliases", "directory", "version"}
+             "aliases", "directory", "version", "format"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise LatentVLAError(f"{source}: dataset {d['name']!r}: unknown key(s) {', '.join(unknown)}; known: "
@@ -274,6 +303,9 @@ def entry_from_dict(d: Mapping, source: str) -> DatasetEntry:
     if std not in STANDARDIZATIONS:
         raise LatentVLAError(f"{where}: action_standardization must be one of "
                              f"{', '.join(STANDARDIZATIONS)}, got {std!r}")
+    fmt = d.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise LatentVLAError(f"{where}: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     proprio = _as_tuple(d.get("proprio_keys", ()), "proprio_keys", where)
     for k in proprio:
         parse_key_slice(k, where)
@@ -283,7 +315,7 @@ def entry_from_dict(d: Mapping, source: str) -> DatasetEntry:
         language_key=str(d.get("language_key", "language_instruction")), action_standardization=std,
         aliases=_as_tuple(d.get("aliases", ()), "aliases", where),
         directory=None if d.get("directory") is None else str(d["directory"]),
-        version=None if d.get("version") is None else str(d["version"]))
+        version=None if d.get("version") is None else str(d["version"]), format=fmt)
 
 
 def load_registry_file(reg: Registry, path: str | os.PathLike) -> None:
@@ -330,8 +362,20 @@ def parse_key_slice(spec: str, where: str = "registry") -> tuple[str, slice]:
     return m.group(1), slice(int(a) if a else None, int(b) if b else None)
 
 
-def pick_version(dataset_dir: Path, version: str | None) -> Path:
+def detect_format(path: str | os.PathLike) -> str:
+    """A directory with `meta/` (where LeRobot keeps `info.json`) is LeRobot; anything else RLDS."""
+    return "lerobot" if (Path(path) / "meta").is_dir() else "rlds"
+
+
+def pick_version(dataset_dir: Path, version: str | None, fmt: str | None = None) -> Path:
+    """The version directory of an RLDS dataset; a LeRobot dataset is its own directory (or a
+    `version` subdirectory holding meta/)."""
     from latentvla.utils.paths import entry_problem
+
+    if (fmt or detect_format(dataset_dir)) == "lerobot":
+        if version is not None and detect_format(dataset_dir / version) == "lerobot":
+            return dataset_dir / version
+        return dataset_dir  # a missing meta/info.json is reported by the reader, naming the file
 
     for x in dataset_dir.iterdir():  # a version directory that is a symlink loop / broken link
         if (version is None and re.fullmatch(r"\d+\.\d+\.\d+", x.name) or x.name == version) and \
@@ -364,7 +408,7 @@ def find_dataset_dir(data_root_dir: str | os.PathLike, entry: DatasetEntry) -> P
         if (problem := entry_problem(root / d)) is not None:
             raise LatentVLAError(f"dataset {entry.name!r}: {root / d}: {problem}")
         if (root / d).is_dir():
-            return pick_version(root / d, entry.version)
+            return pick_version(root / d, entry.version, entry.format)
     raise LatentVLAError(f"dataset {entry.name!r}{' (annotated)' if entry.annotated else ''}: no directory "
                          f"{' or '.join(repr(d) for d in entry.directories)} under {root}")
 
@@ -373,6 +417,7 @@ def resolve_data_mix(data_root_dir: str | os.PathLike, data_mix: Any,
                      registry_file: str | os.PathLike | None = None) -> list[ResolvedDataset]:
     """Resolve `--data_mix` to builder directories with relative weights."""
     reg = Registry(registry_file)
+    reg.data_root_dir = data_root_dir
     out = []
     for entry, weight in reg.expand(data_mix):
         try:
@@ -392,11 +437,12 @@ def get_entry(name: str, registry_file: str | os.PathLike | None = None) -> Data
 
 
 def latent_sibling(resolved: ResolvedDataset) -> ResolvedDataset | None:
-    """The annotated copy `<dir>_latent/<version>` next to a plain dataset, if it exists."""
+    """The annotated copy `<dir>_latent/<version>` (LeRobot: `<dir>_latent`) next to a plain dataset, if it exists."""
     if resolved.entry.annotated:
         return None
-    cand = resolved.path.parent.parent / (resolved.path.parent.name + LATENT_SUFFIX) / resolved.path.name
+    lerobot = detect_format(resolved.path) == "lerobot"
+    plain = resolved.path if lerobot else resolved.path.parent  # LeRobot: no version level
+    cand = plain.parent / (plain.name + LATENT_SUFFIX) / ("" if lerobot else resolved.path.name)
     if cand.is_dir():
-        return ResolvedDataset(replace(resolved.entry, annotated=True, directory=resolved.path.parent.name), cand,
-                               resolved.weight)
+        return ResolvedDataset(replace(resolved.entry, annotated=True, directory=plain.name), cand, resolved.weight)
     return None

@@ -7,9 +7,11 @@ stats = {"action": {"mean", "std", "min", "max", "q01", "q99", "mask"}, "proprio
          "num_transitions": int, "num_trajectories": int}
 Values are per-dim lists of floats (JSON-able), computed over the train split after
 standardization (e.g. LIBERO gripper -> 1 open / 0 close) and before normalization; quantiles are
-numpy's linear ones; `mask` is the platform's normalization mask. The statistics pass reads only
-the action and proprio keys (it is the index pass of `latentvla.data.index`; images are never
-decoded). Cached as `statistics-<key>.json` next to the index (same key: files + registry entry).
+numpy's linear ones over every transition (for LeRobot too: computed from the parquet rows, not
+taken from lerobot's stats.json, whose quantiles are averages of per-episode ones); `mask` is the
+platform's normalization mask. The statistics pass reads only the action and proprio keys (it is
+the index pass of `latentvla.data.store`; images are never decoded). Cached as
+`statistics-<key>.json` next to the index (same key: files + registry entry).
 `dataset_statistics.json` in run dirs / checkpoints is `{dataset_name: stats}`.
 """
 
@@ -20,9 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from latentvla.data.index import DatasetIndex, cache_dir, index_key, load_or_build_index
 from latentvla.data.registry import ResolvedDataset
-from latentvla.data.tfds import TFDSBuilderDir
+from latentvla.data.store import load_or_build_store, statistics_cache_path
 from latentvla.errors import LatentVLAError
 from latentvla.utils.atomic import atomic_write_json
 
@@ -48,7 +49,7 @@ def array_statistics(x: np.ndarray, mask) -> dict[str, list]:
     }
 
 
-def statistics_from_index(index: DatasetIndex, platform) -> dict:
+def statistics_from_index(index, platform) -> dict:
     return {
         "action": array_statistics(index.actions, platform.action_norm_mask),
         "proprio": array_statistics(index.proprio, platform.proprio_norm_mask),
@@ -58,10 +59,7 @@ def statistics_from_index(index: DatasetIndex, platform) -> dict:
 
 
 def _one(resolved: ResolvedDataset, split: str, progress: bool) -> dict:
-    builder = TFDSBuilderDir(resolved.path)
-    if split not in builder.split_names:
-        raise LatentVLAError(f"{resolved.path / 'dataset_info.json'}: dataset {resolved.name!r} has no split {split!r}")
-    path = cache_dir(builder) / f"statistics-{index_key(resolved, builder, split)}.json"
+    path = statistics_cache_path(resolved, split)
     if path.is_file():
         try:
             stats = json.loads(path.read_text())
@@ -70,7 +68,7 @@ def _one(resolved: ResolvedDataset, split: str, progress: bool) -> dict:
         except (OSError, json.JSONDecodeError):
             pass  # damaged cache: recompute
     # No barrier here: whether the statistics cache hits can differ between ranks.
-    index = load_or_build_index(resolved, split, progress=progress, sync=False)
+    index = load_or_build_store(resolved, split, progress=progress, sync=False)
     stats = statistics_from_index(index, resolved.entry.platform)
     try:
         atomic_write_json(path, stats)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 
 from latentvla.data.example import encode_example
 from latentvla.data.features import FeatureSpec, as_flat, build_features_json
+from latentvla.data.staging import StagedDirWriter
 from latentvla.data.tfds import DEFAULT_TEMPLATE, episode_key, shard_filename, step_key
 from latentvla.data.tfrecord import RecordWriter
 from latentvla.errors import LatentVLAError
@@ -89,7 +89,7 @@ def encode_episode(episode: Mapping[str, Any], specs: Mapping[str, FeatureSpec],
     return encode_example(feats)
 
 
-class TFDSWriter:
+class TFDSWriter(StagedDirWriter):
     """Write a TFDS builder directory that `tfds.builder_from_directory` loads unchanged."""
 
     def __init__(self, out_dir: str | os.PathLike, features: Mapping, splits: Sequence[str] = ("train",),
@@ -100,25 +100,17 @@ class TFDSWriter:
         self.version = version or self.out_dir.name
         if len(self.version.split(".")) != 3:
             raise LatentVLAError(f"TFDSWriter: {self.out_dir}: the last path component must be a version like 1.0.0")
-        if self.out_dir.exists() and not overwrite:
-            raise LatentVLAError(f"TFDSWriter: {self.out_dir} already exists (pass overwrite=True to replace it)")
+        self._stage(self.out_dir, overwrite)
         self.specs = as_flat(features)
         self.features_json = build_features_json(self.specs)
         self.splits = list(splits)
         self.max_shard_bytes = int(max_shard_bytes)
         self.description = description
-        self.overwrite = overwrite
-        from latentvla.utils.atomic import _tmp_name
-
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _tmp_name(self.out_dir)
-        self._tmp.mkdir()
         # (tmp file, n, payload bytes)
         self._shards: dict[str, list[tuple[Path, int, int]]] = {s: [] for s in self.splits}
         self._payload_bytes: dict[str, int] = {s: 0 for s in self.splits}
         self._writer: dict[str, RecordWriter | None] = {s: None for s in self.splits}
         self._counts: dict[str, int] = {s: 0 for s in self.splits}
-        self._closed = False
 
     def _roll(self, split: str) -> None:
         w = self._writer[split]
@@ -145,74 +137,44 @@ class TFDSWriter:
         self._payload_bytes[split] += len(data)  # TFDS counts serialized examples, not framing
         self._counts[split] += 1
 
-    def close(self) -> Path:
-        if self._closed:
-            return self.out_dir
-        try:
-            splits_info = []
-            for split in self.splits:
-                self._roll(split)
-                shards = self._shards[split]
-                if not shards:  # TFDS wants at least one shard per declared split
-                    w = RecordWriter(self._tmp / f".part-{split}-00000")
-                    w.close()
-                    shards.append((w.path, 0, 0))
-                n = len(shards)
-                for i, (p, _, _) in enumerate(shards):
-                    os.replace(p, self._tmp / shard_filename(DEFAULT_TEMPLATE, self.name, split, i, n))
-                splits_info.append({
-                    "filepathTemplate": DEFAULT_TEMPLATE,
-                    "name": split,
-                    "numBytes": str(sum(b for _, _, b in shards)),
-                    "shardLengths": [str(c) for _, c, _ in shards],
-                })
-            info = {
-                "description": self.description or f"{self.name}: RLDS dataset written by latentvla.",
-                "fileFormat": "tfrecord",
-                "moduleName": f"{self.name}.{self.name}_dataset_builder",
-                "name": self.name,
-                "releaseNotes": {self.version: "Written by latentvla."},
-                "splits": splits_info,
-                "version": self.version,
-            }
-            (self._tmp / "dataset_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-            (self._tmp / "features.json").write_text(json.dumps(self.features_json, indent=4, sort_keys=True))
-            if self.out_dir.exists():
-                if not self.overwrite:
-                    raise LatentVLAError(f"TFDSWriter: {self.out_dir} appeared while writing")
-                from latentvla.utils.atomic import _tmp_name
+    def _finish(self) -> None:
+        splits_info = []
+        for split in self.splits:
+            self._roll(split)
+            shards = self._shards[split]
+            if not shards:  # TFDS wants at least one shard per declared split
+                w = RecordWriter(self._tmp / f".part-{split}-00000")
+                w.close()
+                shards.append((w.path, 0, 0))
+            n = len(shards)
+            for i, (p, _, _) in enumerate(shards):
+                os.replace(p, self._tmp / shard_filename(DEFAULT_TEMPLATE, self.name, split, i, n))
+            splits_info.append({
+                "filepathTemplate": DEFAULT_TEMPLATE,
+                "name": split,
+                "numBytes": str(sum(b for _, _, b in shards)),
+                "shardLengths": [str(c) for _, c, _ in shards],
+            })
+        info = {
+            "description": self.description or f"{self.name}: RLDS dataset written by latentvla.",
+            "fileFormat": "tfrecord",
+            "moduleName": f"{self.name}.{self.name}_dataset_builder",
+            "name": self.name,
+            "releaseNotes": {self.version: "Written by latentvla."},
+            "splits": splits_info,
+            "version": self.version,
+        }
+        (self._tmp / "dataset_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        (self._tmp / "features.json").write_text(json.dumps(self.features_json, indent=4, sort_keys=True))
 
-                old = _tmp_name(self.out_dir)
-                os.replace(self.out_dir, old)
-                os.replace(self._tmp, self.out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self._tmp, self.out_dir)
-        except BaseException:
-            self.abort()
-            raise
-        self._closed = True
-        return self.out_dir
-
-    def abort(self) -> None:
+    def _release(self) -> None:
         for w in self._writer.values():
             if w is not None:
                 w.abort()
-        self._closed = True
-        shutil.rmtree(self._tmp, ignore_errors=True)
 
     @property
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
-
-    def __enter__(self) -> TFDSWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_tfds_dataset(out_dir: str | os.PathLike, features: Mapping,

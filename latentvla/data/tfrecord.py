@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import google_crc32c
 
+from latentvla.data.staging import WriterContext
 from latentvla.errors import LatentVLAError
 
 _HEADER = 12  # uint64 length + uint32 crc
@@ -123,7 +124,7 @@ def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> list[int
     return offsets
 
 
-class RecordWriter:
+class RecordWriter(WriterContext):
     """Incremental writer (for large shards); the file appears at `path` only on `close()`."""
 
     def __init__(self, path: str | os.PathLike):
@@ -159,12 +160,3 @@ class RecordWriter:
             self._f = None
         if self._tmp.exists():
             self._tmp.unlink()
-
-    def __enter__(self) -> RecordWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

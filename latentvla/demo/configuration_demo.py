@@ -11,10 +11,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from latentvla.config import arg
+from latentvla.config import arg, check_min
 from latentvla.errors import LatentVLAError
+from latentvla.vla.configuration_vla import STRATEGIES, VLA_IDS
 
-VARIANTS = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
 STAGES = ("data", "models", "action_tokenizer", "image_lam", "annotate", "train", "evaluate", "report")
 
 
@@ -66,7 +66,7 @@ SCALES: dict[str, DemoSizes] = {
 
 @dataclass
 class DemoConfig:
-    """The whole study end to end on Meta-World: data, latent action models, 5 variants, evaluation."""
+    """The whole study end to end on Meta-World: data, latent action models, the variants, evaluation."""
 
     output_dir: str = arg("runs/demo", "Run directory; every stage writes here and resumes from what is there.")
     scale: Literal["tiny", "small", "medium", "large"] = arg(
@@ -89,7 +89,7 @@ class DemoConfig:
     vlm_num_layers: int | None = arg(None, "Layers of the tiny random Qwen3-VL backbone.")
     lora_rank: int | None = arg(None, "LoRA rank on the backbone.")
     videos_per_variant: int | None = arg(None, "Rollout MP4s saved per variant (first episodes).")
-    variants: list[str] = arg(list(VARIANTS), "Variants to train and evaluate.")
+    variants: list[str] = arg(list(VLA_IDS), "Variants (registered vla_ids) to train and evaluate.")
     vlm_path: str | None = arg(None, "Use this local Qwen3-VL directory instead of writing a tiny random one.")
     action_noise: float = arg(0.1, "Std of Gaussian noise added to the executed expert xyz action (labels stay clean).")
     seed: int = arg(7, "Seed of everything (demo seeds, training, evaluation).")
@@ -108,15 +108,13 @@ class DemoConfig:
                                  f"{', '.join(STAGES)}")
         if self.stop_after is not None and self.stop_after not in STAGES:
             raise LatentVLAError(f"demo --stop_after: unknown stage {self.stop_after!r}; stages: {', '.join(STAGES)}")
-        bad = [v for v in self.variants if v not in VARIANTS]
+        bad = [v for v in self.variants if v not in STRATEGIES]
         if bad or not self.variants:
-            raise LatentVLAError(f"demo --variants: unknown {bad or 'empty list'}; choose from {', '.join(VARIANTS)}")
+            raise LatentVLAError(f"demo --variants: unknown {bad or 'empty list'}; choose from {', '.join(STRATEGIES)}")
         if self.mujoco_gl not in ("egl", "osmesa", "glfw"):
             raise LatentVLAError(f"demo --mujoco_gl: expected egl or osmesa, got {self.mujoco_gl!r}")
-        if self.seeds < 1:
-            raise LatentVLAError(f"demo --seeds must be >= 1, got {self.seeds}")
-        if self.action_noise < 0:
-            raise LatentVLAError(f"demo --action_noise must be >= 0, got {self.action_noise}")
+        check_min(self, ("seeds",), prefix="demo --")
+        check_min(self, ("action_noise",), 0, prefix="demo --")
         self.resolved()
 
     def resolved(self) -> DemoSizes:
@@ -135,18 +133,16 @@ class DemoConfig:
 
 
 def check_sizes(s: DemoSizes) -> None:
-    from latentvla.demo.tasks import TASKS
+    from latentvla.eval.metaworld_env import TASKS
 
     unknown = [t for t in s.tasks if t not in TASKS]
     if unknown or not s.tasks:
         raise LatentVLAError(f"demo --tasks: unknown {unknown or 'empty list'}; known: {', '.join(TASKS)}")
     if s.image_size < 32 or s.image_size % 32:
         raise LatentVLAError(f"demo --image_size must be a positive multiple of 32, got {s.image_size}")
-    for name in ("demos_per_task", "max_episode_steps", "eval_episodes_per_task", "tokenizer_steps", "lam_steps",
-                 "lam_pair_offset", "train_steps", "batch_size", "vlm_hidden_size", "vlm_num_layers", "lora_rank"):
-        if getattr(s, name) < 1:
-            raise LatentVLAError(f"demo --{name} must be >= 1, got {getattr(s, name)}")
-    if s.videos_per_variant < 0:
-        raise LatentVLAError(f"demo --videos_per_variant must be >= 0, got {s.videos_per_variant}")
+    check_min(s, ("demos_per_task", "max_episode_steps", "eval_episodes_per_task", "tokenizer_steps", "lam_steps",
+                  "lam_pair_offset", "train_steps", "batch_size", "vlm_hidden_size", "vlm_num_layers", "lora_rank"),
+              prefix="demo --")
+    check_min(s, ("videos_per_variant",), 0, prefix="demo --")
     if s.learning_rate <= 0:
         raise LatentVLAError(f"demo --learning_rate must be > 0, got {s.learning_rate}")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from latentvla.demo.metaworld_eval import demo_seed
-from latentvla.demo.tasks import get_task
 from latentvla.errors import LatentVLAError
+from latentvla.eval.metaworld_env import get_task
+from latentvla.eval.metaworld_eval import demo_seed
 
 DATASET_NAME = "metaworld_demo"
 DATASET_VERSION = "1.0.0"
@@ -102,7 +102,7 @@ def record_episode(env, seed: int, rng: np.random.Generator, action_noise: float
 def iter_task_demos(task: str, task_index: int, num_demos: int, *, seed: int, image_size: int, max_episode_steps: int,
                     action_noise: float, stats: dict | None = None) -> Iterator[dict]:
     """Yield `num_demos` successful expert episodes of one task (seeded, reproducible)."""
-    from latentvla.demo.metaworld_env import MetaWorldEnv
+    from latentvla.eval.metaworld_env import MetaWorldEnv
 
     rng = np.random.default_rng([seed, task_index, 17])
     kept = attempts = 0

@@ -31,7 +31,6 @@ import dataclasses
 import json
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,10 +39,12 @@ from typing import Any
 from latentvla.config import config_to_dict
 from latentvla.demo.configuration_demo import STAGES, DemoConfig, DemoSizes
 from latentvla.errors import LatentVLAError
+from latentvla.eval.metaworld_eval import evaluate_metaworld
+from latentvla.eval.policies import PolicySpec
 from latentvla.utils.atomic import atomic_write_json
+from latentvla.vla.configuration_vla import strategy_class
 
 DATA_NAME = "metaworld_demo"
-LATENT_VARIANTS = ("la_align", "la_direct", "la_cond")
 # Settings whose change makes earlier results invalid (compared with the run's demo_config.json).
 _FINGERPRINT_KEYS = ("scale", "tasks", "demos_per_task", "image_size", "max_episode_steps", "eval_episodes_per_task",
                      "tokenizer_steps", "lam_steps", "lam_pair_offset", "train_steps", "batch_size", "learning_rate",
@@ -59,7 +60,6 @@ class DemoPaths:
         self.vlm = self.root / "models" / "tiny_vlm"
         self.dino = self.root / "models" / "tiny_dino"
         self.tokenizer = self.root / "lam" / "action_tokenizer"
-        self.image_lam_root = self.root / "lam"
         self.image_lam = self.root / "lam" / "image_lam"
         self.runs = self.root / "runs"
         self.eval = self.root / "eval"
@@ -116,12 +116,9 @@ def latest_checkpoint(run_dir: Path, what: str) -> Path:
     """`<run_dir>/checkpoints/<latest>` (pointer file or the highest step_N)."""
     ckpts = run_dir / "checkpoints"
     pointer = ckpts / "latest"
-    if pointer.is_file():
-        target = ckpts / pointer.read_text().strip()
-        if target.is_dir():
-            return target
-    if pointer.is_dir():
-        return pointer
+    target = ckpts / pointer.read_text().strip() if pointer.is_file() else pointer
+    if target.is_dir():
+        return target
     steps = sorted((int(p.name.split("_")[-1]), p) for p in ckpts.glob("step_*") if p.name.split("_")[-1].isdigit())
     if not steps:
         raise LatentVLAError(f"{what}: no checkpoint under {ckpts}")
@@ -129,8 +126,9 @@ def latest_checkpoint(run_dir: Path, what: str) -> Path:
 
 
 def latest_tokenizer(results_dir: Path) -> Path:
-    found = sorted((int(p.stem.rsplit("_", 1)[-1]), p) for p in results_dir.glob("tokenizer_step_*.pt")
-                   if p.stem.rsplit("_", 1)[-1].isdigit())
+    from latentvla.lam.action_tokenizer_checkpoint import list_checkpoints
+
+    found = list_checkpoints(results_dir)
     if not found:
         raise LatentVLAError(f"action tokenizer: no tokenizer_step_N.pt in {results_dir}")
     return found[-1][1]
@@ -148,9 +146,9 @@ class Demo:
     # --- bookkeeping
     def stage_names(self) -> list[str]:
         names = ["data", "models"]
-        if "la_tok" in self.variants:
+        if any(strategy_class(v).helper_option == "action_tokenizer_ckpt" for v in self.variants):
             names.append("action_tokenizer")
-        if any(v in LATENT_VARIANTS for v in self.variants):
+        if any(strategy_class(v).required_sample_keys for v in self.variants):  # the labels `lam annotate` writes
             names += ["image_lam", "annotate"]
         names += [f"train:{v}" for v in self.variants]
         names += ["evaluate:reference"] + [f"evaluate:{v}" for v in self.variants]
@@ -169,9 +167,11 @@ class Demo:
         except json.JSONDecodeError:
             return None
 
+    def sizes_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.sizes.__dict__.items()}
+
     def fingerprint(self) -> dict:
-        d = {**config_to_dict(self.cfg), **{k: (list(v) if isinstance(v, tuple) else v)
-                                              for k, v in self.sizes.__dict__.items()}}
+        d = {**config_to_dict(self.cfg), **self.sizes_dict()}
         return {k: d.get(k) for k in _FINGERPRINT_KEYS}
 
     def prepare(self) -> None:
@@ -197,20 +197,18 @@ class Demo:
                                      f"settings ({changes}); use another --output_dir, or --restart_from STAGE to redo "
                                      "that stage and the later ones")
         atomic_write_json(self.paths.config, {"fingerprint": fp, "config": config_to_dict(self.cfg),
-                                              "sizes": {k: (list(v) if isinstance(v, tuple) else v)
-                                                        for k, v in self.sizes.__dict__.items()}})
+                                              "sizes": self.sizes_dict()})
+
+    def stage_func(self, name: str) -> Callable[[], dict]:
+        """`stage_<name>`; `train:<v>` / `evaluate:<v>` call `stage_train(v)` / `stage_evaluate(v)`."""
+        group, _, arg = name.partition(":")
+        if arg and arg != "reference":
+            return lambda: getattr(self, f"stage_{group}")(arg)
+        return getattr(self, f"stage_{group}" + ("_reference" if arg else ""))
 
     def run(self) -> dict:
         self.prepare()
         names = self.stage_names()
-        funcs: dict[str, Callable[[], dict]] = {
-            "data": self.stage_data, "models": self.stage_models, "action_tokenizer": self.stage_action_tokenizer,
-            "image_lam": self.stage_image_lam, "annotate": self.stage_annotate, "report": self.stage_report,
-            "evaluate:reference": self.stage_evaluate_reference,
-        }
-        for v in self.variants:
-            funcs[f"train:{v}"] = lambda v=v: self.stage_train(v)
-            funcs[f"evaluate:{v}"] = lambda v=v: self.stage_evaluate(v)
         t_all = time.perf_counter()
         info: dict = {}
         ran_any = False
@@ -225,7 +223,7 @@ class Demo:
                 print(f"[{i}/{len(names)}] {name} ...", flush=True)
                 t0 = time.perf_counter()
                 ran_any = True
-                out = funcs[name]() or {}
+                out = self.stage_func(name)() or {}
                 out = {"stage": name, "seconds": round(time.perf_counter() - t0, 1),
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **out}
                 atomic_write_json(self.marker(name), out)
@@ -251,17 +249,13 @@ class Demo:
                 "episodes": sum(v["kept"] for v in stats.values()), "steps": sum(v["steps"] for v in stats.values())}
 
     def stage_models(self) -> dict:
-        s, out = self.sizes, {}
-        if self.cfg.vlm_path:
-            out["vlm_path"] = self.cfg.vlm_path
-        else:
-            h = s.vlm_hidden_size
+        if not self.cfg.vlm_path:
+            h = self.sizes.vlm_hidden_size
             call_command("tiny-vlm", [str(self.paths.vlm), "--hidden_size", str(h),
-                                      "--num_layers", str(s.vlm_num_layers), "--intermediate_size", str(2 * h),
-                                      "--seed", str(self.cfg.seed), "--overwrite", "True"],
+                                      "--num_layers", str(self.sizes.vlm_num_layers), "--intermediate_size",
+                                      str(2 * h), "--seed", str(self.cfg.seed), "--overwrite", "True"],
                          stage="models", log=self.paths.commands)
-            out["vlm_path"] = str(self.paths.vlm)
-        return out
+        return {"vlm_path": self.vlm_path()}
 
     def write_dino(self) -> None:
         """The tiny random DINOv2 of the image LAM (written by the stage that needs it: a run started
@@ -303,7 +297,7 @@ class Demo:
         self.write_dino()
         call_command("lam image-train", [
             *self.common_data_flags(), "--dino_path", str(self.paths.dino), "--stage", "2",
-            "--results_dir", str(self.paths.image_lam_root), "--run_id", self.paths.image_lam.name,
+            "--results_dir", str(self.paths.image_lam.parent), "--run_id", self.paths.image_lam.name,
             "--max_steps", str(s.lam_steps), "--batch_size", "16", "--model_dim", "64", "--enc_blocks", "2",
             "--dec_blocks", "2", "--num_heads", "4", "--pair_offset", str(s.lam_pair_offset),
             "--image_size", str(self.lam_image_size()), "--learning_rate", "5e-4", "--save_every", str(s.lam_steps),
@@ -335,7 +329,7 @@ class Demo:
             "--num_workers", str(self.cfg.num_workers), "--seed", str(self.cfg.seed),
             "--log_step", str(max(1, s.train_steps // 50)), "--wandb_project", "latentvla-demo",
             "--resume", str((run_dir / "checkpoints").is_dir()), *self.device_flags()]
-        if variant == "la_tok":
+        if strategy_class(variant).helper_option == "action_tokenizer_ckpt":
             argv += ["--action_tokenizer_ckpt", str(latest_tokenizer(self.paths.tokenizer))]
         t0 = time.perf_counter()
         call_command("train", argv, stage=f"train:{variant}", log=self.paths.commands)
@@ -350,31 +344,17 @@ class Demo:
                     image_size=s.image_size, max_episode_steps=s.max_episode_steps)
 
     def stage_evaluate_reference(self) -> dict:
-        from latentvla.demo.metaworld_eval import ExpertPolicy, RandomActionPolicy, evaluate
-
-        kw = self.eval_kwargs()
-        rand = evaluate(lambda env: RandomActionPolicy(self.cfg.seed), out_dir=self.paths.eval / "random",
-                        label="random", needs_images=False, num_videos=0, **kw)
-        expert = evaluate(lambda env: ExpertPolicy(env), out_dir=self.paths.eval / "expert", label="expert",
-                          needs_images=False, num_videos=0, **kw)
-        return {"random": rand, "expert": expert}
+        return {kind: evaluate_metaworld(PolicySpec(kind=kind, platform="metaworld", seed=self.cfg.seed),
+                                         out_dir=self.paths.eval / kind, label=kind, **self.eval_kwargs())
+                for kind in ("random", "expert")}
 
     def stage_evaluate(self, variant: str) -> dict:
-        from latentvla.demo.metaworld_eval import evaluate
-
         trained = self.done(f"train:{variant}")
-        if trained:
-            ckpt = Path(trained["checkpoint"])
-        else:
-            ckpt = latest_checkpoint(self.paths.runs / variant, f"train:{variant}")
-        try:
-            from latentvla.vla.policy import VLAPolicy
-        except ImportError as e:
-            raise LatentVLAError(f"demo stage 'evaluate:{variant}' needs "
-                                 f"latentvla.vla.policy.VLAPolicy ({e})") from None
-        policy = VLAPolicy.from_pretrained(str(ckpt), device=self.cfg.device)
-        summary = evaluate(lambda env: policy, out_dir=self.paths.eval / variant, label=variant, needs_images=True,
-                           num_videos=self.sizes.videos_per_variant, **self.eval_kwargs())
+        ckpt = Path(trained["checkpoint"]) if trained else latest_checkpoint(self.paths.runs / variant,
+                                                                             f"train:{variant}")
+        policy = PolicySpec(kind="vla", checkpoint=str(ckpt), platform="metaworld", device=self.cfg.device)
+        summary = evaluate_metaworld(policy, out_dir=self.paths.eval / variant, label=variant, checkpoint=str(ckpt),
+                                     num_videos=self.sizes.videos_per_variant, **self.eval_kwargs())
         return {"checkpoint": str(ckpt), "summary": summary}
 
     def stage_report(self) -> dict:
@@ -403,21 +383,17 @@ SEEDS_FILE = "seeds.json"
 
 
 def run_demo(cfg: DemoConfig) -> int:
-    from latentvla.demo.metaworld_env import configure_rendering
+    from latentvla.eval.metaworld_env import configure_rendering
 
     configure_rendering(cfg.mujoco_gl)
-    root = Path(cfg.output_dir)
     if cfg.seeds > 1:
         return run_seeds(cfg)
+    root = Path(cfg.output_dir)
     if (root / SEEDS_FILE).is_file():
         raise LatentVLAError(f"{root} holds a `--seeds N` demo (seed_<s>/ runs); pass the same --seeds, or point "
                              f"--output_dir at one of its seed_<s>/ dirs, or use another --output_dir")
     Demo(cfg).run()
     return 0
-
-
-def seed_list(cfg: DemoConfig) -> list[int]:
-    return [cfg.seed + i for i in range(cfg.seeds)]
 
 
 def run_seeds(cfg: DemoConfig) -> int:
@@ -429,19 +405,15 @@ def run_seeds(cfg: DemoConfig) -> int:
         raise LatentVLAError(f"{root} holds a single-seed demo run; use another --output_dir for --seeds {cfg.seeds} "
                              f"(or move that run to {root / f'seed_{cfg.seed}'} to reuse it as the first seed)")
     root.mkdir(parents=True, exist_ok=True)
-    seeds = seed_list(cfg)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
     atomic_write_json(root / SEEDS_FILE, {"seeds": seeds, "config": config_to_dict(cfg)})
-    per_seed: dict[int, dict] = {}
-    missing = []
     for i, s in enumerate(seeds, 1):
         sub = dataclasses.replace(cfg, seed=s, seeds=1, output_dir=str(root / f"seed_{s}"))
         print(f"=== demo seed {s} ({i}/{len(seeds)}): {sub.output_dir}", flush=True)
         Demo(sub).run()
-        res = root / f"seed_{s}" / "results.json"
-        if res.is_file():
-            per_seed[s] = json.loads(res.read_text())
-        else:
-            missing.append(s)
+    results = {s: root / f"seed_{s}" / "results.json" for s in seeds}
+    per_seed = {s: json.loads(p.read_text()) for s, p in results.items() if p.is_file()}
+    missing = [s for s in seeds if s not in per_seed]
     if missing:
         print(f"demo --seeds: no report yet for seed(s) {', '.join(map(str, missing))} (--stop_after?); "
               "the across-seed table covers the others")
@@ -449,8 +421,3 @@ def run_seeds(cfg: DemoConfig) -> int:
         write_seeds_report(root, per_seed, {**config_to_dict(cfg), "seeds": seeds})
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from latentvla.cli import run_command
-
-    sys.exit(run_command("demo", sys.argv[1:]))

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from latentvla.eval.results import pyplot, save_bar_chart
 from latentvla.eval.stats import ci_list, t_interval
-from latentvla.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from latentvla.utils.atomic import atomic_write_json, atomic_write_text
 
 # Metric names the trainer may log (first match wins); shown when present.
 L1_KEYS = ("l1", "loss/l1", "train/l1", "l1_loss")
@@ -47,7 +48,8 @@ def _counts(summary: Mapping[str, Any]) -> tuple[int | None, int | None]:
 def _eval_fields(summary: Mapping[str, Any]) -> dict:
     k, n = _counts(summary)
     per_task, per_task_ci, per_task_n = {}, {}, {}
-    for t, v in (summary.get("per_task") or {}).items():
+    tasks = summary.get("per_task") or {t["task"]: t for t in summary.get("tasks") or ()}  # older or eval's
+    for t, v in tasks.items():
         per_task[t] = v.get("success_rate")
         tk, tn = _counts(v)
         per_task_ci[t] = ci_list(tk, tn) if tn else None
@@ -62,7 +64,8 @@ def collect_rows(variants: Sequence[str], stages: Mapping[str, Mapping | None]) 
     for label in ("random", "expert"):
         ref = (stages.get("evaluate:reference") or {}).get(label)
         if ref:
-            rows.append({"name": label, "kind": "reference", **_eval_fields(ref), "eval_seconds": ref.get("seconds")})
+            rows.append({"name": label, "kind": "reference", **_eval_fields(ref),
+                         "eval_seconds": ref.get("seconds", ref.get("episode_seconds"))})
     for v in variants:
         train = stages.get(f"train:{v}") or {}
         ev = (stages.get(f"evaluate:{v}") or {}).get("summary") or {}
@@ -76,7 +79,8 @@ def collect_rows(variants: Sequence[str], stages: Mapping[str, Mapping | None]) 
         rows.append({"name": v, "kind": "variant", **_eval_fields(ev),
                      "final_l1": l1[1] if l1 else None, "aux_metrics": aux,
                      "train_seconds": train.get("train_seconds", train.get("seconds")),
-                     "eval_seconds": ev.get("seconds"), "checkpoint": train.get("checkpoint")})
+                     "eval_seconds": ev.get("seconds", ev.get("episode_seconds")),
+                     "checkpoint": train.get("checkpoint")})
     return rows
 
 
@@ -109,13 +113,8 @@ def format_table(rows: Sequence[dict], tasks: Sequence[str]) -> str:
 
 def bar_plot(path: Path, rows: Sequence[dict], tasks: Sequence[str], title: str) -> Path | None:
     """Grouped bars: success per task for each policy (reference rows included)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install -e '.[metaworld]')")
+    plt = pyplot(print, "plot (pip install -e '.[metaworld]')")
+    if plt is None:
         return None
     import numpy as np
 
@@ -138,16 +137,8 @@ def bar_plot(path: Path, rows: Sequence[dict], tasks: Sequence[str], title: str)
                     xs.append(xi)
                     ys.append(100 * v)
             ax.scatter(xs, ys, s=12, color="black", zorder=3, label="one seed")
-    ax.set_xticks(x, names, rotation=20)
-    ax.set_ylabel("success rate (%), 95% interval")
-    ax.set_ylim(0, 105)
-    ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_bar_chart(plt, fig, ax, path, names, "success rate (%), 95% interval", title)
 
 
 def _yerr(vals: Sequence[float | None], cis: Sequence[Sequence[float] | None]):

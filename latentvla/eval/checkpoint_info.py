@@ -1,9 +1,9 @@
 """Light facts about a policy checkpoint, read from its `config.json` without loading weights.
 
 Used for the run metadata, the compatibility flags of the paper's script (`--vla_id`,
-`--use_proprio`, `--num_images_in_input`, `--use_pro_version`) and `policy_scope`. The checkpoint
-writer (`latentvla.vla.checkpoint.save_policy_checkpoint`) nests the VLA config, the platform and
-the train config; keys are looked up at the top level first, then one level down.
+`--use_proprio`, `--num_images_in_input`, `--use_pro_version`) and `policy_scope`; how the policy
+takes its inputs is `latentvla.vla.policy_io.load_policy_io`. The layout is the one
+`latentvla.vla.checkpoint.save_policy_checkpoint` writes (sections vla, platform, train).
 """
 
 from __future__ import annotations
@@ -19,15 +19,6 @@ from latentvla.utils.json_files import read_json
 LIBERO_DATASET_PREFIXES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 
 
-def _find(cfg: Mapping[str, Any], key: str) -> Any:
-    if key in cfg:
-        return cfg[key]
-    for v in cfg.values():
-        if isinstance(v, Mapping) and key in v:
-            return v[key]
-    return None
-
-
 def read_checkpoint_info(ckpt_dir: str) -> dict:
     from latentvla.vla.checkpoint import resolve_policy_dir  # light: no torch at import
 
@@ -40,24 +31,11 @@ def read_checkpoint_info(ckpt_dir: str) -> dict:
     cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise LatentVLAError(f"{path}: expected a JSON object")
-    platform = _find(cfg, "platform")
-    use_wrist = _find(cfg, "use_wrist_image")
-    num_images = _find(cfg, "num_images_in_input")
-    if num_images is None and use_wrist is not None:
-        num_images = 2 if use_wrist else 1
-    from latentvla.data.transforms import LEGACY_RESAMPLE  # numpy + PIL: not at import (light module)
-
-    return {
-        "vla_id": _find(cfg, "vla_id"),
-        "platform": platform.get("name") if isinstance(platform, Mapping) else platform,
-        "use_proprio": _find(cfg, "use_proprio"),
-        "num_images_in_input": num_images,
-        "use_pro_version": _find(cfg, "use_pro_version"),
-        "data_mix": _find(cfg, "data_mix"),
-        "image_aug": _find(cfg, "image_aug"),
-        "image_size": _find(cfg, "default_image_size") or _find(cfg, "image_size"),
-        "image_resample": _find(cfg, "image_resample") or LEGACY_RESAMPLE,
-    }
+    vla, platform, train = (cfg.get(k) if isinstance(cfg.get(k), Mapping) else {} for k in ("vla", "platform", "train"))
+    num_images, wrist = vla.get("num_images_in_input"), vla.get("use_wrist_image")
+    return {"vla_id": vla.get("vla_id"), "platform": platform.get("name"), "use_proprio": vla.get("use_proprio"),
+            "num_images_in_input": num_images if num_images is not None or wrist is None else 2 if wrist else 1,
+            "use_pro_version": vla.get("use_pro_version"), "data_mix": train.get("data_mix")}
 
 
 def infer_policy_scope(data_mix: Any, suite: str) -> str:

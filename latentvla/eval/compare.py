@@ -27,6 +27,7 @@ from latentvla.errors import LatentVLAError
 from latentvla.eval.configuration_eval import EvalCompareConfig
 from latentvla.eval.stats import ci_list, format_rate, mcnemar_exact
 from latentvla.utils.atomic import atomic_write_json
+from latentvla.utils.json_files import read_json
 
 # Settings worth pointing out when they differ between A and B (they are usually what is compared).
 SETTING_KEYS = ("checkpoint", "policy", "policy_server", "seed", "max_steps", "num_steps_wait", "num_open_loop_steps",
@@ -34,20 +35,14 @@ SETTING_KEYS = ("checkpoint", "policy", "policy_server", "seed", "max_steps", "n
 
 
 def load_episodes(directory: str | Path) -> dict:
-    """-> {"kind", "dir", "episodes": {(suite, task_id, index): {"task", "init", "success"}}, "run": {...}}."""
+    """-> {"dir", "episodes": {(suite, task_id, index): {"task", "init", "success"}}, "run": {...}}."""
     d = Path(directory)
     path = d / "episodes.jsonl"
     if not path.is_file():
         raise LatentVLAError(f"{d}: no episodes.jsonl (expected an `eval libero` output dir, an `eval robustness` dir "
                              "or a demo eval/<policy> dir)")
-    run = {}
-    if (d / "run.json").is_file():
-        try:
-            run = json.loads((d / "run.json").read_text())
-        except json.JSONDecodeError as e:
-            raise LatentVLAError(f"{d / 'run.json'}: not valid JSON ({e})") from None
+    run = read_json(d / "run.json") if (d / "run.json").is_file() else {}
     episodes: dict[tuple, dict] = {}
-    kind = None
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -57,12 +52,10 @@ def load_episodes(directory: str | Path) -> dict:
             continue  # a torn last line of a killed run: that episode was not finished
         if not isinstance(rec, dict) or "success" not in rec:
             raise LatentVLAError(f"{path}: line {i} is not an episode record")
-        if "trial" in rec and "suite" in rec:  # eval libero: the trial is the fixed initial state index
-            kind = kind or "libero"
+        if "trial" in rec and "suite" in rec:  # eval libero / metaworld: the trial's fixed initial state
             key = (str(rec["suite"]), int(rec["task_id"]), int(rec["trial"]))
-            init = int(rec["trial"])
+            init = rec.get("seed") if rec["suite"] == "metaworld" else int(rec["trial"])  # Meta-World: the seed
         elif "episode" in rec and "task" in rec:  # demo (Meta-World): the seed decides the initial state
-            kind = kind or "metaworld"
             key = ("metaworld", str(rec["task"]), int(rec["episode"]))
             init = rec.get("seed")
         else:
@@ -70,7 +63,7 @@ def load_episodes(directory: str | Path) -> dict:
         episodes[key] = {"task": str(rec.get("task", key[1])), "init": init, "success": bool(rec["success"])}
     if not episodes:
         raise LatentVLAError(f"{path}: no finished episode to compare")
-    return {"kind": kind, "dir": str(d), "episodes": episodes, "run": run}
+    return {"dir": str(d), "episodes": episodes, "run": run}
 
 
 def _sub_runs(directory: Path) -> dict[str, Path] | None:
@@ -78,24 +71,13 @@ def _sub_runs(directory: Path) -> dict[str, Path] | None:
     path = directory / "robustness.json"
     if (directory / "episodes.jsonl").is_file() or not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LatentVLAError(f"{path}: not valid JSON ({e})") from None
-    out = {}
-    for suite in data.get("run", {}).get("suites", []):
-        sub = directory / suite
-        if (sub / "episodes.jsonl").is_file():
-            out[suite] = sub
-    return out
+    suites = read_json(path).get("run", {}).get("suites", [])
+    return {suite: directory / suite for suite in suites if (directory / suite / "episodes.jsonl").is_file()}
 
 
 def pair(a: Mapping[str, Any], b: Mapping[str, Any], common_only: bool = False) -> list[tuple[tuple, dict, dict]]:
     """[(key, A's episode, B's episode)] after checking both ran the same suite(s) and initial states."""
     ea, eb = a["episodes"], b["episodes"]
-    if a["kind"] != b["kind"]:
-        raise LatentVLAError(f"{a['dir']} holds {a['kind']} episodes, {b['dir']} {b['kind']} episodes: "
-                             "not the same initial states")
     suites_a, suites_b = sorted({k[0] for k in ea}), sorted({k[0] for k in eb})
     if suites_a != suites_b:
         raise LatentVLAError(f"{a['dir']} evaluated {', '.join(suites_a)} but {b['dir']} evaluated "
@@ -259,4 +241,4 @@ def _merge(parts: list[dict], directory: Path) -> dict:
     for p in parts:
         episodes.update(p["episodes"])
     run = dict(parts[0]["run"]) if parts else {}
-    return {"kind": parts[0]["kind"] if parts else None, "dir": str(directory), "episodes": episodes, "run": run}
+    return {"dir": str(directory), "episodes": episodes, "run": run}

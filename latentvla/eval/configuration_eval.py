@@ -1,4 +1,4 @@
-"""Options of `latentvla eval libero` (light module: no torch / simulator imports)."""
+"""Options of the `latentvla eval` commands (light module: no torch / simulator imports)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from latentvla.config import arg
+from latentvla.config import arg, check_min
 from latentvla.errors import LatentVLAError
 from latentvla.eval.suites import AVAILABLE_PERTURBATIONS, BASE_SUITES, PRO_SUITES, check_suite, perturbation_suites
 
@@ -75,16 +75,9 @@ class LiberoEvalConfig:
         self.validate_common()
 
     def validate_common(self) -> None:
-        positive = {"num_trials_per_task": self.num_trials_per_task, "num_workers": self.num_workers,
-                    "env_image_size": self.env_image_size}
-        for name in ("max_tasks", "max_steps", "num_open_loop_steps", "num_images_in_input"):
-            if getattr(self, name) is not None:
-                positive[name] = getattr(self, name)
-        for name, v in positive.items():
-            if v < 1:
-                raise LatentVLAError(f"--{name} must be >= 1, got {v}")
-        if self.num_steps_wait < 0:
-            raise LatentVLAError(f"--num_steps_wait must be >= 0, got {self.num_steps_wait}")
+        check_min(self, ("num_trials_per_task", "num_workers", "env_image_size", "max_tasks", "max_steps",
+                         "num_open_loop_steps", "num_images_in_input"))
+        check_min(self, ("num_steps_wait",), 0)
         if any(t < 0 for t in self.task_ids):
             raise LatentVLAError(f"--task_ids must be non-negative, got {self.task_ids}")
         if self.decode_tokens and (self.policy != "vla" or self.policy_server):
@@ -117,6 +110,41 @@ class RobustnessEvalConfig(LiberoEvalConfig):
         perturbation_suites(self.suite, self.perturbations)  # checks both
         self.task_suite_name = self.suite
         self.validate_common()
+
+
+@dataclass
+class MetaWorldEvalConfig:
+    """Closed-loop Meta-World evaluation on held-out seeds (the tasks of `latentvla demo`)."""
+
+    pretrained_checkpoint: str = arg("", "Policy checkpoint directory (a step_<N>/ or a run dir) for --policy vla.")
+    policy: Literal["vla", "random", "zero", "expert"] = arg(
+        "vla", "vla = the checkpoint; random / zero / expert (Meta-World's scripted expert) need no model.")
+    policy_server: str | None = arg(None, "HOST:PORT of a `latentvla serve` policy server to use instead "
+                                          "(token: $LATENTVLA_TOKEN).")
+    tasks: list[str] = arg(["reach"], "Meta-World tasks (short names of `latentvla demo --tasks`).")
+    num_trials_per_task: int = arg(10, "Episodes per task, each from its own held-out seed.")
+    max_steps: int = arg(120, "Max policy steps per episode.")
+    num_open_loop_steps: int | None = arg(None, "Actions of each chunk executed before re-planning (default: all).")
+    image_size: int = arg(64, "Camera resolution rendered by the simulator.")
+    seed: int = arg(7, "Seed; episode i of task t starts from seed eval_seed(seed, t, i).")
+    output_dir: str = arg("", "Results directory (default: eval_results/metaworld/<checkpoint or policy>-seed<seed>).")
+    overwrite: bool = arg(False, "Start over in an existing --output_dir instead of resuming it.")
+    num_videos: int = arg(0, "MP4s of the first N trials of each task under <output_dir>/videos/.")
+    num_workers: int = arg(1, "Episodes run in this many processes.")
+    device: str | None = arg(None, "Torch device of a local VLA policy.")
+    unnorm_key: str | None = arg(None, "Dataset whose statistics un-normalize actions (default: the only one).")
+    vlm_path: str | None = arg(None, "Backbone directory or Hugging Face repo id, when it moved since training.")
+    mujoco_gl: Literal["egl", "osmesa"] = arg("egl", "MuJoCo rendering backend if MUJOCO_GL is not set.")
+
+    def validate(self) -> None:
+        from latentvla.eval.metaworld_env import get_task
+
+        for t in self.tasks:  # unknown names fail here
+            get_task(t)
+        check_min(self, ("num_trials_per_task", "max_steps", "image_size", "num_workers"))
+        if self.policy == "vla" and not self.pretrained_checkpoint and not self.policy_server:
+            raise LatentVLAError("--pretrained_checkpoint DIR is required with --policy vla (or --policy_server "
+                                 "HOST:PORT, or --policy random|zero|expert)")
 
 
 @dataclass

@@ -35,7 +35,7 @@ import numpy as np
 
 from latentvla.errors import LatentVLAError
 from latentvla.eval.rollout import EpisodeSpec
-from latentvla.eval.suites import SUITE_MAX_STEPS, check_suite, resolve_instruction_source, suite_max_steps  # noqa: F401
+from latentvla.eval.suites import check_suite, resolve_instruction_source, suite_max_steps
 from latentvla.eval.transforms import convert_actions_to_env, flip_image, quat_to_axis_angle
 
 ACTION_DIM = 7
@@ -239,9 +239,7 @@ class LiberoSuite:
         if not self.tasks:
             raise LatentVLAError(f"--task_suite_name {name}: the installed benchmark lists no tasks for it")
 
-    @property
-    def num_tasks(self) -> int:
-        return len(self.tasks)
+    num_tasks = property(lambda self: len(self.tasks))
 
     def check_resources(self, task_ids: list[int]) -> None:
         """A clear error, before any env is built, when a selected task lacks resources."""

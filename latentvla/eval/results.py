@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from latentvla.errors import LatentVLAError
 from latentvla.eval.stats import ci_list, format_rate
-from latentvla.utils.atomic import atomic_write_json, atomic_write_text
+from latentvla.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 REQUIRED_RECORD_KEYS = ("suite", "task_id", "task", "trial", "success", "steps", "seconds")
 
@@ -78,10 +78,6 @@ class EpisodeLog:
             f.write(json.dumps(dict(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-
-def finished_keys(records: Iterable[Mapping[str, Any]]) -> set[tuple[str, int, int]]:
-    return {episode_key(r) for r in records}
 
 
 def check_run_meta(out_dir: str | os.PathLike, meta: Mapping[str, Any], keys: Sequence[str]) -> None:
@@ -155,10 +151,6 @@ def summarize(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | No
     return out
 
 
-def write_summary(path: str | os.PathLike, summary: Mapping[str, Any]) -> Path:
-    return atomic_write_json(path, summary)
-
-
 def format_table(summary: Mapping[str, Any]) -> str:
     """A plain-text table: one row per task, one per suite, and the total; success with its Wilson 95% interval."""
     rows = [("suite", "task", "episodes", "success", "95% CI (Wilson)")]
@@ -191,3 +183,30 @@ def format_table(summary: Mapping[str, Any]) -> str:
     if not summary.get("complete", True):
         lines.append(f"(incomplete: {summary['episodes']} of {summary.get('expected_episodes')} episodes)")
     return "\n".join(lines)
+
+
+def pyplot(missing: Callable[[str], Any], what: str) -> Any:
+    """matplotlib.pyplot on the headless Agg backend; None (said through `missing`) when not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        missing(f"matplotlib is not installed: no {what}")
+        return None
+    return plt
+
+
+def save_bar_chart(plt: Any, fig: Any, ax: Any, path: Path, names: Sequence[str], ylabel: str, title: str,
+                   **title_kw: Any) -> Path:
+    """Policy / suite names under the bars, success 0-105 %, the PNG written atomically."""
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 105)
+    ax.set_title(title, **title_kw)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from latentvla.eval.configuration_eval import LiberoEvalConfig, RobustnessEvalConfig
+from latentvla.eval.results import pyplot, save_bar_chart
 from latentvla.eval.stats import ci_list, format_rate, newcombe_interval
 from latentvla.eval.suites import PERTURBATIONS, perturbation_suites
-from latentvla.utils.atomic import atomic_path, atomic_write_json
+from latentvla.utils.atomic import atomic_write_json
 
 log = logging.getLogger("latentvla.eval.robustness")
 
@@ -135,13 +136,8 @@ def format_robustness_table(result: Mapping[str, Any]) -> str:
 
 def robustness_plot(path: Path, result: Mapping[str, Any], title: str) -> Path | None:
     """Bars: success per suite with Wilson 95% error bars; the original's rate as a dashed line."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no robustness plot (pip install matplotlib)")
+    plt = pyplot(log.warning, "robustness plot (pip install matplotlib)")
+    if plt is None:
         return None
     rows = [r for r in result["rows"] if r["success_rate"] is not None]
     if not rows:
@@ -156,15 +152,7 @@ def robustness_plot(path: Path, result: Mapping[str, Any], title: str) -> Path |
     ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=8, padding=2)
     if rows[0]["perturbation"] == "original":
         ax.axhline(vals[0], color="tab:gray", linestyle="--", linewidth=1)
-    ax.set_xticks(range(len(rows)), names, rotation=20)
-    ax.set_ylabel("success rate (%), 95% Wilson interval")
-    ax.set_ylim(0, 105)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_bar_chart(plt, fig, ax, path, names, "success rate (%), 95% Wilson interval", title, fontsize=10)
 
 
 def run_robustness(cfg: RobustnessEvalConfig) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,26 +40,18 @@ class EpisodeSpec:
 
 @dataclass
 class EpisodeResult:
-    suite: str
-    task_id: int
-    task: str
-    instruction: str
-    trial: int
-    seed: int
+    episode: EpisodeSpec
     success: bool
     steps: int
     seconds: float
     policy_calls: int
     video: str | None = None
     worker: int = 0
-    extra: dict = field(default_factory=dict)
 
     def to_record(self) -> dict:
+        """The episode's fields, then the outcome's (`latentvla.eval.results`)."""
         d = asdict(self)
-        extra = d.pop("extra")
-        d.update(extra)
-        d["seconds"] = round(d["seconds"], 3)
-        return d
+        return {**d.pop("episode"), **d, "seconds": round(self.seconds, 3)}
 
 
 class ClosedLoopEnv(Protocol):
@@ -68,7 +60,7 @@ class ClosedLoopEnv(Protocol):
     action_dim: int
 
     def reset(self, episode: EpisodeSpec) -> Any: ...          # -> raw observation
-    def step(self, action: np.ndarray) -> tuple[Any, bool]: ...  # -> (observation, success)
+    def step(self, action: np.ndarray) -> tuple[Any, bool]: ...  # -> (observation, success[, more])
     def settle_action(self) -> np.ndarray: ...                   # env-convention no-op
     def policy_inputs(self, obs: Any) -> tuple[list[np.ndarray], np.ndarray | None]: ...
     def to_env_action(self, action: np.ndarray) -> np.ndarray: ...
@@ -105,7 +97,7 @@ def run_episode(env: ClosedLoopEnv, policy: Policy, episode: EpisodeSpec, *, max
     reset_policy(policy, episode.seed)
     success = False
     for _ in range(num_settle_steps):  # let objects settle; not counted, success not checked
-        obs, _ = env.step(env.settle_action())
+        obs = env.step(env.settle_action())[0]
     frames: list[np.ndarray] = []
     queue: deque[np.ndarray] = deque()
     steps = calls = 0
@@ -118,12 +110,8 @@ def run_episode(env: ClosedLoopEnv, policy: Policy, episode: EpisodeSpec, *, max
             calls += 1
             n = chunk.shape[0] if num_open_loop_steps is None else min(num_open_loop_steps, chunk.shape[0])
             queue.extend(chunk[:n])
-        obs, success = env.step(env.to_env_action(queue.popleft()))
+        obs, success = env.step(env.to_env_action(queue.popleft()))[:2]
         steps += 1
     if record_video:
         frames.append(env.video_frame(obs))
-    result = EpisodeResult(
-        suite=episode.suite, task_id=episode.task_id, task=episode.task, instruction=episode.instruction,
-        trial=episode.trial, seed=episode.seed, success=bool(success), steps=steps,
-        seconds=time.perf_counter() - start, policy_calls=calls)
-    return result, frames
+    return EpisodeResult(episode, bool(success), steps, time.perf_counter() - start, calls), frames

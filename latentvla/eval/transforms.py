@@ -6,7 +6,6 @@
   robosuite controller wants -1 = open, +1 = close. g_env = -(2 g - 1), binarized by sign
   (a value of exactly 0.5, i.e. g_env == 0, counts as open).
 - `quat_to_axis_angle`: robosuite quaternions are (x, y, z, w); proprio uses the axis-angle.
-- `prepare_policy_image`: resize (+ center crop) with the training pipeline's own function.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import math
 
 import numpy as np
 
-from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 
 
@@ -51,19 +49,3 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     if math.isclose(den, 0.0, abs_tol=1e-12):
         return np.zeros(3, dtype=np.float64)
     return q[:3] * 2.0 * math.acos(w) / den
-
-
-def prepare_policy_image(image: np.ndarray, size: int | None, center_crop: bool,
-                         resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
-    """Resize (and center-crop) exactly as the training pipeline made its images.
-
-    Training images come from `latentvla.data.transforms.process_image` (the run's `image_resample`
-    filter; with image_aug a random crop of area 0.9), so evaluation uses the same function and
-    filter with no crop, or with its deterministic center crop for policies trained with
-    augmentation. `size=None` keeps the side length.
-    """
-    if size is None and not center_crop:
-        return image
-    from latentvla.data.transforms import center_crop_params, process_image
-
-    return process_image(image, size or image.shape[0], center_crop_params() if center_crop else None, resample)

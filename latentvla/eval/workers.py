@@ -28,12 +28,8 @@ def split_contiguous(items: Sequence[T], n: int) -> list[list[T]]:
     """Split into at most n non-empty contiguous slices of near-equal size."""
     n = max(1, min(n, len(items)))
     size, rem = divmod(len(items), n)
-    out, start = [], 0
-    for i in range(n):
-        end = start + size + (1 if i < rem else 0)
-        out.append(list(items[start:end]))
-        start = end
-    return [s for s in out if s]
+    bounds = [i * size + min(i, rem) for i in range(n + 1)]  # the first `rem` slices take one more
+    return [list(items[a:b]) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
 def _worker_main(target: Callable, payload: Any, q: mp.Queue) -> None:

@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -113,6 +112,10 @@ class EMAVectorQuantizer(nn.Module):
     def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
         sums = torch.zeros_like(self.ema_w).index_add_(0, codes, flat)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            # DDP: one update over the global batch, so the codebook stays the same on every rank
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
         self.usage += counts
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.ema_w.mul_(self.decay).add_(sums, alpha=1 - self.decay)
@@ -250,29 +253,12 @@ class ActionChunkTokenizer:
         return cls(model, ckpt.statistics, ckpt.platform, source=str(path))
 
     # -- properties
-    @property
-    def config(self) -> ActionTokenizerConfig:
-        return self.model.config
-
-    @property
-    def codebook_size(self) -> int:
-        return self.model.config.codebook_size
-
-    @property
-    def action_dim(self) -> int:
-        return self.model.config.action_dim
-
-    @property
-    def chunk_len(self) -> int | None:
-        return self.model.config.chunk_len
-
-    @property
-    def platform_name(self) -> str | None:
-        return None if self.platform is None else self.platform.get("name")
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.vq.embedding.device
+    config = property(lambda self: self.model.config)
+    codebook_size = property(lambda self: self.model.config.codebook_size)
+    action_dim = property(lambda self: self.model.config.action_dim)
+    chunk_len = property(lambda self: self.model.config.chunk_len)
+    platform_name = property(lambda self: None if self.platform is None else self.platform.get("name"))
+    device = property(lambda self: self.model.vq.embedding.device)
 
     def to(self, device) -> ActionChunkTokenizer:
         self.model.to(device)
@@ -284,28 +270,20 @@ class ActionChunkTokenizer:
         same action dim and chunk length, and the same platform name when the checkpoint records one."""
         check_platform(self.config, self.platform, platform, self.source, where)
 
-    def _check_shape(self, p: int, dim: int, where: str) -> None:
-        check_shape(self.config, p, dim, self.source, where)
-
     # -- encode / decode
-    def _as_tensor(self, x, dtype) -> tuple[torch.Tensor, bool]:
-        was_numpy = isinstance(x, np.ndarray)
-        if was_numpy or not torch.is_tensor(x):
-            t = torch.as_tensor(x, dtype=dtype, device=self.device)
-        else:
-            t = x.to(self.device, dtype)
-        return t, was_numpy
+    def _as_tensor(self, x, dtype) -> torch.Tensor:
+        return x.to(self.device, dtype) if torch.is_tensor(x) else torch.as_tensor(x, dtype=dtype, device=self.device)
 
     @torch.no_grad()
     def encode(self, actions) -> torch.Tensor:
         """Normalized actions [B, P, D] (or [P, D]) -> LongTensor codes [B, P] (or [P]), on this device."""
-        x, _ = self._as_tensor(actions, torch.float32)
+        x = self._as_tensor(actions, torch.float32)
         single = x.dim() == 2
         if single:
             x = x[None]
         if x.dim() != 3:
             raise LatentVLAError(f"{self.source}: encode expects actions [B, P, D], got shape {tuple(x.shape)}")
-        self._check_shape(x.shape[1], x.shape[2], "the actions")
+        check_shape(self.config, x.shape[1], x.shape[2], self.source, "the actions")
         if not torch.isfinite(x).all():
             raise LatentVLAError(f"{self.source}: encode got NaN/inf actions")
         # fp32 regardless of a caller's autocast (la_tok trains under bf16 autocast): the codes must
@@ -317,7 +295,7 @@ class ActionChunkTokenizer:
     @torch.no_grad()
     def decode(self, codes) -> torch.Tensor:
         """Codes [B, P] (or [P]) -> normalized actions [B, P, D] (or [P, D]), float32."""
-        c, _ = self._as_tensor(codes, torch.long)
+        c = self._as_tensor(codes, torch.long)
         if c.dim() not in (1, 2):
             raise LatentVLAError(f"{self.source}: decode expects codes [B, P], got shape {tuple(c.shape)}")
         if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.codebook_size):

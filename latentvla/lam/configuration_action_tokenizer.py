@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from latentvla.config import arg
+from latentvla.config import arg, check_min
 from latentvla.errors import LatentVLAError
 
 
@@ -77,12 +77,13 @@ class ActionTrainConfig:
     results_dir: str = arg("", "Output directory: tokenizer_step_{N}.pt, metrics.jsonl, report.json.")
     dataset_registry: str | None = arg(None, "YAML/JSON file registering extra datasets.")
     num_steps: int = arg(100_000, "Optimizer steps in total (the paper: 100k).")
-    batch_size: int = arg(8, "Action chunks per step (the paper: 8).")
+    batch_size: int = arg(8, "Action chunks per step, over all processes (the paper: 8).")
     learning_rate: float = arg(1e-4, "Adam learning rate.", aliases=("--lr",))
     save_every: int = arg(10_000, "Write tokenizer_step_{N}.pt every N steps (and at the end).")
     log_every: int = arg(100, "Log metrics (over the last N steps) every N steps.")
     keep_last: int | None = arg(None, "Keep only the newest N checkpoints (None = keep all).")
-    resume: bool = arg(False, "Continue from the newest tokenizer_step_{N}.pt in results_dir.")
+    resume: bool = arg(False, "Continue from the newest tokenizer_step_{N}.pt in results_dir (exactly: weights, "
+                              "optimizer, data position, RNG); start when there is none.")
     init_checkpoint: str | None = arg(None, "Start from these weights (ours or the paper's .pt; sizes come from it); "
                                             "a new optimizer.")
     seed: int = arg(42, "Seed of weights, sampling and masking.")
@@ -102,17 +103,13 @@ class ActionTrainConfig:
     run_name: str | None = arg(None, "Run name for W&B / SwanLab (default: the results_dir name).")
     use_wandb: bool = arg(False, "Also log to Weights & Biases (SwanLab: set ENABLE_SWANLAB=1).")
     wandb_project: str = arg("latentvla", "W&B / SwanLab project.")
+    use_tensorboard: bool = arg(False, "Also log to TensorBoard (<results_dir>/tensorboard).")
 
     def validate(self) -> None:
-        if not self.data_root_dir:
-            raise LatentVLAError("--data_root_dir is required")
-        if not self.data_mix:
-            raise LatentVLAError("--data_mix is required")
-        if not self.results_dir:
-            raise LatentVLAError("--results_dir is required")
-        for key in ("num_steps", "batch_size", "save_every", "log_every", "codebook_size", "hidden_dim"):
-            if getattr(self, key) < 1:
-                raise LatentVLAError(f"--{key} must be >= 1, got {getattr(self, key)}")
+        missing = [n for n in ("data_root_dir", "data_mix", "results_dir") if not getattr(self, n)]
+        if missing:
+            raise LatentVLAError(f"--{missing[0]} is required")
+        check_min(self, ("num_steps", "batch_size", "save_every", "log_every", "codebook_size", "hidden_dim"))
         if not 0.0 <= self.mask_ratio < 1.0:
             raise LatentVLAError(f"--mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.resume and self.init_checkpoint:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
-from latentvla.config import arg
+from latentvla.config import arg, check_min
 from latentvla.errors import LatentVLAError
 
 
@@ -35,16 +35,13 @@ class ImageLAMConfig:
     dropout: float = 0.0
 
     def validate(self, source: str = "LAM config") -> None:
-        for name in ("model_dim", "enc_blocks", "dec_blocks", "num_heads", "latent_dim", "codebook_size",
-                     "num_codes", "dino_dim", "num_patches", "image_size", "pair_offset"):
-            if getattr(self, name) < 1:
-                raise LatentVLAError(f"{source}: {name} must be >= 1, got {getattr(self, name)}")
+        check_min(self, ("model_dim", "enc_blocks", "dec_blocks", "num_heads", "latent_dim", "codebook_size",
+                         "num_codes", "dino_dim", "num_patches", "image_size", "pair_offset"), prefix=f"{source}: ")
         if self.model_dim % self.num_heads:
             raise LatentVLAError(f"{source}: model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
         if self.stage not in (1, 2):
             raise LatentVLAError(f"{source}: stage must be 1 or 2, got {self.stage}")
-        if self.action_dim < 0:
-            raise LatentVLAError(f"{source}: action_dim must be >= 0, got {self.action_dim}")
+        check_min(self, ("action_dim",), 0, prefix=f"{source}: ")
         from latentvla.data.transforms import check_resample  # numpy + PIL only: keeps this module light
 
         check_resample(self.image_resample, f"{source}: image_resample")
@@ -112,6 +109,9 @@ class ImageLAMTrainConfig:
     device: str | None = arg(None, "cpu, cuda, cuda:N (default: cuda when available).")
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = arg("auto", "auto = bf16 on GPU, fp32 on CPU.")
     seed: int = arg(42, "Seed for weights, sampling and augmentation.")
+    use_wandb: bool = arg(False, "Also log to Weights & Biases (SwanLab: set ENABLE_SWANLAB=1).")
+    wandb_project: str = arg("latentvla", "W&B / SwanLab project.")
+    use_tensorboard: bool = arg(False, "Also log to TensorBoard (<run>/tensorboard).")
 
     def validate(self) -> None:
         if not self.data_root_dir or not self.data_mix:
@@ -122,9 +122,7 @@ class ImageLAMTrainConfig:
             raise LatentVLAError("--stage 1 needs --t5_path (a local T5 encoder directory)")
         if self.stage == 1 and self.stage_one_ckpt:
             raise LatentVLAError("--stage_one_ckpt is for stage 2; drop it or pass --stage 2")
-        for name in ("max_steps", "batch_size", "log_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise LatentVLAError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        check_min(self, ("max_steps", "batch_size", "log_every", "save_every"))
         if not 0.0 <= self.action_loss_fraction <= 1.0:
             raise LatentVLAError(f"--action_loss_fraction must be in [0, 1], got {self.action_loss_fraction}")
         self.model_config(dino_dim=1, num_patches=1, action_dim=0).validate("image-train")
@@ -183,5 +181,4 @@ class AnnotateConfig:
             raise LatentVLAError("--in_place and --output_dir exclude each other")
         if self.pair_offset < 1 or self.batch_size < 1:
             raise LatentVLAError("--pair_offset and --batch_size must be >= 1")
-        if self.lam_pair_offset is not None and self.lam_pair_offset < 1:
-            raise LatentVLAError(f"--lam_pair_offset must be >= 1, got {self.lam_pair_offset}")
+        check_min(self, ("lam_pair_offset",))

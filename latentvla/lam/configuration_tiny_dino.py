@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from latentvla.config import arg
+from latentvla.config import arg, check_min
 from latentvla.errors import LatentVLAError
 
 
@@ -26,11 +26,8 @@ class TinyDinoConfig:
     overwrite: bool = arg(False, "Replace OUT_DIR if it exists.")
 
     def validate(self) -> None:
-        for name in ("hidden_size", "num_layers", "num_heads", "patch_size", "image_size", "mlp_ratio"):
-            if getattr(self, name) < 1:
-                raise LatentVLAError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_register_tokens < 0:
-            raise LatentVLAError(f"--num_register_tokens must be >= 0, got {self.num_register_tokens}")
+        check_min(self, ("hidden_size", "num_layers", "num_heads", "patch_size", "image_size", "mlp_ratio"))
+        check_min(self, ("num_register_tokens",), 0)
         if self.hidden_size % self.num_heads:
             raise LatentVLAError(f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
         if self.image_size % self.patch_size:

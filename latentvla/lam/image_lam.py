@@ -71,75 +71,53 @@ def _in_proj(in_dim: int, dim: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.LayerNorm(dim))
 
 
-class SpatioTemporalBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+class TransformerBlock(nn.Module):
+    """Pre-norm spatial attention, then (`temporal`) causal attention over time, then the MLP."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, temporal: bool = True):
         super().__init__()
+        self.temporal = temporal
         self.norm1 = nn.LayerNorm(dim)
         self.spatial_attn = Attention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.temporal_attn = Attention(dim, heads, dropout)
-        self.norm3 = nn.LayerNorm(dim)
+        if temporal:  # the MLP's norm is then norm3 (UniVLA's names)
+            self.temporal_attn = Attention(dim, heads, dropout)
+            self.norm3 = nn.LayerNorm(dim)
         self.ffn = _mlp(dim, dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, s, d = x.shape
         h = x.reshape(b * t, s, d)
         h = h + self.spatial_attn(self.norm1(h), key_mask=key_mask)
+        if not self.temporal:
+            h = h.view(b, t, s, d)
+            return h + self.ffn(self.norm2(h))
         h = h.view(b, t, s, d).transpose(1, 2).reshape(b * s, t, d)
         h = h + self.temporal_attn(self.norm2(h), causal=True)
         h = h.view(b, s, t, d).transpose(1, 2)
         return h + self.ffn(self.norm3(h))
 
 
-class SpatialBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.spatial_attn = Attention(dim, heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.ffn = _mlp(dim, dropout)
+class LatentTransformer(nn.Module):
+    """Input projection + 1-D sinusoidal positions along the token axis + blocks over [B, T, S, in_dim]
+    token grids, language tokens appended to every frame's row. The encoder's blocks also attend over
+    time; the decoder's are spatial and end in `out` (predicted DINO features)."""
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, t, s, d = x.shape
-        h = x.reshape(b * t, s, d)
-        h = h + self.spatial_attn(self.norm1(h), key_mask=key_mask)
-        h = h.view(b, t, s, d)
-        return h + self.ffn(self.norm2(h))
-
-
-class LatentEncoder(nn.Module):
-    """Spatio-temporal transformer over [B, T, S, in_dim] token grids (no output layer)."""
-
-    def __init__(self, in_dim: int, dim: int, blocks: int, heads: int, dropout: float = 0.0):
+    def __init__(self, in_dim: int, dim: int, blocks: int, heads: int, dropout: float = 0.0, temporal: bool = True,
+                 out_dim: int | None = None):
         super().__init__()
         self.ffn = _in_proj(in_dim, dim)
-        self.transformer_blocks = nn.ModuleList(SpatioTemporalBlock(dim, heads, dropout) for _ in range(blocks))
+        self.transformer_blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout, temporal) for _ in range(blocks))
+        self.out = nn.Linear(dim, out_dim) if out_dim else nn.Identity()
 
     def forward(self, x: torch.Tensor, lang: torch.Tensor | None = None, lang_mask: torch.Tensor | None = None):
-        return _run_blocks(self.ffn(x), self.transformer_blocks, lang, lang_mask)
-
-
-class LatentDecoder(nn.Module):
-    """Spatial transformer predicting DINO features (`out`)."""
-
-    def __init__(self, dim: int, out_dim: int, blocks: int, heads: int, dropout: float = 0.0):
-        super().__init__()
-        self.ffn = _in_proj(dim, dim)
-        self.transformer_blocks = nn.ModuleList(SpatialBlock(dim, heads, dropout) for _ in range(blocks))
-        self.out = nn.Linear(dim, out_dim)
-
-    def forward(self, x: torch.Tensor, lang: torch.Tensor | None = None, lang_mask: torch.Tensor | None = None):
-        return self.out(_run_blocks(self.ffn(x), self.transformer_blocks, lang, lang_mask))
-
-
-def _run_blocks(x: torch.Tensor, blocks: nn.ModuleList, lang, lang_mask) -> torch.Tensor:
-    """Add 1-D sinusoidal positions along the token axis, append language tokens, run the blocks."""
-    s = x.shape[2]
-    x = x + sinusoidal_positions(s, x.shape[-1], x.device, x.dtype)
-    x, key_mask = _append_language(x, lang, lang_mask)
-    for block in blocks:
-        x = block(x, key_mask)
-    return x[:, :, :s]
+        x = self.ffn(x)
+        s = x.shape[2]
+        x = x + sinusoidal_positions(s, x.shape[-1], x.device, x.dtype)
+        x, key_mask = _append_language(x, lang, lang_mask)
+        for block in self.transformer_blocks:
+            x = block(x, key_mask)
+        return self.out(x[:, :, :s])
 
 
 def _append_language(x, lang, lang_mask):
@@ -177,12 +155,13 @@ class ImageLatentActionModel(nn.Module):
         d, e, n = cfg.model_dim, cfg.latent_dim, cfg.num_codes
         self.dino_encoder = dino
         self.action_latent = nn.Parameter(torch.empty(1, 1, n, cfg.dino_dim).uniform_(-1, 1))
-        self.encoder = LatentEncoder(cfg.dino_dim, d, cfg.enc_blocks, cfg.num_heads, cfg.dropout)
+        self.encoder = LatentTransformer(cfg.dino_dim, d, cfg.enc_blocks, cfg.num_heads, cfg.dropout)
         self.to_codebook_uncontrol = nn.Linear(d, e)
         self.vq = VectorQuantizer(cfg.codebook_size, e)
         self.patch_up = nn.Linear(cfg.dino_dim, d)
         self.action_up_uncontrol = nn.Linear(e, d)
-        self.decoder = LatentDecoder(d, cfg.dino_dim, cfg.dec_blocks, cfg.num_heads, cfg.dropout)
+        self.decoder = LatentTransformer(d, d, cfg.dec_blocks, cfg.num_heads, cfg.dropout, temporal=False,
+                                         out_dim=cfg.dino_dim)
         if cfg.stage == 2:
             self.action_latent_controllable = nn.Parameter(torch.empty(1, 1, n, cfg.dino_dim).uniform_(-1, 1))
             self.to_codebook = nn.Linear(d, e)
@@ -197,9 +176,7 @@ class ImageLatentActionModel(nn.Module):
             self.lang_proj = nn.Linear(cfg.text_dim, d)
 
     # ------------------------------------------------------------------ parts
-    @property
-    def trainable_codebook(self) -> VectorQuantizer:
-        return self.vq_action if self.config.stage == 2 else self.vq
+    trainable_codebook = property(lambda self: self.vq_action if self.config.stage == 2 else self.vq)
 
     def lam_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights of the LAM itself (frozen DINO / T5 backbones excluded)."""

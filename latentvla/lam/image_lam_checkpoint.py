@@ -34,12 +34,13 @@ from latentvla.lam.univla_checkpoint import (
     resolve_config,
 )
 from latentvla.utils.atomic import atomic_directory, atomic_write_json
+from latentvla.utils.weight_files import load_safetensors
 
 FORMAT = "latentvla-image-lam"
 
 
 def save_lam_checkpoint(path: str | Path, model: ImageLatentActionModel, *, step: int, train: dict | None = None,
-                        training_state: dict | None = None, t5_path: str | None = None) -> Path:
+                        t5_path: str | None = None) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -52,8 +53,6 @@ def save_lam_checkpoint(path: str | Path, model: ImageLatentActionModel, *, step
             "format": FORMAT, "lam": model.config.to_dict(), "dino": model.dino_encoder.model.config.to_dict(),
             "t5_path": t5_path, "step": step, "train": train or {},
         })
-        if training_state is not None:
-            torch.save(training_state, tmp / "training_state.pt")
     return path
 
 
@@ -122,14 +121,9 @@ def load_image_lam(path: str | Path, *, dino_path: str | None = None, t5_path: s
     """
     path = resolve_lam_checkpoint(path)
     if path.is_dir():
-        from safetensors.torch import load_file
-
         meta = read_checkpoint_config(path)
         cfg = ImageLAMConfig.from_dict(meta["lam"], source=f"{path}/config.json")
-        try:
-            tensors = load_file(str(path / "model.safetensors"))
-        except Exception as e:
-            raise LatentVLAError(f"{path}/model.safetensors: cannot read ({e})") from None
+        tensors = load_safetensors(path / "model.safetensors")
         dino = load_dino(dino_path) if dino_path else _stored_dino(path, meta, tensors)
         model = _build(cfg, dino, t5_path or meta.get("t5_path"), with_text_encoder)
         load_lam_weights(model, tensors, strict=strict, source=str(path))
@@ -168,9 +162,7 @@ def checkpoint_dino(path: str | Path) -> DinoFeatures:
     """The frozen DINO stored in a LAM checkpoint of either format (for `--lam_path` without `--dino_path`)."""
     path = resolve_lam_checkpoint(path)
     if path.is_dir():
-        from safetensors.torch import load_file
-
-        return _stored_dino(path, read_checkpoint_config(path), load_file(str(path / "model.safetensors")))
+        return _stored_dino(path, read_checkpoint_config(path), load_safetensors(path / "model.safetensors"))
     return _stored_dino(path, None, read_lightning_state_dict(path))
 
 
@@ -185,12 +177,9 @@ def read_lam_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], int 
     ours from config.json, a `.ckpt` from its Lightning hyper-parameters."""
     path = resolve_lam_checkpoint(path)
     if path.is_dir():
-        from safetensors.torch import load_file
-
-        meta = read_checkpoint_config(path)
-        lam = meta["lam"]
+        lam = read_checkpoint_config(path)["lam"]
         stored = {k: (int(lam[k]), f"config.json lam.{k}") for k in ("num_heads", "pair_offset") if k in lam}
-        return load_file(str(path / "model.safetensors")), int(lam["stage"]), stored
+        return load_safetensors(path / "model.safetensors"), int(lam["stage"]), stored
     sd, stored = read_lightning_checkpoint(path)
     stage = 2 if "vq_action.codebook.weight" in sd else 1
     return rename_for_stage(sd, stage), stage, stored

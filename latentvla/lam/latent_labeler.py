@@ -18,15 +18,7 @@ import torch
 from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
 from latentvla.lam.image_lam import ImageLatentActionModel
-
-
-def pick_device(device: str | None) -> torch.device:
-    if device:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise LatentVLAError(f"--device {device}: CUDA is not available on this machine")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from latentvla.utils.device import resolve_device
 
 
 def decode_frame(data: bytes, size: int, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
@@ -48,7 +40,7 @@ class LatentLabeler:
                  device: str | None = None, mixed_precision: str = "auto", decode_threads: int | None = None):
         if model.config.stage != 2:
             raise LatentVLAError("annotation needs a stage-2 LAM (task-centric codes); this checkpoint is stage 1")
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.pair_offset = int(pair_offset)
         self.batch_size = int(batch_size)

@@ -142,18 +142,16 @@ def infer_config(sd: dict, *, num_heads: int | None = None, image_size: int = 22
 
 def resolve_config(sd: dict, stored: Mapping[str, tuple[int, str]] | None = None, *, num_heads: int | None = None,
                    pair_offset: int | None = None, action_dim: int | None = None, image_size: int = 224,
-                   patch_size: int = 14, source: str = "checkpoint",
-                   flag_names: Mapping[str, str] | None = None) -> tuple[ImageLAMConfig, dict[str, str]]:
+                   patch_size: int = 14, source: str = "checkpoint") -> tuple[ImageLAMConfig, dict[str, str]]:
     """(config, {field: "value (where from)"}) of a UniVLA state dict.
 
     `stored`: settings from the checkpoint (`lightning_settings`); `num_heads` / `pair_offset` /
-    `action_dim`: explicit values (None = not given), named in messages by `flag_names`. When the
+    `action_dim`: explicit values (None = not given), named in messages by their flags. When the
     action head's output count does not fit k × D the head is left out (config action_dim 0) with a
     note saying how to load it: annotation does not use it.
     """
     stored = dict(stored or {})
-    names = {"num_heads": "--num_heads", "pair_offset": "--lam_pair_offset", "action_dim": "action_dim",
-             **(flag_names or {})}
+    names = {"num_heads": "--num_heads", "pair_offset": "--lam_pair_offset", "action_dim": "action_dim"}
     used: dict[str, str] = {}
 
     def pick(field: str, given: int | None) -> tuple[int | None, str]:

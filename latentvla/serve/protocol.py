@@ -22,6 +22,7 @@ N, "use_proprio": bool, "server": "latentvla", ...}` (plain values: both clients
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,26 +64,14 @@ class Request:
 
 
 # ----------------------------------------------------------------------------- encoding
-def _array_fields(obj: np.ndarray) -> tuple[str, list[int], bytes]:
-    if obj.dtype.kind not in "biuf":
-        raise TypeError(f"cannot send arrays of dtype {obj.dtype}")
-    obj = np.ascontiguousarray(obj)
-    return obj.dtype.str, list(obj.shape), obj.tobytes()
-
-
-def _pack_default(obj: Any) -> Any:
+def _pack_default(obj: Any, openpi: bool = False) -> Any:
     if isinstance(obj, np.ndarray):
-        dtype, shape, data = _array_fields(obj)
-        return {"__ndarray__": True, "dtype": dtype, "shape": shape, "data": data}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot send objects of type {type(obj).__name__}")
-
-
-def _pack_default_openpi(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        dtype, shape, data = _array_fields(obj)
-        return {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": shape}
+        if obj.dtype.kind not in "biuf":
+            raise TypeError(f"cannot send arrays of dtype {obj.dtype}")
+        obj = np.ascontiguousarray(obj)
+        if openpi:
+            return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
+        return {"__ndarray__": True, "dtype": obj.dtype.str, "shape": list(obj.shape), "data": obj.tobytes()}
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"cannot send objects of type {type(obj).__name__}")
@@ -90,7 +79,7 @@ def _pack_default_openpi(obj: Any) -> Any:
 
 def packb(obj: Any, openpi: bool = False) -> bytes:
     """Encode; `openpi=True` writes arrays as openpi-client's `msgpack_numpy` does (bytes keys)."""
-    return msgpack.packb(obj, default=_pack_default_openpi if openpi else _pack_default, use_bin_type=True)
+    return msgpack.packb(obj, default=functools.partial(_pack_default, openpi=openpi), use_bin_type=True)
 
 
 def _decode_array(dtype: Any, shape: Any, data: Any) -> np.ndarray:
@@ -121,30 +110,24 @@ def _decode_scalar(dtype: Any, value: Any) -> Any:
         raise RequestError(f"malformed numpy scalar ({e})") from None
 
 
-def _make_hook(seen: list[bool] | None = None):
+def _make_hook(seen: list[bool]):
+    """msgpack object hook decoding both array encodings; sets seen[0] when openpi's (bytes keys) is used."""
     def hook(d: dict) -> Any:
         if d.get("__ndarray__") is True:
-            try:
-                return _decode_array(d["dtype"], d["shape"], d["data"])
-            except KeyError as e:
-                raise RequestError(f"malformed array (no {e})") from None
-        if d.get(b"__ndarray__") is True:
-            if seen is not None:
-                seen[0] = True
-            try:
-                return _decode_array(d[b"dtype"], d[b"shape"], d[b"data"])
-            except KeyError as e:
-                raise RequestError(f"malformed array (no {e})") from None
-        if d.get(b"__npgeneric__") is True:
-            if seen is not None:
-                seen[0] = True
-            return _decode_scalar(d.get(b"dtype"), d.get(b"data"))
-        return d
+            names: tuple = ("dtype", "shape", "data")
+        elif d.get(b"__ndarray__") is True or d.get(b"__npgeneric__") is True:
+            seen[0] = True
+            if d.get(b"__ndarray__") is not True:
+                return _decode_scalar(d.get(b"dtype"), d.get(b"data"))
+            names = (b"dtype", b"shape", b"data")
+        else:
+            return d
+        try:
+            return _decode_array(*(d[n] for n in names))
+        except KeyError as e:
+            raise RequestError(f"malformed array (no {e})") from None
 
     return hook
-
-
-_HOOK = _make_hook()
 
 
 def unpackb(data: bytes) -> Any:

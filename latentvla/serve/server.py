@@ -26,7 +26,6 @@ import asyncio
 import hmac
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,8 @@ import numpy as np
 
 from latentvla.data.transforms import DEFAULT_RESAMPLE
 from latentvla.errors import LatentVLAError
-from latentvla.eval.transforms import convert_actions_to_env, prepare_policy_image
+from latentvla.eval.policies import PolicySpec, build_policy, resolve_policy_flags
+from latentvla.eval.transforms import convert_actions_to_env
 from latentvla.serve.protocol import (
     DEFAULT_MAX_INSTRUCTION_CHARS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -50,6 +50,7 @@ from latentvla.serve.protocol import (
     packb,
     parse_request,
 )
+from latentvla.vla.policy_io import prepare_image
 
 log = logging.getLogger("latentvla.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -78,28 +79,16 @@ def _prompt_counter(policy: Any) -> Callable[[str], int] | None:
     return lambda text: len(tokenizer.encode(format_instruction(text, chunk_len), add_special_tokens=False))
 
 
-def _takes_batches(policy: Any) -> bool:
-    """Whether `predict_action(list of image lists, list of instructions, list of proprios)` works."""
-    flag = getattr(policy, "supports_batch", None)
-    if flag is not None:
-        return bool(flag)
-    module = sys.modules.get("latentvla.vla.policy")  # loaded whenever a VLAPolicy exists
-    # decode_tokens (analysis): argmax codes; kept unbatched so answers never depend on the company
-    return module is not None and isinstance(policy, module.VLAPolicy) and not policy.decode_tokens
-
-
 class PolicyServer:
     """Answer `predict_action` requests for one policy (see module doc)."""
 
     def __init__(self, policy: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                 center_crop: bool = False, image_resample: str = DEFAULT_RESAMPLE,
+                 center_crop: bool | None = None, image_resample: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_instruction_chars: int = DEFAULT_MAX_INSTRUCTION_CHARS,
                  max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, openpi_keys: OpenpiKeys = DEFAULT_OPENPI_KEYS,
                  openpi_actions: str = "auto"):
-        from latentvla.eval.policies import policy_input_spec
-
         self.policy = policy
         self.host, self.port, self.token = host, port, token or None
         self.platform = getattr(policy, "platform", None)
@@ -119,20 +108,23 @@ class PolicyServer:
             raise LatentVLAError(f"openpi_actions libero_env needs a platform with a gripper dim "
                                  f"({self.platform.name!r} has none)")
         self.openpi_actions = openpi_actions
-        spec = policy_input_spec(policy)
-        self.num_images, self.use_proprio = spec.num_images, spec.use_proprio
-        self.image_size, self.center_crop, self.image_resample = spec.image_size, bool(center_crop), image_resample
+        # what the policy takes and how training made images (`latentvla.eval.policies`; the arguments override)
+        self.num_images = int(getattr(policy, "num_images", None) or self.platform.num_cameras)
+        self.use_proprio = bool(getattr(policy, "use_proprio", True))
+        self.image_size = getattr(policy, "image_size", None)
+        self.center_crop = bool(getattr(policy, "center_crop", False) if center_crop is None else center_crop)
+        self.image_resample = image_resample or getattr(policy, "image_resample", None) or DEFAULT_RESAMPLE
         self.max_message_bytes, self.max_instruction_chars = int(max_message_bytes), int(max_instruction_chars)
         self.max_prompt_tokens, self.max_batch_size = int(max_prompt_tokens), int(max_batch_size)
         self.batch_wait_ms, self.openpi_keys = float(batch_wait_ms), openpi_keys
-        self.batching = _takes_batches(policy) and self.max_batch_size > 1
+        # whether `predict_action(list of image lists, list of instructions, list of proprios)` works
+        self.batching = bool(getattr(policy, "supports_batch", False)) and self.max_batch_size > 1
         self._count_tokens = _prompt_counter(policy)
-        # image_size / center_crop / image_resample: how training images were made (applied to requests).
         self.metadata = {
             "type": "metadata", "server": "latentvla", "platform": self.platform.to_dict(),
             "chunk_len": int(getattr(policy, "chunk_len", self.platform.chunk_len)),
             "num_images": self.num_images, "use_proprio": self.use_proprio,
-            "image_size": spec.image_size, "center_crop": bool(center_crop), "image_resample": image_resample,
+            "image_size": self.image_size, "center_crop": self.center_crop, "image_resample": self.image_resample,
             "decode_tokens": bool(getattr(policy, "decode_tokens", False)),  # analysis mode: clients can tell
             "limits": {"max_message_bytes": self.max_message_bytes, "max_instruction_chars": self.max_instruction_chars,
                        "max_prompt_tokens": self.max_prompt_tokens,
@@ -160,7 +152,7 @@ class PolicyServer:
         # Clients send camera frames as they are; they are made as training made its images, by the
         # policy itself when it can (VLAPolicy.prepare_images), else here.
         if not hasattr(self.policy, "prepare_images"):
-            req.images = [prepare_policy_image(im, self.image_size, self.center_crop, self.image_resample)
+            req.images = [prepare_image(im, self.image_size, self.center_crop, self.image_resample)
                           for im in req.images]
         return req
 
@@ -219,10 +211,11 @@ class PolicyServer:
             self.requests_served += sum(ok for ok, _ in results)
             return results, 1000.0 * (time.perf_counter() - start)
 
-    def _reply_actions(self, req: Request, actions: np.ndarray) -> np.ndarray:
+    def _reply(self, req: Request, actions: np.ndarray, **extra: Any) -> dict:
+        """The reply carrying `actions` (openpi-layout replies have no "ok")."""
         if req.layout == "openpi" and self.openpi_actions == "libero_env":  # what `latentvla eval libero` steps
-            return convert_actions_to_env(actions, self.platform.gripper_dim, binarize=True).astype(np.float32)
-        return actions
+            actions = convert_actions_to_env(actions, self.platform.gripper_dim, binarize=True).astype(np.float32)
+        return {"actions": actions, **extra} if req.layout == "openpi" else {"ok": True, "actions": actions, **extra}
 
     def handle_message(self, message: bytes | str) -> dict:
         """One frame -> one reply dict, answered directly in the calling thread (no queue, no batching;
@@ -235,10 +228,7 @@ class PolicyServer:
             log.exception("request error")
             return {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
         (ok, value), = self._run_batch([req])[0]
-        if not ok:
-            return {"ok": False, "error": value}
-        actions = self._reply_actions(req, value)
-        return {"actions": actions} if req.layout == "openpi" else {"ok": True, "actions": actions}
+        return self._reply(req, value) if ok else {"ok": False, "error": value}
 
     async def _batcher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -298,10 +288,7 @@ class PolicyServer:
         if not ok:
             return self._error_frame(value, req.layout, req.openpi_arrays)
         timing["total_ms"] = 1000.0 * (time.perf_counter() - t0)
-        value = self._reply_actions(req, value)
-        if req.layout == "openpi":
-            return packb({"actions": value, "server_timing": timing}, openpi=True)
-        return packb({"ok": True, "actions": value, "server_timing": timing}, openpi=req.openpi_arrays)
+        return packb(self._reply(req, value, server_timing=timing), openpi=req.layout == "openpi" or req.openpi_arrays)
 
     def _check_token(self, connection, request):
         if self.token is None:
@@ -367,28 +354,13 @@ class PolicyServer:
 
 
 def run_server(cfg) -> int:
-    from latentvla.eval.policies import PolicySpec, build_policy
-    from latentvla.utils.hub import resolve_model_flags
-
     cfg.validate()
-    if cfg.policy == "vla":  # Hub repo ids -> local snapshots, before anything reads them
-        resolve_model_flags(cfg, {"pretrained_checkpoint": (), "vlm_path": ()})
-    if cfg.policy == "vla" and cfg.pretrained_checkpoint:  # a run dir / `latest` pointer -> the step dir it names
-        from latentvla.vla.checkpoint import resolve_policy_dir
-
-        cfg.pretrained_checkpoint = str(resolve_policy_dir(cfg.pretrained_checkpoint))
+    resolve_policy_flags(cfg)
     token = cfg.token or os.environ.get("LATENTVLA_TOKEN") or None
     policy = build_policy(PolicySpec(kind=cfg.policy, checkpoint=cfg.pretrained_checkpoint, platform=cfg.robot,
                                      device=cfg.device, unnorm_key=cfg.unnorm_key, vlm_path=cfg.vlm_path,
                                      decode_tokens=cfg.decode_tokens, action_tokenizer_ckpt=cfg.action_tokenizer_ckpt))
-    center_crop, image_resample = False, DEFAULT_RESAMPLE
-    if cfg.policy == "vla":
-        from latentvla.eval.checkpoint_info import read_checkpoint_info
-
-        info = read_checkpoint_info(cfg.pretrained_checkpoint)
-        center_crop, image_resample = bool(info.get("image_aug")), info["image_resample"]
-    server = PolicyServer(policy, host=cfg.host, port=cfg.port, token=token, center_crop=center_crop,
-                          image_resample=image_resample, max_message_bytes=cfg.max_message_bytes,
+    server = PolicyServer(policy, host=cfg.host, port=cfg.port, token=token, max_message_bytes=cfg.max_message_bytes,
                           max_instruction_chars=cfg.max_instruction_chars, max_prompt_tokens=cfg.max_prompt_tokens,
                           max_batch_size=cfg.max_batch_size, batch_wait_ms=cfg.batch_wait_ms,
                           openpi_keys=OpenpiKeys(tuple(cfg.openpi_image_keys), cfg.openpi_state_key,

@@ -34,9 +34,41 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointManager:
-    def __init__(self, root: str | Path, keep: int = 3):
+    """Also the `Trainer`'s checkpoint store: `save_training` / `load_training` write and read one
+    step directory with the weights (`save_weights(dir, state)` / `load_weights(dir, model)`) and
+    `training_state.pt`. Another store (the action tokenizer's single files)
+    provides the same four methods: `clean_stale_temps`, `save_training`, `load_training`, `latest`."""
+
+    def __init__(self, root: str | Path, keep: int = 3, save_weights: Callable | None = None,
+                 load_weights: Callable | None = None):
         self.root = Path(root)
         self.keep = int(keep)
+        self.save_weights, self.load_weights = save_weights, load_weights
+
+    def save_training(self, step: int, weights: dict, state: dict) -> Path:
+        import torch
+
+        def write(tmp: Path) -> None:
+            self.save_weights(tmp, weights)
+            torch.save(state, tmp / TRAINING_STATE)
+
+        return self.save(step, write)
+
+    def load_training(self, directory: str | Path, model) -> dict:
+        """Load the weights of `directory` into `model` and return its training state."""
+        from latentvla.errors import LatentVLAError
+        from latentvla.utils.weight_files import load_torch_file
+
+        directory = Path(directory)
+        if not (directory / TRAINING_STATE).is_file():
+            raise LatentVLAError(
+                f"{directory} holds weights only (no {TRAINING_STATE}: only the newest checkpoint of a run keeps "
+                "the optimizer state); warm-start from it in a new run with --from_pretrained True "
+                "--pretrained_checkpoint DIR")
+        self.load_weights(directory, model)  # before wrapping: FSDP shards what is loaded
+        return load_torch_file(directory / TRAINING_STATE,
+                               "resume from an intact checkpoint, or warm-start from this one's weights with "
+                               "--from_pretrained True --pretrained_checkpoint DIR")
 
     def step_dir(self, step: int) -> Path:
         return self.root / f"step_{step}"
@@ -115,6 +147,17 @@ class ResumePoint:
     path: Path | None = None  # None: no checkpoint can resume the run exactly
     newer: list[tuple[Path, tuple[Path, str] | None]] = field(default_factory=list)  # (dir, damage or None)
     warm_start: Path | None = None  # newest checkpoint with intact weights (for --from_pretrained)
+
+
+def write_into(directory: Path, write: Callable[[Path], object]) -> None:
+    """Run a writer that makes its own directory (`write(path)`), then move its files into `directory`."""
+    import os
+
+    part = directory / "_part"
+    write(part)
+    for f in part.iterdir():
+        os.replace(f, directory / f.name)
+    part.rmdir()
 
 
 def damage(directory: Path) -> tuple[Path, str] | None:

@@ -15,25 +15,17 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from latentvla.config import arg
+from latentvla.config import arg, check_min
 from latentvla.errors import LatentVLAError
+from latentvla.vla.configuration_vla import VLAOptions
 
-# Kept in sync with latentvla.vla.configuration_vla.VLA_IDS (checked by a test).
-VLA_IDS = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
 SCHEDULERS = ("constant", "linear-warmup+cosine-decay", "step-decay")
-# Per-step keys written by `latentvla lam annotate` that the image-LAM variants read.
-LATENT_KEYS = {
-    "baseline": (),
-    "la_align": ("latent_idx", "latent_z"),
-    "la_direct": ("latent_idx", "latent_z"),
-    "la_cond": ("latent_idx", "latent_z"),
-    "la_tok": (),
-}
 
 
 @dataclass
-class TrainConfig:
-    """Train a VLA policy (baseline, la_align, la_direct, la_cond, la_tok)."""
+class TrainConfig(VLAOptions):
+    """Train a VLA policy. The model options are `VLAOptions`' (copied into the model's `VLAConfig`
+    by `run.build_vla_config`); `vlm_path`, `codebook_size`, `latent_codebook_size` are redeclared."""
 
     # --- run -----------------------------------------------------------------------------------
     seed: int = arg(42, "Random seed (model init, data order, augmentation).")
@@ -55,31 +47,11 @@ class TrainConfig:
     merge_lora: bool = arg(False, "At the end, also export merged full weights (backbone with LoRA folded in) "
                                   "for deployment.")
 
-    # --- model ---------------------------------------------------------------------------------
-    vla_id: str = arg("baseline", "Variant: " + ", ".join(VLA_IDS) + ".")
+    # --- model (besides VLAOptions) ----------------------------------------------------------
     vlm_path: str = arg("", "Qwen3-VL directory (Hugging Face layout) used as the backbone, or a Hugging Face repo id "
                         "org/name[@revision] (HF cache; HF_HUB_OFFLINE=1 reads only the cache).")
     vlm_model_id: str | None = arg(None, "Name of the backbone, recorded in the run config (e.g. "
                                          "Qwen3-VL-2B-Instruct).")
-    default_image_size: int = arg(224, "Image side length fed to the backbone (multiple of 32).")
-    use_pro_version: bool = arg(False, "Rotary positions in the action head (VLA-Adapter-Pro style).")
-    num_images_in_input: int | None = arg(None, "Cameras per sample (default: the platform's; 1 with "
-                                                "--use_wrist_image False).")
-    lora_rank: int = arg(64, "LoRA rank on the backbone's linear layers.")
-    lora_alpha: float = arg(16.0, "LoRA alpha.")
-    lora_dropout: float = arg(0.0, "LoRA dropout.")
-    head_layers: int | None = arg(None, "Number of last LLM layers read by the action head (default: VLA config's).")
-    head_dim: int | None = arg(None, "Action-head width (default: LLM hidden size / 4, at least 64: 512 "
-                                        "for Qwen3-VL-2B; 2048 = the 806 M-parameter head of earlier versions).")
-    head_mlp_ratio: int = arg(4, "Action-head MLP width as a multiple of --head_dim.")
-    head_num_heads: int = arg(8, "Attention heads in the action head.")
-    align_layer: int | None = arg(None, "la_align: LLM layer whose action-query states are aligned "
-                                        "(default: 2/3 of depth).")
-    gradient_checkpointing: bool = arg(False, "Recompute backbone activations in backward to save memory.")
-    attn_implementation: str | None = arg(None, "Backbone attention kernel (default: flash_attention_2 on GPU if "
-                                                "installed, else sdpa).")
-    token_loss_weight: float = arg(1.0, "Weight of the code cross-entropy (la_direct, la_cond, la_tok).")
-    latent_loss_weight: float = arg(1.0, "Weight of the alignment loss (la_align).")
     action_tokenizer_ckpt: str | None = arg(None, "la_tok: action tokenizer checkpoint (from `latentvla lam "
                                                   "action-train`).")
     codebook_size: int | None = arg(None, "la_tok: action tokenizer codebook size M (checked against the checkpoint; "
@@ -103,8 +75,6 @@ class TrainConfig:
         "bicubic", "Resize filter for images (antialiased); saved in the checkpoint so inference resizes the same way. "
         "lanczos = the reference TF pipeline's, ~8x slower per image (docs/data.md).")
     window_size: int | None = arg(None, "Action chunk length; must equal the platform's chunk length (default: it).")
-    use_wrist_image: bool = arg(True, "Feed the wrist camera(s) too.")
-    use_proprio: bool = arg(True, "Feed the proprioceptive state.")
     num_workers: int = arg(2, "DataLoader worker processes per rank.")
 
     # --- optimisation --------------------------------------------------------------------------
@@ -140,34 +110,23 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Checks that need only the values (raise LatentVLAError naming the flag)."""
-        if self.vla_id not in VLA_IDS:
-            raise LatentVLAError(f"--vla_id {self.vla_id!r} is unknown; expected one of: {', '.join(VLA_IDS)}")
+        self.check_variant("--")
         if self.lr_scheduler_type not in SCHEDULERS:
             raise LatentVLAError(f"--lr_scheduler_type {self.lr_scheduler_type!r} is unknown; expected one of: "
                                  f"{', '.join(SCHEDULERS)}")
-        positive = {"per_device_batch_size": self.per_device_batch_size, "save_step": self.save_step,
-                    "log_step": self.log_step, "val_step": self.val_step, "val_batches": self.val_batches,
-                    "default_image_size": self.default_image_size, "epochs": self.epochs}
-        if self.max_steps is not None:
-            positive["max_steps"] = self.max_steps
-        if self.global_batch_size is not None:
-            positive["global_batch_size"] = self.global_batch_size
-        for name, value in positive.items():
-            if value < 1:
-                raise LatentVLAError(f"--{name} must be >= 1, got {value}")
+        check_min(self, ("per_device_batch_size", "save_step", "log_step", "val_step", "val_batches",
+                         "default_image_size", "epochs", "max_steps", "global_batch_size"))
         if self.default_image_size % 32:
             raise LatentVLAError(f"--default_image_size must be a multiple of 32, got {self.default_image_size}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise LatentVLAError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 < self.val_fraction < 1.0:
             raise LatentVLAError(f"--val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("learning_rate", "max_grad_norm", "weight_decay", "token_loss_weight", "latent_loss_weight"):
-            if getattr(self, name) < 0:
-                raise LatentVLAError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        check_min(self, ("learning_rate", "max_grad_norm", "weight_decay", "token_loss_weight", "latent_loss_weight"),
+                  0)
         if self.num_workers < 0 or self.keep_checkpoints < 0:
             raise LatentVLAError("--num_workers and --keep_checkpoints must be >= 0")
-        if self.window_size is not None and self.window_size < 1:
-            raise LatentVLAError(f"--window_size must be >= 1, got {self.window_size}")
+        check_min(self, ("window_size",))
         if self.merge_lora and not self.save_checkpoint:
             raise LatentVLAError("--merge_lora True exports the final checkpoint; it needs --save_checkpoint True")
         if self.from_pretrained and not self.pretrained_checkpoint:

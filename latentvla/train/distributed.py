@@ -31,26 +31,23 @@ class DistInfo:
     local_rank: int
     device: torch.device
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    is_main = property(lambda self: self.rank == 0)
+    distributed = property(lambda self: self.world_size > 1)
 
 
 def setup_distributed(device: str | None = None) -> DistInfo:
     """Join the torchrun process group when there is more than one process; pick the device."""
+    from latentvla.utils.device import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    dev = resolve_device(device)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+        if world > 1 or dev.index is None:  # under torchrun each process takes its local rank's GPU
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30),
                                 **({"device_id": dev} if use_cuda else {}))
@@ -67,37 +64,45 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _multi() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(values: torch.Tensor, op) -> torch.Tensor:
+    if _multi():
+        values = values.clone()
+        dist.all_reduce(values, op=op)
+    return values
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean over ranks (identity without a process group)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= dist.get_world_size()
-    return values
+    return _all_reduce(values, dist.ReduceOp.SUM) / dist.get_world_size() if _multi() else values
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (identity without a process group)."""
+    return _all_reduce(values, dist.ReduceOp.SUM)
 
 
 def all_reduce_min(value: torch.Tensor) -> torch.Tensor:
     """Minimum over ranks (identity without a process group)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return value
+    return _all_reduce(value, dist.ReduceOp.MIN)
 
 
 def all_gather_object(obj: Any) -> list[Any]:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if _multi():
         out: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(out, obj)
         return out
     return [obj]
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        box = [obj]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-    return obj
+def broadcast_(*tensors: torch.Tensor, src: int = 0) -> None:
+    """Overwrite `tensors` on every rank with rank `src`'s values (no-op without a process group)."""
+    if _multi():
+        for t in tensors:
+            dist.broadcast(t, src=src)
 
 
 def _fsdp_units(model: nn.Module) -> list[nn.Module]:
@@ -111,7 +116,8 @@ def _fsdp_units(model: nn.Module) -> list[nn.Module]:
     return found[::-1]  # children before the blocks that contain them
 
 
-def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", mixed_bf16: bool = False) -> nn.Module:
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", mixed_bf16: bool = False,
+               find_unused_parameters: bool = False) -> nn.Module:
     """The module to run forward/backward on (see module doc)."""
     if not info.distributed:
         return model
@@ -138,13 +144,9 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp", mixed_bf
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     device_ids = [info.local_rank] if info.device.type == "cuda" else None
-    # Every trainable parameter takes part in every forward, for every variant (pinned by
+    # Every trainable parameter of the VLA takes part in every forward, for every variant (pinned by
     # tests/test_vla_model.py), so DDP skips the per-step graph walk find_unused_parameters costs.
-    return DDP(model, device_ids=device_ids, find_unused_parameters=False)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
+    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 @contextlib.contextmanager

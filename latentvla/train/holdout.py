@@ -12,18 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from latentvla.data.sampler import SampleIndex
 from latentvla.errors import LatentVLAError
 from latentvla.utils.seeding import derive_seed
 
-try:
-    from torch.utils.data import Dataset as _TorchDataset
-except ImportError:  # pragma: no cover
-    _TorchDataset = object
 
-
-class EpisodeSubset(_TorchDataset):
+class EpisodeSubset(Dataset):
     """The transitions of `base` (a VLADataset) whose (dataset, episode) is selected."""
 
     def __init__(self, base: Any, episodes: list[np.ndarray]):
@@ -68,6 +64,6 @@ def split_episodes(base: Any, fraction: float, seed: int) -> tuple[list[np.ndarr
 
 
 def has_val_split(base: Any) -> bool:
-    from latentvla.data.tfds import TFDSBuilderDir
+    from latentvla.data.store import dataset_format, open_dataset_dir
 
-    return all("val" in TFDSBuilderDir(r.path).split_names for r in base.resolved)
+    return all("val" in open_dataset_dir(r.path, dataset_format(r)).split_names for r in base.resolved)

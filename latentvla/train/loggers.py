@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,22 @@ def _records_up_to(path: Path, resume_step: int) -> list[str]:
     return keep
 
 
+def _backend(module: str, flag: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise LatentVLAError(f"{flag} needs the {extra} package: pip install 'latentvla[{extra}]'") from None
+
+
+def _start_run(flag: str, title: str, name: str, init: Callable[[], Any]) -> Any:
+    try:
+        return init()
+    except Exception as e:
+        raise LatentVLAError(f"{flag}: {title} could not start a run ({type(e).__name__}: {e}); log in with "
+                             f"`{name} login` (or set {name.upper()}_API_KEY), or log locally with "
+                             f"{name.upper()}_MODE=offline") from e
+
+
 class JSONLLogger:
     def __init__(self, path: str | Path, resume_step: int | None = None):
         from latentvla.utils.atomic import atomic_write_text
@@ -98,18 +115,10 @@ class JSONLLogger:
 
 class WandbLogger:
     def __init__(self, project: str, entity: str | None, name: str, config: dict, run_dir: Path, resume: bool):
-        try:
-            import wandb
-        except ImportError:
-            raise LatentVLAError("--use_wandb True needs the wandb package: pip install 'latentvla[wandb]'") from None
-        self._wandb = wandb
-        try:
-            self._run = wandb.init(project=project, entity=entity, name=name, id=_wandb_run_id(name),
-                                   config=config, dir=str(run_dir), resume="allow" if resume else None)
-        except Exception as e:
-            raise LatentVLAError(f"--use_wandb True: W&B could not start a run ({type(e).__name__}: {e}); log in "
-                                 "with `wandb login` (or set WANDB_API_KEY), or log locally with "
-                                 "WANDB_MODE=offline") from e
+        wandb = _backend("wandb", "--use_wandb True", "wandb")
+        self._run = _start_run("--use_wandb True", "W&B", "wandb", lambda: wandb.init(
+            project=project, entity=entity, name=name, id=_wandb_run_id(name), config=config, dir=str(run_dir),
+            resume="allow" if resume else None))
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         self._run.log(dict(metrics), step=step)
@@ -123,20 +132,10 @@ class WandbLogger:
 
 class SwanLabLogger:
     def __init__(self, project: str, name: str, config: dict, run_dir: Path):
-        try:
-            import swanlab
-        except ImportError:
-            raise LatentVLAError("ENABLE_SWANLAB=1 needs the swanlab package: pip install "
-                                 "'latentvla[swanlab]'") from None
-        self._swanlab = swanlab
-        try:
-            # experiment_name / logdir: the names every swanlab release accepts (newer ones alias name / log_dir).
-            self._run = swanlab.init(project=project, experiment_name=name, config=config,
-                                     logdir=str(run_dir / "swanlab"))
-        except Exception as e:
-            raise LatentVLAError(f"ENABLE_SWANLAB=1: SwanLab could not start a run ({type(e).__name__}: {e}); log "
-                                 "in with `swanlab login` (or set SWANLAB_API_KEY), or log locally with "
-                                 "SWANLAB_MODE=offline") from e
+        self._swanlab = swanlab = _backend("swanlab", "ENABLE_SWANLAB=1", "swanlab")
+        # experiment_name / logdir: the names every swanlab release accepts (newer ones alias name / log_dir).
+        _start_run("ENABLE_SWANLAB=1", "SwanLab", "swanlab", lambda: swanlab.init(
+            project=project, experiment_name=name, config=config, logdir=str(run_dir / "swanlab")))
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         self._swanlab.log(dict(metrics), step=step)
@@ -152,11 +151,7 @@ class SwanLabLogger:
 
 class TensorBoardLogger:
     def __init__(self, log_dir: Path, resume_step: int | None = None, config: dict | None = None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise LatentVLAError("--use_tensorboard True needs the tensorboard package: pip install "
-                                 "'latentvla[tensorboard]'") from None
+        SummaryWriter = _backend("torch.utils.tensorboard", "--use_tensorboard True", "tensorboard").SummaryWriter
         # purge_step: TensorBoard discards the earlier files' events from the resumed step on, so
         # the steps redone after a resume are not shown twice.
         self._w = SummaryWriter(str(log_dir), purge_step=None if resume_step is None else resume_step + 1)

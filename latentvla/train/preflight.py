@@ -5,12 +5,12 @@ Each failure is one `LatentVLAError` naming the flag / file and what was expecte
   - `--data_mix` unknown (the registry lists the known names) or its directory missing;
   - `--robot` disagreeing with the dataset's registered platform;
   - `--window_size` != the platform's chunk length;
-  - la_align / la_direct / la_cond on a dataset without `latent_idx` / `latent_z` step keys
-    (neither the dataset nor its annotated `<dir>_latent` sibling has them);
+  - a variant whose strategy needs step keys (la_align `latent_z`, la_direct / la_cond `latent_idx`)
+    on a dataset without them (neither the dataset nor its annotated `<dir>_latent` sibling has them);
   - the run directory not writable (read-only disk, permissions, a regular file on the way);
   - a truncated / corrupt `*.safetensors` under `--vlm_path` or `--pretrained_checkpoint`;
-  - la_tok without `--action_tokenizer_ckpt`, or with one whose codebook / action dim / chunk
-    length does not fit `--codebook_size` and the platform;
+  - a strategy's frozen helper model missing or not fitting (`Strategy.load_helper`; la_tok: no
+    `--action_tokenizer_ckpt`, or its codebook / action dim / chunk length do not fit);
   - `--pretrained_checkpoint` (read only with `--from_pretrained True`) that is not a checkpoint (or
     run) directory, or is a `--merge_lora` export.
 `--vlm_path` / `--pretrained_checkpoint` may also be Hugging Face repo ids (`org/name[@revision]`):
@@ -21,25 +21,24 @@ they are resolved here to the local snapshot (`latentvla.utils.hub`), so later c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from latentvla.errors import LatentVLAError
 from latentvla.robots import Platform
-from latentvla.train.configuration_train import LATENT_KEYS, TrainConfig
+from latentvla.train.configuration_train import TrainConfig
 from latentvla.utils.json_files import read_json
+from latentvla.vla.configuration_vla import STRATEGIES, strategy_class
 
 
 @dataclass
 class PreflightResult:
     platform: Platform
     dataset_names: list[str]
-    latent_codes_per_step: int | None = None
-    latent_dim: int | None = None
-    action_tokenizer: Any = None  # loaded on CPU for la_tok
+    vla_values: dict[str, Any] = field(default_factory=dict)  # VLAConfig values the data / the helper decide
+    helper: Any = None  # the strategy's frozen helper model on CPU (la_tok: the action tokenizer)
     pretrained_dir: Path | None = None  # --pretrained_checkpoint resolved to a step_N directory
-    latent_codebook_size: int | None = None  # K from the annotation when --latent_codebook_size is not given
     dataset_dirs: list[Path] = field(default_factory=list)  # directories read (the `_latent` sibling if labelled there)
     notes: list[str] = field(default_factory=list)
     hub: dict[str, dict] = field(default_factory=dict)  # option -> {repo_id, revision, local_path}: given as a Hub id
@@ -93,7 +92,7 @@ def _annotation_codebook_size(directory: Path) -> int | None:
 def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> LatentLabels:
     from latentvla.data.latent_labels import adopt_undeclared_latents
     from latentvla.data.registry import latent_sibling
-    from latentvla.data.tfds import TFDSBuilderDir
+    from latentvla.data.store import dataset_format, open_dataset_dir
 
     shapes: dict[str, tuple] = {}
     sizes: list[int] = []
@@ -103,7 +102,7 @@ def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> Latent
         found = None
         problems: list[str] = []
         for c in candidates:
-            builder = TFDSBuilderDir(c.path)
+            builder = open_dataset_dir(c.path, dataset_format(c))
             if not all(f"steps/{k}" in builder.specs for k in keys):
                 # labels in the records that features.json does not declare (the paper's latent.py): used
                 # with a notice, or a message with the fix
@@ -120,10 +119,12 @@ def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> Latent
         if found is None and problems:
             raise LatentVLAError(f"--vla_id {vla_id} needs image-LAM latent labels: {problems[0]}")
         if found is None:
+            plain = [i for i in STRATEGIES if not strategy_class(i).required_sample_keys]
             raise LatentVLAError(
                 f"--vla_id {vla_id} needs image-LAM latent labels (step keys {', '.join(keys)}) but dataset "
                 f"{r.name!r} ({r.path}) has none, nor has {r.path.parent.name}_latent/{r.path.name}; annotate it with "
-                "`latentvla lam annotate` or train baseline / la_tok, which need no labels")
+                f"`latentvla lam annotate` (writes latent_idx and latent_z) or train {' / '.join(plain)}, which need "
+                "no labels")
         for k in keys:
             shapes.setdefault(k, tuple(found[f"steps/{k}"].shape))
             if tuple(found[f"steps/{k}"].shape) != shapes[k]:
@@ -132,32 +133,6 @@ def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> Latent
     idx, z = shapes.get("latent_idx"), shapes.get("latent_z")
     c = idx[0] if idx else (z[0] if z else None)
     return LatentLabels(c, z[-1] if z else None, max(sizes) if sizes else None, directories)
-
-
-def load_action_tokenizer(cfg: TrainConfig, platform: Platform):
-    if not cfg.action_tokenizer_ckpt:
-        raise LatentVLAError("--vla_id la_tok needs --action_tokenizer_ckpt (a checkpoint written by "
-                             "`latentvla lam action-train`, or the paper's tokenizer_step_N.pt)")
-    path = Path(cfg.action_tokenizer_ckpt)
-    if not path.exists():
-        raise LatentVLAError(f"--action_tokenizer_ckpt {path}: not found")
-    from latentvla.lam.action_tokenizer import ActionChunkTokenizer
-
-    try:
-        tok = ActionChunkTokenizer.from_checkpoint(path, device="cpu")
-    except LatentVLAError as e:
-        raise LatentVLAError(f"--action_tokenizer_ckpt: {e}") from None
-    except Exception as e:  # a file that is not a tokenizer checkpoint at all
-        raise LatentVLAError(f"--action_tokenizer_ckpt {path}: cannot load an action tokenizer "
-                             f"({type(e).__name__}: {e})") from None
-    if cfg.codebook_size is not None and int(tok.codebook_size) != cfg.codebook_size:
-        raise LatentVLAError(f"--action_tokenizer_ckpt {path}: codebook size {tok.codebook_size} != --codebook_size "
-                             f"{cfg.codebook_size}")
-    try:
-        tok.check_platform(platform, where=f"--data_mix {cfg.data_mix}")
-    except LatentVLAError as e:
-        raise LatentVLAError(f"--action_tokenizer_ckpt: {e}") from None
-    return tok
 
 
 def tokenizer_statistics_mismatch(tokenizer_stats: dict, data_stats: dict, rtol: float = 1e-3,
@@ -192,27 +167,18 @@ def check_pretrained(path: str) -> Path:
         raise LatentVLAError(f"--pretrained_checkpoint {path}: expected a checkpoint directory written by latentvla "
                              "train (model.safetensors + config.json), e.g. <run>/checkpoints/step_N or "
                              "the run dir <run>")
+    from safetensors import safe_open
+
     from latentvla.utils.weight_files import check_safetensors
 
     check_safetensors(p / "model.safetensors", "--pretrained_checkpoint: choose another checkpoint of the run")
-    if _safetensors_format(p / "model.safetensors") == MERGED_FORMAT:
+    with safe_open(str(p / "model.safetensors"), framework="pt") as f:  # the header only (no tensors)
+        merged = (f.metadata() or {}).get("format") == MERGED_FORMAT
+    if merged:
         raise LatentVLAError(f"--pretrained_checkpoint {path}: this is a --merge_lora export (LoRA folded into the "
                              "backbone), which cannot warm-start LoRA training; pass the run's checkpoint instead "
                              "(<run>/checkpoints/step_N, or the run dir <run> for the newest)")
     return p
-
-
-def _safetensors_format(path: Path) -> str | None:
-    """`format` in a safetensors file's metadata, read from the JSON header only (no tensors)."""
-    import struct
-
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError) as e:
-        raise LatentVLAError(f"--pretrained_checkpoint: {path} is not a readable safetensors file ({e})") from None
-    return (header.get("__metadata__") or {}).get("format")
 
 
 def _check_backends(cfg: TrainConfig) -> None:
@@ -226,14 +192,9 @@ def _check_backends(cfg: TrainConfig) -> None:
     for module, why, on in wanted:
         if on and importlib.util.find_spec(module) is None:
             raise LatentVLAError(f"{why} needs the {module} package: pip install 'latentvla[{module}]'")
-    if cfg.device is not None:
-        import torch
+    from latentvla.utils.device import resolve_device
 
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise LatentVLAError(f"--device {cfg.device}: no CUDA device is available (use --device cpu "
-                                 "or leave it out)")
-        if not (cfg.device.startswith("cuda") or cfg.device == "cpu"):
-            raise LatentVLAError(f"--device {cfg.device!r}: expected cuda, cuda:N or cpu")
+    resolve_device(cfg.device)
 
 
 def check_run_dir(cfg: TrainConfig) -> None:
@@ -245,6 +206,17 @@ def check_run_dir(cfg: TrainConfig) -> None:
     run_dir = run_dir_of(cfg)
     for d in (run_dir, run_dir / "checkpoints"):
         check_writable_dir(d, f"--run_root_dir {cfg.run_root_dir}: run directory")
+
+
+def ignored_option_notes(cfg: TrainConfig, strategy) -> list[str]:
+    """Variant-specific options (`Strategy.options`, `helper_option`) set for a variant that ignores them."""
+    def reads(cls) -> tuple:
+        return (*cls.options, cls.helper_option)
+
+    own = reads(strategy)
+    changed = [f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != f.default and f.name not in own]
+    users = {name: [v for v in STRATEGIES if name in reads(strategy_class(v))] for name in changed}
+    return [f"--{n} is only used by {', '.join(ids)}; ignored for {cfg.vla_id}" for n, ids in users.items() if ids]
 
 
 def preflight(cfg: TrainConfig) -> PreflightResult:
@@ -276,29 +248,31 @@ def preflight(cfg: TrainConfig) -> PreflightResult:
     res = PreflightResult(platform, [r.name for r in resolved], dataset_dirs=[Path(r.path) for r in resolved], hub=hub)
     res.notes += [f"--{name} {h['repo_id']}{'@' + h['revision'] if h['revision'] else ''}: Hugging Face snapshot "
                   f"{h['local_path']}" for name, h in hub.items()]
-    keys = LATENT_KEYS[cfg.vla_id]
+    strategy = strategy_class(cfg.vla_id)
+    keys = strategy.required_sample_keys
     if keys:
         labels = _latent_shapes(resolved, keys, cfg.vla_id)
-        res.latent_codes_per_step, res.latent_dim = labels.codes_per_step, labels.latent_dim
+        res.vla_values.update({k: v for k, v in (("latent_codes_per_step", labels.codes_per_step),
+                                                 ("latent_dim", labels.latent_dim)) if v is not None})
         res.dataset_dirs = labels.directories
         if "latent_idx" in keys and labels.codebook_size is not None:
             if cfg.latent_codebook_size is None:
-                res.latent_codebook_size = labels.codebook_size
+                res.vla_values["latent_codebook_size"] = labels.codebook_size
             elif cfg.latent_codebook_size < labels.codebook_size:
                 raise LatentVLAError(f"--latent_codebook_size {cfg.latent_codebook_size} is smaller than the codebook "
                                      f"size {labels.codebook_size} of the image LAM that annotated the data "
                                      "(latent_annotation.json); leave the flag out to use it")
-    if cfg.vla_id == "la_tok":
-        res.action_tokenizer = load_action_tokenizer(cfg, platform)
-    elif cfg.action_tokenizer_ckpt:
-        res.notes.append(f"--action_tokenizer_ckpt is only used by la_tok; ignored for {cfg.vla_id}")
+    if strategy.helper_option is not None:
+        res.helper, values = strategy.load_helper(cfg, platform)
+        res.vla_values.update(values)
+    res.notes += ignored_option_notes(cfg, strategy)
     if cfg.from_pretrained:
         res.pretrained_dir = check_pretrained(cfg.pretrained_checkpoint)
     elif cfg.pretrained_checkpoint:
         res.notes.append(f"--pretrained_checkpoint {cfg.pretrained_checkpoint} ignored: weights are loaded from it "
                          "only with --from_pretrained True")
     _check_backends(cfg)
-    if cfg.use_latent is not None and cfg.use_latent != bool(keys or cfg.vla_id == "la_tok"):
+    if cfg.use_latent is not None and cfg.use_latent != bool(keys or strategy.helper_option):
         res.notes.append(f"--use_latent {cfg.use_latent} ignored: --vla_id {cfg.vla_id} decides which labels are used")
     if cfg.shuffle_buffer_size != 256000:
         res.notes.append("--shuffle_buffer_size ignored: sampling is a seeded permutation over all transitions")

@@ -14,9 +14,7 @@ Run directory `<run_root_dir>/<run_id>/`: `config.yaml` (resolved options + deri
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 from latentvla.config import config_to_dict
 from latentvla.errors import LatentVLAError
@@ -38,23 +36,10 @@ class _WeightsView:
 def build_vla_config(cfg: TrainConfig, pre: PreflightResult):
     import dataclasses
 
-    from latentvla.vla.configuration_vla import VLAConfig
+    from latentvla.vla.configuration_vla import VLAConfig, VLAOptions
 
-    names = {f.name for f in dataclasses.fields(VLAConfig)}
-    values: dict[str, Any] = {}
-    for name in names & {f.name for f in dataclasses.fields(TrainConfig)}:
-        v = getattr(cfg, name)
-        if v is not None:
-            values[name] = v
-    if pre.action_tokenizer is not None:
-        values["codebook_size"] = int(pre.action_tokenizer.codebook_size)
-    if pre.latent_codes_per_step is not None:
-        values["latent_codes_per_step"] = pre.latent_codes_per_step
-    if pre.latent_dim is not None:
-        values["latent_dim"] = pre.latent_dim
-    if pre.latent_codebook_size is not None and cfg.latent_codebook_size is None:
-        values["latent_codebook_size"] = pre.latent_codebook_size
-    vcfg = VLAConfig(**values)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(VLAOptions) if getattr(cfg, f.name) is not None}
+    vcfg = VLAConfig(**{**values, **pre.vla_values})  # what the data and the strategy's helper decide wins
     vcfg.validate()
     return vcfg
 
@@ -128,7 +113,8 @@ def _clean_stale_temps(run_dir: Path, manager) -> None:
             print(f"[latentvla train] {line}")
 
 
-def _prepare_run_dir(cfg: TrainConfig, is_main: bool = True, barrier=lambda: None) -> tuple[Path, Path | None]:
+def _prepare_run_dir(cfg: TrainConfig, is_main: bool = True, barrier=lambda: None,
+                     run_dir: Path | None = None) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to resume from (None: a new run).
 
     Every rank calls it; rank 0 alone changes files (stale temporaries, damaged checkpoints set
@@ -136,7 +122,7 @@ def _prepare_run_dir(cfg: TrainConfig, is_main: bool = True, barrier=lambda: Non
     """
     from latentvla.train.checkpointing import CheckpointManager
 
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir or run_dir_of(cfg)  # given: `lam image-train`'s run
     manager = CheckpointManager(run_dir / "checkpoints", cfg.keep_checkpoints)
     if is_main:
         _clean_stale_temps(run_dir, manager)
@@ -193,6 +179,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> int:
 
 def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> int:
     from latentvla.data.sampler import GlobalSampler
+    from latentvla.train.checkpointing import write_into
     from latentvla.train.loggers import build_loggers
     from latentvla.train.trainer import LoopSettings, Trainer
     from latentvla.utils.atomic import atomic_write_json, atomic_write_text
@@ -205,8 +192,8 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
     accumulation = cfg.accumulation_steps(info.world_size)
     vcfg = build_vla_config(cfg, pre)
     seed_everything(cfg.seed)
-    tok = pre.action_tokenizer.to(info.device) if pre.action_tokenizer is not None else None
-    model = LatentVLA.from_config(vcfg, pre.platform, action_tokenizer=tok, device=info.device)
+    helper = pre.helper.to(info.device) if pre.helper is not None else None
+    model = LatentVLA.from_config(vcfg, pre.platform, action_tokenizer=helper, device=info.device)
     if info.is_main:
         from latentvla.vla.parameters import format_parameter_report
 
@@ -228,35 +215,27 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
                     "device": str(info.device), "train_transitions": len(train_ds),
                     "val_transitions": len(val_ds) if val_ds is not None else 0},
     }
-    if info.is_main and pre.action_tokenizer is not None:
+    if info.is_main and getattr(pre.helper, "statistics", None):
         from latentvla.train.preflight import tokenizer_statistics_mismatch
 
-        differ = tokenizer_statistics_mismatch(pre.action_tokenizer.statistics, statistics)
+        differ = tokenizer_statistics_mismatch(pre.helper.statistics, statistics)
         if differ:
-            print(f"[latentvla train] warning: the action statistics saved in --action_tokenizer_ckpt differ from the "
-                  f"training data's for {', '.join(differ)} (was the tokenizer trained on other data?)")
+            print(f"[latentvla train] warning: the action statistics saved in --{model.strategy.helper_option} differ "
+                  f"from the training data's for {', '.join(differ)} (was it trained on other data?)")
     train_config = config_to_dict(cfg)
 
     def save_weights(directory: Path, state: dict) -> None:
-        tmp = directory / "_policy"
-        save_policy_checkpoint(tmp, _WeightsView(model, state), train_config=train_config, statistics=statistics)
-        for f in tmp.iterdir():
-            os.replace(f, directory / f.name)
-        tmp.rmdir()
+        write_into(directory, lambda d: save_policy_checkpoint(d, _WeightsView(model, state), train_config=train_config,
+                                                               statistics=statistics))
 
     def load_weights(directory: Path, m) -> None:
         m.load_trainable_state_dict(load_safetensors(directory / "model.safetensors"), source=str(directory))
 
     on_gpu = info.device.type == "cuda"
-    settings = LoopSettings(
-        per_device_batch_size=cfg.per_device_batch_size, accumulation_steps=accumulation, max_steps=cfg.max_steps,
-        epochs=cfg.epochs, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type, warmup_ratio=cfg.warmup_ratio,
-        lr_decay_steps=list(cfg.lr_decay_steps), lr_decay_gamma=cfg.lr_decay_gamma,
-        save_step=cfg.save_step if cfg.save_checkpoint else None, keep_checkpoints=cfg.keep_checkpoints,
-        log_step=cfg.log_step, num_workers=cfg.num_workers, seed=cfg.seed, strategy=cfg.strategy,
-        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu), progress=cfg.progress,
-        val_step=cfg.val_step, val_batches=cfg.val_batches)
+    settings = LoopSettings.from_config(  # the options of the same names, then the derived ones
+        cfg, accumulation_steps=accumulation, lr_decay_steps=list(cfg.lr_decay_steps),
+        save_step=cfg.save_step if cfg.save_checkpoint else None,
+        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu))
     sampler = GlobalSampler(train_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
     val_sampler = (GlobalSampler(val_ds, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
                    if val_ds is not None else None)
@@ -279,18 +258,12 @@ def _train(cfg: TrainConfig, pre: PreflightResult, info, D, callbacks: list) -> 
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
             atomic_write_json(run_dir / "dataset_statistics.json", statistics)
-            resume_step = None
-            if resume_from is not None:
-                resume_step = int(resume_from.name.split("_")[-1])
+            resume_step = int(resume_from.name.split("_")[-1]) if resume_from is not None else None
             logger = build_loggers(run_dir, resume_step=resume_step, run_name=run_dir.name, config=resolved,
                                    use_wandb=cfg.use_wandb, wandb_project=cfg.wandb_project,
                                    wandb_entity=cfg.wandb_entity, use_tensorboard=cfg.use_tensorboard)
-            if resume_from is not None:
-                where = f"resuming from {resume_from}"
-            elif pre.pretrained_dir is not None:
-                where = f"warm-started from {pre.pretrained_dir}"
-            else:
-                where = "from scratch"
+            where = (f"resuming from {resume_from}" if resume_from is not None else "from scratch"
+                     if pre.pretrained_dir is None else f"warm-started from {pre.pretrained_dir}")
             data = ", ".join(f"{n} ({d})" for n, d in zip(pre.dataset_names, pre.dataset_dirs, strict=False))
             print(f"[latentvla train] {cfg.vla_id} on {data}, platform {pre.platform.name}, "
                   f"{info.world_size} process(es) x {cfg.per_device_batch_size} x {accumulation} accumulation, "
@@ -325,7 +298,7 @@ def _export_merged(cfg: TrainConfig, trainer, model, info, run_dir: Path) -> Non
 
     from latentvla.train import distributed as D
     from latentvla.utils.atomic import atomic_directory
-    from latentvla.vla.checkpoint import MERGED_FORMAT
+    from latentvla.vla.checkpoint import FILES, MERGED_FORMAT
 
     latest = trainer.ckpt.latest()
     if info.is_main and latest is not None:
@@ -337,7 +310,7 @@ def _export_merged(cfg: TrainConfig, trainer, model, info, run_dir: Path) -> Non
         merged = {k: v.detach().cpu().contiguous() for k, v in src.merged_state_dict().items()}
         with atomic_directory(run_dir / "merged", overwrite=True) as tmp:
             save_file(merged, str(tmp / "model.safetensors"), metadata={"format": MERGED_FORMAT})
-            for name in ("config.json", "dataset_statistics.json", "versions.json"):
+            for name in FILES[1:]:  # all but the weights
                 if (latest / name).is_file():
                     shutil.copy2(latest / name, tmp / name)
         print(f"[latentvla train] merged weights written to {run_dir / 'merged'}")

@@ -22,31 +22,24 @@ def lr_factor_fn(kind: str, total_steps: int, warmup_ratio: float = 0.0,
     total = max(1, int(total_steps))
     warmup = int(round(warmup_ratio * total))
 
-    def warm(step: int) -> float | None:
-        return (step + 1) / (warmup + 1) if step < warmup else None
-
     if kind == "constant":
-        def f(step: int) -> float:
-            w = warm(step)
-            return 1.0 if w is None else w
+        def after(step: int) -> float:
+            return 1.0
     elif kind == "linear-warmup+cosine-decay":
-        def f(step: int) -> float:
-            w = warm(step)
-            if w is not None:
-                return w
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        def after(step: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
     elif kind == "step-decay":
         milestones = sorted(int(s) for s in decay_steps) or [int(0.8 * total)]
 
-        def f(step: int) -> float:
-            w = warm(step)
-            if w is not None:
-                return w
+        def after(step: int) -> float:
             return gamma ** sum(step >= m for m in milestones)
     else:
         raise LatentVLAError(f"--lr_scheduler_type {kind!r} is unknown; expected constant, "
                              "linear-warmup+cosine-decay or step-decay")
+
+    def f(step: int) -> float:
+        return (step + 1) / (warmup + 1) if step < warmup else after(step)
+
     return f
 
 

@@ -27,18 +27,10 @@ MIN_SHARED_BYTES = 1 << 16  # smaller tensors are cheaper to send the usual way
 
 
 class SlotBatch(list):
-    """The sample indices of one batch, tagged with the ring slot its tensors go to."""
+    """The sample indices of one batch, then its samples, tagged with the ring slot its tensors go to."""
 
-    def __init__(self, indices, slot: int):
-        super().__init__(indices)
-        self.slot = slot
-
-
-class SlotSamples(list):
-    """The samples of one batch (a dataset's `__getitems__` result), still tagged with the slot."""
-
-    def __init__(self, samples, slot: int):
-        super().__init__(samples)
+    def __init__(self, items, slot: int):
+        super().__init__(items)
         self.slot = slot
 
 
@@ -54,10 +46,10 @@ class SlottedDataset(Dataset):
     def __getitem__(self, i):
         return self.dataset[i]
 
-    def __getitems__(self, batch) -> SlotSamples:
+    def __getitems__(self, batch) -> SlotBatch:
         getitems = getattr(self.dataset, "__getitems__", None)
         samples = getitems(batch) if getitems else [self.dataset[i] for i in batch]
-        return SlotSamples(samples, getattr(batch, "slot", -1))
+        return SlotBatch(samples, getattr(batch, "slot", -1))
 
 
 class SharedBatchRing:

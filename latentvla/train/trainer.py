@@ -7,10 +7,16 @@ gradient all-reduce runs only on the last micro-batch (DDP `no_sync`, FSDP2
 the global gradient norm (DDP: gradients are already averaged; FSDP2: the norm of the sharded
 DTensor gradients is reduced over ranks) and the logged `grad_norm` is the norm before clipping.
 
-Checkpoints (every `save_step`, and at the end) go through `CheckpointManager`: the trainable
-weights (via `save_weights`), and `training_state.pt` with optimizer, scheduler, step,
-data-stream position and the RNG state of every rank; `resume_from` restores all of it so the
-following steps are the ones an uninterrupted run would take.
+Checkpoints (every `save_step`, and at the end) go through a store (default `CheckpointManager`):
+the trainable weights (via `save_weights`), and the training state with optimizer, scheduler,
+step, data-stream position, the RNG state of every rank and `extra_state`; `resume_from` restores
+all of it so the following steps are the ones an uninterrupted run would take.
+
+Hooks for models with more than gradient steps (the latent action models): `after_step(step,
+record, logged)` runs after each optimizer step, before logging and checkpointing (dead-code
+restarts; adds fields to a logged record); `extra_state` (`training_state()` /
+`load_training_state(d)`, per rank) rides in the training state; `checkpoints` replaces the
+checkpoint store (see `CheckpointManager`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +35,10 @@ from torch import nn
 
 from latentvla.errors import LatentVLAError
 from latentvla.train import distributed as D
-from latentvla.train.checkpointing import TRAINING_STATE, CheckpointManager
+from latentvla.train.checkpointing import CheckpointManager
 from latentvla.train.data_stream import MicroBatchStream
 from latentvla.train.schedulers import build_scheduler
-from latentvla.utils.weight_files import load_safetensors, load_torch_file
+from latentvla.utils.weight_files import load_safetensors
 
 
 @dataclass
@@ -58,6 +64,15 @@ class LoopSettings:
     progress: bool = True
     val_step: int = 1000
     val_batches: int = 20
+    fp16: bool = False  # float16 autocast with loss scaling (when bf16 is off)
+    find_unused_parameters: bool = False  # DDP, for models whose forward skips some trainable parameters
+    window_mean: bool = False  # log each value's mean over the steps since the last log (else that step's)
+
+    @classmethod
+    def from_config(cls, cfg: Any, **values: Any) -> LoopSettings:
+        """The fields a config dataclass has under the same names, then `values` (the derived ones)."""
+        names = {f.name for f in fields(cls)} & {f.name for f in fields(cfg)}
+        return cls(**{**{n: getattr(cfg, n) for n in names}, **values})
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -76,6 +91,13 @@ def _as_float(v: Any) -> float | None:
     if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
         return float(v)
     return None
+
+
+def _add_means(sums: dict[str, float], metrics: Mapping[str, Any], n: int) -> None:
+    """Add each numeric value / n to `sums` (means over n micro-batches)."""
+    for k, v in metrics.items():
+        if (f := _as_float(v)) is not None:
+            sums[k] = sums.get(k, 0.0) + f / n
 
 
 def _rng_state() -> dict:
@@ -121,20 +143,26 @@ class Trainer:
                  info: D.DistInfo, collate_fn: Callable | None = None, run_dir: str | Path | None = None,
                  logger: Any = None, save_weights: Callable[[Path, dict], None] = default_save_weights,
                  load_weights: Callable[[Path, nn.Module], None] = default_load_weights,
-                 extra_checkpoint_files: Callable[[Path], None] | None = None,
                  val_dataset: Any = None, val_sampler: Any = None,
-                 callbacks: list[Callable[[int, dict], None]] | None = None, resume_from: str | Path | None = None):
+                 callbacks: list[Callable[[int, dict], None]] | None = None, resume_from: str | Path | None = None,
+                 after_step: Callable[[int, dict, bool], None] | None = None, extra_state: Any = None,
+                 checkpoints: Any = None):
         self.s = settings
         self.info = info
         self.model = model
         self.logger = logger
-        self.save_weights = save_weights
-        self.extra_checkpoint_files = extra_checkpoint_files
         self.callbacks = callbacks or []
+        self.after_step, self.extra_state = after_step, extra_state
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", settings.keep_checkpoints) if self.run_dir else None
+        if checkpoints is None and self.run_dir is not None:
+            checkpoints = CheckpointManager(self.run_dir / "checkpoints", settings.keep_checkpoints, save_weights,
+                                            load_weights)
+        self.ckpt = checkpoints
         self.device_type = info.device.type
-        self.autocast = settings.bf16  # run.py: on by default on GPU; --precision bf16 also on CPU
+        self.autocast = settings.bf16 or settings.fp16  # run.py: bf16 on by default on GPU, --precision bf16 on CPU
+        self.amp_dtype = torch.bfloat16 if settings.bf16 else torch.float16
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=settings.fp16 and not settings.bf16)
+        self._window: dict[str, list[float]] = {}
 
         # Micro-batches per epoch: the same on every rank.
         per_rank = int(D.all_reduce_min(torch.tensor(float(len(sampler)))).item())
@@ -159,21 +187,14 @@ class Trainer:
                 print(f"[latentvla train] {line}")
         start = None
         if resume_from is not None:
-            if not (Path(resume_from) / TRAINING_STATE).is_file():
-                raise LatentVLAError(
-                    f"{resume_from} holds weights only (no {TRAINING_STATE}: only the newest checkpoint of a run keeps "
-                    "the optimizer state); warm-start from it in a new run with --from_pretrained True "
-                    "--pretrained_checkpoint DIR")
-            load_weights(Path(resume_from), model)  # before wrapping: FSDP shards what is loaded
-            start = load_torch_file(Path(resume_from) / TRAINING_STATE,
-                                    "resume from an intact checkpoint, or warm-start from this one's weights with "
-                                    "--from_pretrained True --pretrained_checkpoint DIR")
+            start = self.ckpt.load_training(resume_from, model)  # weights before wrapping: FSDP shards them
             if int(start.get("world_size", 1)) != info.world_size:
                 raise LatentVLAError(
                     f"{resume_from} was written by {start.get('world_size')} process(es); resume it with the same "
                     f"number (now {info.world_size}) so the data stream continues exactly, or warm-start from it with "
                     "--from_pretrained True --pretrained_checkpoint DIR in a new run")
-        self.wrapped = D.wrap_model(model, info, settings.strategy, mixed_bf16=self.autocast)
+        self.wrapped = D.wrap_model(model, info, settings.strategy, mixed_bf16=settings.bf16,
+                                    find_unused_parameters=settings.find_unused_parameters)
         self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
         if not self.params:
             raise LatentVLAError("the model has no trainable parameters")
@@ -212,6 +233,11 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
+        if st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        if self.extra_state is not None:
+            self.extra_state.load_training_state(st["extra"][self.info.rank])
+        self._window = st.get("window", {})
         self.step = int(st["step"])
         _set_rng_state(st["rng"][self.info.rank])
 
@@ -225,28 +251,31 @@ class Trainer:
         weights = self.trainable_state()
         optim = self._optimizer_state()
         rngs = D.all_gather_object(_rng_state())
+        extra = D.all_gather_object(self.extra_state.training_state()) if self.extra_state is not None else None
         path = None
         if self.info.is_main:
             state = {"step": self.step, "optimizer": optim, "scheduler": self.scheduler.state_dict(),
                      "stream": self.stream.state_dict(), "rng": rngs, "world_size": self.info.world_size}
-
-            def write(tmp: Path) -> None:
-                self.save_weights(tmp, weights)
-                if self.extra_checkpoint_files is not None:
-                    self.extra_checkpoint_files(tmp)
-                torch.save(state, tmp / TRAINING_STATE)
-
-            path = self.ckpt.save(self.step, write)
+            if self.scaler.is_enabled():
+                state["scaler"] = self.scaler.state_dict()
+            if extra is not None:
+                state["extra"] = extra
+            if self.s.window_mean:
+                state["window"] = self._window
+            path = self.ckpt.save_training(self.step, weights, state)
         D.barrier()
         return path
 
     # ------------------------------------------------------------------------- loop
+    def _forward(self, batch: Any) -> dict:
+        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.autocast):
+            return self.wrapped(batch)
+
     def _micro_step(self, batch: Any, sync: bool) -> tuple[torch.Tensor, dict]:
         with D.no_grad_sync(self.wrapped, skip=not sync):
-            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.wrapped(batch)
+            out = self._forward(batch)
             loss = out["loss"]
-            (loss / self.s.accumulation_steps).backward()
+            self.scaler.scale(loss / self.s.accumulation_steps).backward()
         return loss.detach().float(), out.get("metrics", {}) or {}
 
     def train_step(self) -> dict:
@@ -260,31 +289,30 @@ class Trainer:
             wait += time.perf_counter() - tw
             loss, metrics = self._micro_step(batch, sync=micro == n - 1)
             losses.append(loss)
-            for k, v in metrics.items():
-                f = _as_float(v)
-                if f is not None:
-                    metric_sums[k] = metric_sums.get(k, 0.0) + f / n
+            _add_means(metric_sums, metrics, n)
         keys = sorted(metric_sums)
         vec = torch.tensor([float(torch.stack(losses).mean())] + [metric_sums[k] for k in keys] + [wait],
                            dtype=torch.float64)
         vec = D.all_reduce_mean(vec)  # the same values on every rank, so all ranks stop together
         max_norm = self.s.max_grad_norm if self.s.max_grad_norm > 0 else math.inf
+        self.scaler.unscale_(self.optimizer)
         grad_norm = _full(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        if not (math.isfinite(float(vec[0])) and math.isfinite(float(grad_norm))):
+        # fp16: an overflowing gradient is expected now and then; the scaler skips that step
+        if not (math.isfinite(float(vec[0])) and (math.isfinite(float(grad_norm)) or self.scaler.is_enabled())):
             raise LatentVLAError(f"step {self.step + 1}: loss {float(vec[0])}, gradient norm "
                                  f"{float(grad_norm)} (not finite); lower --learning_rate, keep --max_grad_norm > 0 or "
                                  "check the data; the weights were not updated and the last checkpoint is intact")
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         dt = time.perf_counter() - t0
-        rec = {"loss": float(vec[0]), **{k: float(v) for k, v in zip(keys, vec[1:-1], strict=True)},
+        return {"loss": float(vec[0]), **{k: float(v) for k, v in zip(keys, vec[1:-1], strict=True)},
                "lr": lr, "grad_norm": float(grad_norm), "epoch": self.stream.epoch,
                "samples_per_s": self.s.per_device_batch_size * n * self.info.world_size / max(dt, 1e-9),
                "data_wait_fraction": float(vec[-1]) / max(dt, 1e-9)}
-        return rec
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -299,17 +327,22 @@ class Trainer:
                                   n, 0, self.s.seed)
         sums: dict[str, float] = {}
         for _ in range(n):
-            batch = _to_device(next(stream), self.info.device)
-            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.wrapped(batch)
-            for k, v in {"loss": out["loss"], **(out.get("metrics") or {})}.items():
-                f = _as_float(v)
-                if f is not None:
-                    sums[k] = sums.get(k, 0.0) + f / n
+            out = self._forward(_to_device(next(stream), self.info.device))
+            _add_means(sums, {"loss": out["loss"], **(out.get("metrics") or {})}, n)
         keys = sorted(sums)
         vec = D.all_reduce_mean(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
         self.wrapped.train()
         return {f"val/{k}": float(v) for k, v in zip(keys, vec, strict=True)}
+
+    def _logs(self, step: int) -> bool:
+        return step % self.s.log_step == 0 or step == self.total_steps
+
+    def _window_mean(self, rec: dict, logged: bool) -> None:
+        for k, v in rec.items():
+            self._window.setdefault(k, []).append(v)
+        if logged:
+            rec.update({k: float(np.mean(v)) for k, v in self._window.items() if k not in ("lr", "epoch")})
+            self._window = {}
 
     def fit(self) -> dict:
         """Train to `total_steps`; returns the last logged record."""
@@ -321,11 +354,14 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 rec = self.train_step()
+                if self.s.window_mean:
+                    self._window_mean(rec, self._logs(self.step))
+                if self.after_step is not None:
+                    self.after_step(self.step, rec, self._logs(self.step))
                 if self.val_dataset is not None and (self.step % self.s.val_step == 0 or self.step == self.total_steps):
                     rec.update(self.validate())
                 last = rec
-                if self.logger is not None and self.info.is_main and (
-                        self.step % self.s.log_step == 0 or self.step == self.total_steps):
+                if self.logger is not None and self.info.is_main and self._logs(self.step):
                     self.logger.log(self.step, rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")

@@ -1,4 +1,4 @@
-"""Seeding helpers: one place that seeds python, numpy and (if imported) torch."""
+"""Seeding helpers: one place that seeds python, numpy and torch."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import numpy as np
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        return
+    import torch  # here: importing this module stays light
+
     torch.manual_seed(seed)
 
 

@@ -96,9 +96,7 @@ class NewTokenEmbedding(nn.Module):
     def weight(self) -> torch.Tensor:  # transformers reads .weight for dtype/device
         return self.base.weight
 
-    @property
-    def num_embeddings(self) -> int:
-        return self.first_new + self.num_new
+    num_embeddings = property(lambda self: self.first_new + self.num_new)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rel = ids - self.first_new
@@ -111,12 +109,6 @@ class NewTokenEmbedding(nn.Module):
         """Output-matrix rows of new-token ids (used for code logits)."""
         ids = torch.as_tensor(ids, device=self.new_output_rows.device) - self.first_new
         return self.new_output_rows[ids]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(cfg: VLAConfig, device: torch.device) -> torch.dtype:

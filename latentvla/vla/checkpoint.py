@@ -6,7 +6,8 @@ A checkpoint directory holds
 - `config.json`: `{"format": "latentvla-policy", "format_version", "vla": VLAConfig, "platform":
   Platform.to_dict(), "train": train config}`;
 - `dataset_statistics.json`: `{dataset_name: stats}` (`latentvla.data.statistics`), used to un-normalize;
-- `versions.json`: torch / transformers / peft / latentvla versions it was written with.
+- `versions.json`: torch / transformers / peft / latentvla versions it was written with;
+- `policy_io.json`: the inference-time input/output recipe (`latentvla.vla.policy_io`).
 Written atomically (the directory appears complete or not at all).
 """
 
@@ -24,7 +25,7 @@ from latentvla.utils.json_files import read_json
 FORMAT = "latentvla-policy"
 FORMAT_VERSION = 1
 MERGED_FORMAT = "latentvla-merged"  # safetensors metadata of the `--merge_lora` export (train/run.py)
-FILES = ("model.safetensors", "config.json", "dataset_statistics.json", "versions.json")
+FILES = ("model.safetensors", "config.json", "dataset_statistics.json", "versions.json", "policy_io.json")
 
 
 def library_versions() -> dict[str, str]:
@@ -43,6 +44,7 @@ def save_policy_checkpoint(directory: str | Path, model, train_config: dict | No
     from safetensors.torch import save_file
 
     from latentvla.config import config_to_dict
+    from latentvla.vla.policy_io import FILE, policy_io_from_config
 
     directory = Path(directory)
     vla = config_to_dict(model.cfg)
@@ -59,6 +61,7 @@ def save_policy_checkpoint(directory: str | Path, model, train_config: dict | No
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         (tmp / "dataset_statistics.json").write_text(json.dumps(statistics, indent=2) + "\n")
         (tmp / "versions.json").write_text(json.dumps(library_versions(), indent=2) + "\n")
+        (tmp / FILE).write_text(json.dumps(policy_io_from_config(config, statistics).to_json(), indent=2) + "\n")
     return directory
 
 

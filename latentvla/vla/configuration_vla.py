@@ -12,34 +12,49 @@ are `latent_codebook_size`, `latent_codes_per_step`, `latent_dim`.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
-from latentvla.config import arg
+from latentvla.config import arg, check_min
 from latentvla.errors import LatentVLAError
 
-VLA_IDS = ("baseline", "la_align", "la_direct", "la_cond", "la_tok")
-# Variants registered at runtime by `strategies.register_strategy` beyond the five built-ins.
-EXTRA_VLA_IDS: list[str] = []
+# The variant registry, the only list of vla_ids: each id's Strategy class, or "module:Class" until first used
+# (config modules and `--help` stay free of torch). `strategies.register_strategy` adds variants.
+STRATEGIES: dict[str, type | str] = {i: f"latentvla.vla.strategies:{c}" for i, c in (
+    ("baseline", "BaselineStrategy"), ("la_align", "AlignStrategy"), ("la_direct", "DirectStrategy"),
+    ("la_cond", "CondStrategy"), ("la_tok", "TokStrategy"))}
+VLA_IDS = tuple(STRATEGIES)  # the built-in ones
 
 
-def known_vla_ids() -> tuple[str, ...]:
-    return VLA_IDS + tuple(i for i in EXTRA_VLA_IDS if i not in VLA_IDS)
+def strategy_class(vla_id: str):
+    """The Strategy class registered for `vla_id` (a built-in one is imported here, on first use)."""
+    if vla_id not in STRATEGIES:
+        raise LatentVLAError(f"vla_id {vla_id!r} is unknown; expected one of {', '.join(STRATEGIES)}")
+    entry = STRATEGIES[vla_id]
+    if isinstance(entry, str):
+        module, _, name = entry.partition(":")
+        entry = STRATEGIES[vla_id] = getattr(importlib.import_module(module), name)
+        entry.name = vla_id
+    return entry
+
+
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
-class VLAConfig:
-    """A LatentVLA model: backbone, LoRA, action head and latent-supervision variant."""
+class VLAOptions:
+    """The model options that `latentvla train` takes under the same names (`TrainConfig` inherits them)."""
 
-    vla_id: str = arg("baseline", "Variant: " + ", ".join(VLA_IDS) + ".")
+    vla_id: str = arg("baseline", "Variant: " + ", ".join(STRATEGIES) + ", or one registered by --strategy_modules.")
+    strategy_modules: list[str] = arg([], "Python modules imported first: they register variants defined outside "
+                                          "latentvla (@register_strategy); recorded so the checkpoint loads them.")
     vlm_path: str = arg("", "Local Qwen3-VL directory (Hugging Face layout).")
-    lora_rank: int = arg(64, "LoRA rank (0 = no LoRA, backbone fully frozen).")
+    lora_rank: int = arg(64, "LoRA rank on the backbone's linear layers (0 = no LoRA, backbone fully frozen).")
     lora_alpha: float = arg(16.0, "LoRA alpha.")
     lora_dropout: float = arg(0.0, "LoRA dropout.")
-    lora_target_modules: list[str] = arg(list(DEFAULT_LORA_TARGETS), "Backbone linear layers that get LoRA adapters.")
     head_layers: int | None = arg(None, "Last LLM layers read by the action head (default min(12, num_layers)).")
-    head_dim: int | None = arg(None, "Action-head width (default: LLM hidden size / 4, at least 64; the hidden size "
-                                     "itself = the 806 M-parameter head at 2B shapes).")
+    head_dim: int | None = arg(None, "Action-head width (default: LLM hidden size / 4, at least 64: 512 "
+                                     "for Qwen3-VL-2B; 2048 = the 806 M-parameter head of earlier versions).")
     head_num_heads: int = arg(8, "Attention heads in the action head.")
     head_mlp_ratio: int = arg(4, "Action-head MLP width as a multiple of head_dim.")
     use_pro_version: bool = arg(False, "Rotary positions on the action head's queries/keys (VLA-Adapter-Pro style).")
@@ -48,29 +63,44 @@ class VLAConfig:
     latent_loss_weight: float = arg(1.0, "Weight of the la_align cosine loss.")
     codebook_size: int = arg(256, "Action tokenizer codebook size M (la_tok `<LA_i>` tokens).")
     latent_codebook_size: int = arg(16, "Image-LAM codebook size K (`<ACT_i>` tokens).")
+    default_image_size: int = arg(224, "Image side fed to the backbone (multiple of 32).")
+    use_wrist_image: bool = arg(True, "Feed the wrist camera(s) too.")
+    use_proprio: bool = arg(True, "Feed the proprioceptive state (a proprio token to the head).")
+    num_images_in_input: int | None = arg(None, "Cameras per sample (default: platform's; 1 without wrist images).")
+    gradient_checkpointing: bool = arg(False, "Recompute backbone activations in backward to save memory.")
+    attn_implementation: str | None = arg(None, "flash_attention_2 / sdpa / eager (default: flash_attention_2 on GPU "
+                                                "if installed, else sdpa).")
+
+    def check_variant(self, dash: str = "") -> None:
+        """Import `strategy_modules` (they register variants with `@register_strategy`), then look up `vla_id`."""
+        for name in self.strategy_modules:
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # not on PYTHONPATH, or failing on import: named, not a traceback
+                raise LatentVLAError(f"{dash}strategy_modules {name!r}: cannot import it "
+                                     f"({type(e).__name__}: {e})") from None
+        if self.vla_id not in STRATEGIES:
+            raise LatentVLAError(f"{dash}vla_id {self.vla_id!r} is unknown; expected one of {', '.join(STRATEGIES)} "
+                                 f"(a variant defined outside latentvla needs its module in {dash}strategy_modules)")
+
+
+@dataclass
+class VLAConfig(VLAOptions):
+    """A LatentVLA model: backbone, LoRA, action head and latent-supervision variant."""
+
+    lora_target_modules: list[str] = arg(list(DEFAULT_LORA_TARGETS), "Backbone linear layers that get LoRA adapters.")
     latent_codes_per_step: int = arg(4, "Image-LAM codes per transition C.")
     latent_dim: int = arg(128, "Image-LAM latent dim Z (la_align target).")
     align_proj_dim: int = arg(256, "Hidden width of the la_align projector.")
-    default_image_size: int = arg(224, "Image side fed to the backbone (multiple of 32).")
-    use_wrist_image: bool = arg(True, "Feed the wrist camera(s).")
-    use_proprio: bool = arg(True, "Feed the proprio token to the head.")
-    num_images_in_input: int | None = arg(None, "Cameras per sample (default: platform's; 1 without wrist images).")
-    gradient_checkpointing: bool = arg(False, "Recompute backbone activations in backward.")
-    attn_implementation: str | None = arg(None, "flash_attention_2 / sdpa / eager (default: flash_attention_2 on GPU "
-                                                "if installed, else sdpa).")
     dtype: str = arg("auto", "Backbone weight dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16, float32.")
 
     def validate(self) -> None:
-        if self.vla_id not in known_vla_ids():
-            raise LatentVLAError(f"vla_id {self.vla_id!r} is unknown; expected one of {', '.join(known_vla_ids())}")
+        self.check_variant()
         if self.default_image_size < 32 or self.default_image_size % 32:
             raise LatentVLAError(f"default_image_size must be a positive multiple of 32, got {self.default_image_size}")
-        for name in ("codebook_size", "latent_codebook_size", "latent_codes_per_step", "latent_dim", "head_num_heads",
-                     "align_proj_dim", "head_mlp_ratio"):
-            if getattr(self, name) < 1:
-                raise LatentVLAError(f"VLA config {name} must be >= 1, got {getattr(self, name)}")
-        if self.lora_rank < 0:
-            raise LatentVLAError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        check_min(self, ("codebook_size", "latent_codebook_size", "latent_codes_per_step", "latent_dim",
+                         "head_num_heads", "align_proj_dim", "head_mlp_ratio"), prefix="VLA config ")
+        check_min(self, ("lora_rank",), 0, prefix="")
         for name in ("head_layers", "head_dim", "align_layer", "num_images_in_input"):
             v = getattr(self, name)
             if v is not None and v < 1:

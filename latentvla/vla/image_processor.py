@@ -78,9 +78,7 @@ class QwenVLImageProcessor:
         kw.update(overrides)
         return cls(**kw)
 
-    @property
-    def factor(self) -> int:
-        return self.patch_size * self.merge_size
+    factor = property(lambda self: self.patch_size * self.merge_size)
 
     def grid_thw(self, height: int, width: int) -> tuple[int, int, int]:
         """(temporal, rows, columns) patch grid of one still image of this size (its `image_grid_thw` row)."""

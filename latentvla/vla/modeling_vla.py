@@ -20,7 +20,8 @@ from torch import nn
 
 from latentvla.errors import LatentVLAError
 from latentvla.robots import Platform
-from latentvla.vla.backbone import NewTokenEmbedding, SpecialTokenIds, load_backbone, resolve_device
+from latentvla.utils.device import resolve_device
+from latentvla.vla.backbone import SpecialTokenIds, load_backbone
 from latentvla.vla.configuration_vla import VLAConfig
 from latentvla.vla.head import ActionHead, ProprioProjector
 from latentvla.vla.image_processor import QwenVLImageProcessor
@@ -74,25 +75,14 @@ class LatentVLA(nn.Module):
                 m.to(dev)
         return model
 
-    @property
-    def device(self) -> torch.device:
-        return self.action_head.chunk_queries.device
-
-    @property
-    def chunk_len(self) -> int:
-        return self.platform.chunk_len
-
-    @property
-    def action_tokenizer(self):
-        return self._action_tokenizer[0]
+    device = property(lambda self: self.action_head.chunk_queries.device)
+    chunk_len = property(lambda self: self.platform.chunk_len)
+    action_tokenizer = property(lambda self: self._action_tokenizer[0])
+    token_rows = property(lambda self: self.backbone.model.language_model.embed_tokens)  # a NewTokenEmbedding
 
     def set_action_tokenizer(self, tok) -> None:
         check_action_tokenizer(tok, self.cfg, self.platform)
         self._action_tokenizer[0] = tok
-
-    @property
-    def token_rows(self) -> NewTokenEmbedding:
-        return self.backbone.model.language_model.embed_tokens
 
     def required_sample_keys(self) -> tuple[str, ...]:
         return self.strategy.required_sample_keys

@@ -27,25 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentvla.data.transforms import DEFAULT_RESAMPLE, LEGACY_RESAMPLE
 from latentvla.errors import LatentVLAError
-from latentvla.robots import normalize, unnormalize
 from latentvla.utils.json_files import read_json
-
-
-def resolve_unnorm_key(statistics: dict, unnorm_key: str | None, where: str = "checkpoint") -> str:
-    keys = sorted(statistics)
-    if not keys:
-        raise LatentVLAError(f"{where}: dataset_statistics.json is empty")
-    if unnorm_key is None:
-        if len(keys) == 1:
-            return keys[0]
-        raise LatentVLAError(f"{where} was trained on several datasets; pass unnorm_key (--unnorm_key) = one of: "
-                             f"{', '.join(keys)}")
-    if unnorm_key not in statistics:
-        raise LatentVLAError(f"{where}: unnorm_key {unnorm_key!r} not in the saved statistics; available: "
-                             f"{', '.join(keys)}")
-    return unnorm_key
+from latentvla.vla.policy_io import PolicyIO, load_policy_io
 
 
 def load_decode_tokenizer(directory: str | Path, action_tokenizer_ckpt: str | None = None):
@@ -91,8 +75,11 @@ def load_decode_tokenizer(directory: str | Path, action_tokenizer_ckpt: str | No
 
 
 class VLAPolicy:
-    def __init__(self, model, statistics: dict, unnorm_key: str | None = None, num_open_loop_steps: int | None = None,
-                 where: str = "policy", decode_tokens: bool = False):
+    """`io` is the checkpoint's `PolicyIO` (how inputs and outputs are made), or its statistics dict
+    (the rest of the recipe is then read from the model, without a crop)."""
+
+    def __init__(self, model, io: PolicyIO | dict, unnorm_key: str | None = None,
+                 num_open_loop_steps: int | None = None, where: str = "policy", decode_tokens: bool = False):
         if decode_tokens and (model.cfg.vla_id != "la_tok" or model.action_tokenizer is None):
             raise LatentVLAError(f"{where}: decode_tokens needs a la_tok model with its action tokenizer "
                                  f"(vla_id {model.cfg.vla_id!r}, tokenizer "
@@ -100,39 +87,15 @@ class VLAPolicy:
         self.decode_tokens = bool(decode_tokens)
         self.model = model.eval()
         self.platform = model.platform
-        self.unnorm_key = resolve_unnorm_key(statistics, unnorm_key, where)
-        self.stats = statistics[self.unnorm_key]
-        if "action" not in self.stats:
-            raise LatentVLAError(f"{where}: statistics of {self.unnorm_key!r} lack 'action'")
-        if model.cfg.use_proprio and "proprio" not in self.stats:
-            raise LatentVLAError(f"{where}: statistics of {self.unnorm_key!r} lack 'proprio' (the model uses proprio)")
+        if not isinstance(io, PolicyIO):
+            proc = model.processor
+            io = PolicyIO(model.platform, io, proc.image_size, proc.num_images, model.cfg.use_proprio,
+                          proc.image_resample, center_crop=False)
+        self.io = io.select(unnorm_key, where)
         self.num_open_loop_steps = num_open_loop_steps or self.chunk_len
         if not 1 <= self.num_open_loop_steps <= self.chunk_len:
             raise LatentVLAError(f"num_open_loop_steps must be in [1, {self.chunk_len}], got {num_open_loop_steps}")
         self._queue: deque = deque()
-        # How training made images (set by from_pretrained): raw frames get the same resize filter, and
-        # the deterministic center crop when training used random crops.
-        self.center_crop = False
-        self.image_resample = DEFAULT_RESAMPLE
-
-    def prepare_images(self, images: Any) -> list[np.ndarray]:
-        """Raw camera frames -> training-size images made exactly as training made them.
-
-        Every frame gets the training pipeline's resize (the checkpoint's image_resample) to the
-        training size, plus its deterministic center crop when the checkpoint trained with image_aug
-        (random crops) — whatever its size, so a camera that already delivers the training size is
-        cropped too. Without the crop, frames already at the training size pass through unchanged.
-        """
-        from latentvla.data.transforms import center_crop_params, process_image
-
-        size = self.model.processor.image_size
-        out = []
-        for im in images:
-            im = np.asarray(im)
-            if im.ndim == 3 and im.dtype == np.uint8 and (self.center_crop or im.shape[:2] != (size, size)):
-                im = process_image(im, size, center_crop_params() if self.center_crop else None, self.image_resample)
-            out.append(im)
-        return out
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | None = None, unnorm_key: str | None = None,
@@ -148,34 +111,30 @@ class VLAPolicy:
         if action_tokenizer_ckpt and not decode_tokens:
             raise LatentVLAError("--action_tokenizer_ckpt is only used with --decode_tokens True")
         tok = load_decode_tokenizer(directory, action_tokenizer_ckpt) if decode_tokens else None  # before the backbone
-        model, config, statistics = load_policy_model(directory, device=device, vlm_path=vlm_path, action_tokenizer=tok)
+        model, _, _ = load_policy_model(directory, device=device, vlm_path=vlm_path, action_tokenizer=tok)
         if tok is not None:
             tok.to(model.device)
-        policy = cls(model, statistics, unnorm_key, num_open_loop_steps, where=str(directory),
-                     decode_tokens=decode_tokens)
-        train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
-        policy.center_crop = bool(train_cfg.get("image_aug", False))
-        policy.image_resample = str(train_cfg.get("image_resample") or LEGACY_RESAMPLE)
-        model.processor.image_resample = policy.image_resample  # its fallback resize of odd-sized frames
-        return policy
+        return cls(model, load_policy_io(directory), unnorm_key, num_open_loop_steps, where=str(directory),
+                   decode_tokens=decode_tokens)
 
-    @property
-    def chunk_len(self) -> int:
-        return self.platform.chunk_len
+    # The recipe, as attributes every evaluated / served policy has (eval --center_crop overrides the crop).
+    unnorm_key = property(lambda self: self.io.unnorm_key)
+    num_images = property(lambda self: self.io.num_images)
+    image_size = property(lambda self: self.io.image_size)
+    use_proprio = property(lambda self: self.io.use_proprio)
+    center_crop = property(lambda self: self.io.center_crop,
+                           lambda self, v: setattr(self.io, "center_crop", bool(v)))
+    image_resample = property(lambda self: self.io.image_resample,
+                              lambda self, v: setattr(self.io, "image_resample", str(v)))
 
-    @property
-    def action_dim(self) -> int:
-        return self.platform.action_dim
+    # batched serving; decode_tokens (analysis: argmax codes) unbatched, so answers never depend on the company
+    supports_batch = property(lambda self: not self.decode_tokens)
 
-    def normalize_proprio(self, proprio: Any) -> np.ndarray:
-        p = np.asarray(proprio, dtype=np.float32)
-        if p.shape[-1] != self.platform.proprio_dim:
-            raise LatentVLAError(f"proprio has {p.shape[-1]} dims, platform {self.platform.name!r} expects "
-                                 f"{self.platform.proprio_dim}")
-        return normalize(p, self.stats["proprio"], self.platform.proprio_norm_mask, self.platform.normalization)
+    chunk_len = property(lambda self: self.platform.chunk_len)
+    action_dim = property(lambda self: self.platform.action_dim)
 
-    def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return unnormalize(actions, self.stats["action"], self.platform.action_norm_mask, self.platform.normalization)
+    def prepare_images(self, images: Any) -> list[np.ndarray]:
+        return self.io.prepare_images(images)
 
     @torch.no_grad()
     def predict_action(self, images: Any, instruction: str | Sequence[str], proprio: Any = None) -> np.ndarray:
@@ -184,26 +143,19 @@ class VLAPolicy:
             raise LatentVLAError(f"predict_action: images must be a list of uint8 HxWx3 camera frames (primary first), "
                                  f"got {type(images).__name__}")
         batched = not isinstance(instruction, str)
-        if batched:
-            instructions = list(instruction)
-            image_sets = list(images)
-            proprios = None if proprio is None else list(proprio)
-        else:
-            instructions, image_sets = [instruction], [images]
-            proprios = None if proprio is None else [proprio]
+        instructions, image_sets = (list(instruction), list(images)) if batched else ([instruction], [images])
         if len(image_sets) != len(instructions):
             raise LatentVLAError(f"predict_action: {len(image_sets)} image sets for {len(instructions)} instructions")
+        proprios = None
         if self.model.cfg.use_proprio:
-            if proprios is None:
+            if proprio is None:
                 raise LatentVLAError("predict_action: this policy was trained with proprio; pass proprio")
-            proprios = [self.normalize_proprio(p) for p in proprios]
-        else:
-            proprios = None
+            proprios = [self.io.normalize_proprio(p) for p in (proprio if batched else [proprio])]
         image_sets = [self.prepare_images(ims) for ims in image_sets]
         batch = self.model.processor.build(image_sets, instructions, proprios, where="observation")
         predict = self.model.decode_predicted_tokens if self.decode_tokens else self.model.predict_actions
         actions = predict(batch).float().cpu().numpy()
-        out = self.unnormalize_actions(actions)  # both paths give normalized actions
+        out = self.io.unnormalize_actions(actions)  # both paths give normalized actions
         return out if batched else out[0]
 
     def predict_action_chunk(self, obs: dict) -> np.ndarray:

@@ -19,6 +19,7 @@ The processor holds only picklable state (tokenizer + numbers): DataLoader worke
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,21 +38,22 @@ def format_instruction(instruction: str, chunk_len: int) -> str:
     return f"{instruction.strip().lower()}. Predict the next {chunk_len} robot actions."
 
 
+@dataclass(eq=False, repr=False)
 class VLAProcessor:
-    def __init__(self, tokenizer, image_processor: QwenVLImageProcessor, ids: SpecialTokenIds,
-                 slot_ids: Sequence[int], chunk_len: int, num_images: int, image_size: int,
-                 proprio_dim: int, use_proprio: bool, image_resample: str = DEFAULT_RESAMPLE):
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.ids = ids
-        self.slot_ids = list(slot_ids)
-        self.chunk_len = chunk_len
-        self.num_images = num_images
-        self.image_size = image_size
-        self.proprio_dim = proprio_dim
-        self.use_proprio = use_proprio
-        self.image_resample = image_resample
-        enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    tokenizer: Any
+    image_processor: QwenVLImageProcessor
+    ids: SpecialTokenIds
+    slot_ids: Sequence[int]
+    chunk_len: int
+    num_images: int
+    image_size: int
+    proprio_dim: int
+    use_proprio: bool
+    image_resample: str = DEFAULT_RESAMPLE
+
+    def __post_init__(self):
+        self.slot_ids = list(self.slot_ids)
+        ids, enc = self.ids, lambda s: self.tokenizer.encode(s, add_special_tokens=False)
         self._user = [ids.im_start] + enc("user\n")
         self._turn = [ids.im_end] + enc("\n") + [ids.im_start] + enc("assistant\n")
 

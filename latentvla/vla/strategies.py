@@ -1,10 +1,10 @@
 """The latent-supervision variants as small pluggable strategies (docs/architecture.md §5).
 
 A strategy decides (1) the query slots appended to the prompt, (2) which slot states the action
-head reads (one [B, P, H] per head layer) and (3) its auxiliary loss + metrics. Everything else
-(backbone pass, head, L1) is shared in `LatentVLA`. Adding a variant = one subclass registered
-with `@register_strategy("name")`; `VLAConfig(vla_id="name")` then accepts it (the training CLI
-lists the five built-in ids in `--vla_id`'s help).
+head reads (one [B, P, H] per head layer) and (3) its auxiliary loss + metrics, and declares what
+training must provide (sample keys, options, a frozen helper model). Everything else is shared in
+`LatentVLA`. Adding a variant = one subclass registered with `@register_strategy("name")` into
+`configuration_vla.STRATEGIES`, which the model, `latentvla train` and the demo read.
 
 Code prediction (la_direct, la_cond, la_tok) multiplies the final-layer states AT THE CODE SLOTS
 by the output rows of the code tokens only: [B, n_slots, K] logits, never full-vocabulary logits.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,18 +24,13 @@ from torch import nn
 
 from latentvla.errors import LatentVLAError
 from latentvla.vla.backbone import NewTokenEmbedding, SpecialTokenIds
-
-STRATEGIES: dict[str, type[Strategy]] = {}
+from latentvla.vla.configuration_vla import STRATEGIES, strategy_class
 
 
 def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     def deco(cls):
-        from latentvla.vla.configuration_vla import EXTRA_VLA_IDS, VLA_IDS
-
         cls.name = name
         STRATEGIES[name] = cls
-        if name not in VLA_IDS and name not in EXTRA_VLA_IDS:
-            EXTRA_VLA_IDS.append(name)
         return cls
     return deco
 
@@ -48,7 +44,7 @@ class ForwardContext:
     head_layer_indexes: list[int]  # indexes into hidden_states read by the head
     ids: SpecialTokenIds
     token_rows: NewTokenEmbedding
-    action_tokenizer: Any = None
+    helper: Any = None  # the strategy's frozen helper model (la_tok: the action tokenizer); None at inference
     _positions: dict = field(default_factory=dict)
 
     def positions(self, token_id: int, count: int) -> torch.Tensor:
@@ -95,8 +91,11 @@ def code_cross_entropy(ctx: ForwardContext, slot_token: int, vocab: tuple[int, .
 
 
 class Strategy(nn.Module):
-    name = "?"
-    required_sample_keys: tuple[str, ...] = ()
+    name = "?"  # its vla_id, set by the registry
+    required_sample_keys: tuple[str, ...] = ()  # per-step keys the data must carry (VLADataset extra_keys)
+    options: tuple[str, ...] = ()  # config fields only variants like it read (set for another one: a note)
+    # A frozen helper model: the option naming it; classmethod load_helper(cfg, platform) -> (model, VLAConfig values)
+    helper_option: str | None = None
     predicts_codes = False  # False: the new tokens' output rows stay frozen (DDP needs every trainable param used)
 
     def __init__(self, cfg, ids: SpecialTokenIds, chunk_len: int, llm_dim: int, num_layers: int):
@@ -121,14 +120,13 @@ class Strategy(nn.Module):
         return ~ctx.batch["action_pad"]
 
 
-@register_strategy("baseline")
 class BaselineStrategy(Strategy):
     pass
 
 
-@register_strategy("la_align")
 class AlignStrategy(Strategy):
     required_sample_keys = ("latent_z",)
+    options = ("align_layer", "align_proj_dim", "latent_dim", "latent_loss_weight")
 
     def __init__(self, cfg, ids, chunk_len, llm_dim, num_layers):
         super().__init__(cfg, ids, chunk_len, llm_dim, num_layers)
@@ -157,11 +155,10 @@ class _ImageLatentCodes(Strategy):
     """Shared by la_direct / la_cond: C·P `<|latent_query|>` code slots, CE over the K `<ACT_i>` rows."""
 
     required_sample_keys = ("latent_idx",)
+    options = ("latent_codes_per_step", "token_loss_weight")
     predicts_codes = True
 
-    @property
-    def C(self) -> int:
-        return self.cfg.latent_codes_per_step
+    C = property(lambda self: self.cfg.latent_codes_per_step)
 
     def code_slots(self) -> list[int]:
         return [self.ids.latent_query] * (self.C * self.P)
@@ -185,7 +182,6 @@ class _ImageLatentCodes(Strategy):
         return self.cfg.token_loss_weight * ce, metrics
 
 
-@register_strategy("la_direct")
 class DirectStrategy(_ImageLatentCodes):
     def __init__(self, cfg, ids, chunk_len, llm_dim, num_layers):
         super().__init__(cfg, ids, chunk_len, llm_dim, num_layers)
@@ -205,15 +201,42 @@ class DirectStrategy(_ImageLatentCodes):
         return out
 
 
-@register_strategy("la_cond")
 class CondStrategy(_ImageLatentCodes):
     def slot_ids(self):
         return self.code_slots() + [self.ids.action_query] * self.P
 
 
-@register_strategy("la_tok")
 class TokStrategy(Strategy):
+    options = ("token_loss_weight",)
+    helper_option = "action_tokenizer_ckpt"
     predicts_codes = True
+
+    @classmethod
+    def load_helper(cls, cfg, platform):
+        """The frozen action tokenizer whose codes are the targets, and its codebook size M."""
+        if not cfg.action_tokenizer_ckpt:
+            raise LatentVLAError("--vla_id la_tok needs --action_tokenizer_ckpt (a checkpoint written by "
+                                 "`latentvla lam action-train`, or the paper's tokenizer_step_N.pt)")
+        path = Path(cfg.action_tokenizer_ckpt)
+        if not path.exists():
+            raise LatentVLAError(f"--action_tokenizer_ckpt {path}: not found")
+        from latentvla.lam.action_tokenizer import ActionChunkTokenizer
+
+        try:
+            tok = ActionChunkTokenizer.from_checkpoint(path, device="cpu")
+        except LatentVLAError as e:
+            raise LatentVLAError(f"--action_tokenizer_ckpt: {e}") from None
+        except Exception as e:  # a file that is not a tokenizer checkpoint at all
+            raise LatentVLAError(f"--action_tokenizer_ckpt {path}: cannot load an action tokenizer "
+                                 f"({type(e).__name__}: {e})") from None
+        if cfg.codebook_size is not None and int(tok.codebook_size) != cfg.codebook_size:
+            raise LatentVLAError(f"--action_tokenizer_ckpt {path}: codebook size {tok.codebook_size} != "
+                                 f"--codebook_size {cfg.codebook_size}")
+        try:
+            tok.check_platform(platform, where=f"--data_mix {cfg.data_mix}")
+        except LatentVLAError as e:
+            raise LatentVLAError(f"--action_tokenizer_ckpt: {e}") from None
+        return tok, {"codebook_size": int(tok.codebook_size)}
 
     def slot_ids(self):
         return [self.ids.latent_query] * self.P
@@ -225,7 +248,7 @@ class TokStrategy(Strategy):
         return self.ids.latent_query, self.P, self.ids.la
 
     def aux_loss(self, ctx):
-        tok = ctx.action_tokenizer
+        tok = ctx.helper
         if tok is None:
             raise LatentVLAError("la_tok training needs the frozen action tokenizer (--action_tokenizer_ckpt)")
         actions = ctx.batch["actions"]
@@ -240,8 +263,4 @@ class TokStrategy(Strategy):
 
 
 def build_strategy(cfg, ids: SpecialTokenIds, chunk_len: int, llm_dim: int, num_layers: int) -> Strategy:
-    try:
-        cls = STRATEGIES[cfg.vla_id]
-    except KeyError:
-        raise LatentVLAError(f"vla_id {cfg.vla_id!r} is unknown; expected one of {', '.join(STRATEGIES)}") from None
-    return cls(cfg, ids, chunk_len, llm_dim, num_layers)
+    return strategy_class(cfg.vla_id)(cfg, ids, chunk_len, llm_dim, num_layers)

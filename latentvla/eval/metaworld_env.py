@@ -1,5 +1,5 @@
-"""One Meta-World task as the demo sees it: two cameras, 4-dim proprio, fixed initial states.
-
+"""Meta-World tasks as the demo and `latentvla eval metaworld` see them: two cameras, 4-dim proprio,
+fixed initial states; `TASKS`: short name (`--tasks`), V3 env name, an instruction written by us.
 - Rendering is headless: `MUJOCO_GL` (and `PYOPENGL_PLATFORM`) are set *before* mujoco is
   imported, otherwise mujoco tries to open an X display.
 - Cameras: `corner` is the primary (agent-view) camera, `gripperPOV` the wrist camera. Meta-World's
@@ -11,18 +11,47 @@
   the dataset's convention too (platform `metaworld`), so no conversion happens anywhere.
 - `reset(seed=k)` gives the same initial state for the same k (object and goal positions come
   from a generator seeded with k), so demos and evaluation use disjoint, reproducible seeds.
+- `MetaWorldEnv` is the `ClosedLoopEnv` of `latentvla eval metaworld` too (`reset` takes the episode's seed).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from latentvla.demo.tasks import DemoTask, get_task
 from latentvla.errors import LatentVLAError
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    name: str
+    env_name: str
+    instruction: str
+
+
+TASKS: dict[str, DemoTask] = {t.name: t for t in (
+    DemoTask("reach", "reach-v3", "move the gripper to the red target"),
+    DemoTask("push", "push-v3", "push the puck to the goal"),
+    DemoTask("pick-place", "pick-place-v3", "pick up the puck and put it at the goal"),
+    DemoTask("drawer-open", "drawer-open-v3", "pull the drawer open"),
+    DemoTask("drawer-close", "drawer-close-v3", "push the drawer closed"),
+    DemoTask("button-press", "button-press-v3", "press the button in front of the gripper"),
+    DemoTask("button-press-topdown", "button-press-topdown-v3", "press the button down from above"),
+    DemoTask("window-open", "window-open-v3", "slide the window open"),
+    DemoTask("door-open", "door-open-v3", "swing the door open"),
+)}
+
+
+def get_task(name: str) -> DemoTask:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise LatentVLAError(f"unknown Meta-World demo task {name!r}; known: {', '.join(TASKS)}") from None
+
 
 PRIMARY_CAMERA = "corner"
 WRIST_CAMERA = "gripperPOV"
@@ -53,8 +82,9 @@ def import_metaworld():
 class MetaWorldEnv:
     """A Meta-World V3 task (goal observable to the scripted expert, not to the policy)."""
 
-    def __init__(self, task: str | DemoTask, image_size: int = 64, max_episode_steps: int = 120, render: bool = True,
-                 primary_camera: str = PRIMARY_CAMERA, wrist_camera: str = WRIST_CAMERA):
+    action_dim = 4
+
+    def __init__(self, task: str | DemoTask, image_size: int = 64, max_episode_steps: int = 120, render: bool = True):
         self.task = task if isinstance(task, DemoTask) else get_task(task)
         if not 1 <= max_episode_steps <= MAX_PATH_LENGTH:
             raise LatentVLAError(f"max_episode_steps must be in [1, {MAX_PATH_LENGTH}], got {max_episode_steps}")
@@ -67,7 +97,7 @@ class MetaWorldEnv:
         self.expert = policies[self.task.env_name]()
         self.image_size = int(image_size)
         self.max_episode_steps = int(max_episode_steps)
-        self.cameras = (primary_camera, wrist_camera)
+        self.cameras = (PRIMARY_CAMERA, WRIST_CAMERA)
         self._renderer = None
         self.render_images = bool(render)  # observations carry images (switchable per episode)
         if render:
@@ -80,16 +110,14 @@ class MetaWorldEnv:
         self._obs: np.ndarray | None = None
         self.steps = 0
 
-    @property
-    def instruction(self) -> str:
-        return self.task.instruction
+    instruction = property(lambda self: self.task.instruction)
 
-    def reset(self, seed: int) -> dict[str, Any]:
-        """Start the episode with fixed initial state `seed`; returns the observation."""
+    def reset(self, seed: Any) -> dict[str, Any]:
+        """Start the episode with fixed initial state `seed` (or an `EpisodeSpec`'s); returns the observation."""
         env = self.env
         env._freeze_rand_vec = False  # draw object/goal positions ...
         env.seeded_rand_vec = True  # ... from env.np_random, which env.seed() re-seeds
-        env.seed(int(seed))
+        env.seed(int(getattr(seed, "seed", seed)))
         self._obs, _ = env.reset()
         self.steps = 0
         return self.observation()
@@ -131,6 +159,18 @@ class MetaWorldEnv:
         if self._renderer is not None and self.render_images:
             obs["images"] = self.render()
         return obs
+
+    def settle_action(self) -> np.ndarray:
+        return np.array([0.0, 0.0, 0.0, -1.0], dtype=np.float32)  # unused: Meta-World needs no settling
+
+    def policy_inputs(self, obs: dict) -> tuple[list[np.ndarray], np.ndarray]:
+        return list(obs.get("images", ())), obs["proprio"]
+
+    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+        return action  # the dataset's convention; `step` checks and clips
+
+    def video_frame(self, obs: dict) -> np.ndarray:
+        return np.concatenate(list(obs["images"]), axis=1)  # primary | wrist
 
     def close(self) -> None:
         if self._renderer is not None:
