@@ -269,6 +269,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1500, help="timed samples per configuration")
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--image_size", type=int, default=224)
+    ap.add_argument("--image_aug", type=int, default=1, help="1: training augmentation (random crop, colour jitter); "
+                                                            "0: none (with --image_size 256, lerobot's own work)")
     ap.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (empty: only the decode "
                                                        "bound and stages)")
     ap.add_argument("--out_dir", default=None, help="keep the dataset here (default: a temp dir, removed)")
@@ -431,13 +433,15 @@ def lerobot_main(args) -> None:
         t0 = time.perf_counter()
         path = write_lerobot(root, episodes, args.steps)
         t_write = time.perf_counter() - t0
-        ds = VLADataset(root, "libero_goal", image_size=args.image_size, image_aug=True, train=True, progress=False)
+        ds = VLADataset(root, "libero_goal", image_size=args.image_size, image_aug=bool(args.image_aug), train=True,
+                        progress=False)
         size = sum(p.stat().st_size for p in path.rglob("*.mp4"))
         rows = np.random.default_rng(0).choice(len(ds), size=min(len(ds), 600), replace=False)
         bound = video_decode_bound(ds.indexes[0], rows, path) / 2
         print(f"LeRobot v3.0: {episodes} episodes x {args.steps} frames, 2 x 256^2 AV1 (GOP 2, crf 30), "
               f"{size / 2**20:.1f} MiB of mp4 (write {t_write:.1f} s); samples at {args.image_size}^2, augmentation "
-              f"on, batch {args.batch_size}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+              f"{'on' if args.image_aug else 'off'}, batch {args.batch_size}, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f} at start")
         print(f"{'configuration':<58} {'wall samples/s':>14} {'samples/CPU-s':>13} {'% of bound (CPU)':>16} "
               f"{'wall / 1-core bound':>19} {'peak RSS MiB':>12} {'peak PSS MiB':>12}")
         print(f"{'AV1 random-access decode bound, PyAV (2 frames/sample)':<58} {'-':>14} {bound:>13.0f} "
