@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from latentvla.data.handles import Handles
-from latentvla.data.registry import ResolvedDataset, latent_sibling, resolve_data_mix
+from latentvla.data.registry import ResolvedDataset, latent_sibling, latent_sibling_path, resolve_data_mix
 from latentvla.data.statistics import load_or_compute_statistics
 from latentvla.data.store import load_or_build_store
 from latentvla.data.transforms import (
@@ -96,7 +96,7 @@ class _MixDataset(_TorchDataset):
                 raise LatentVLAError(problem or (
                     f"dataset {r.name!r} ({r.path}) lacks per-step key(s) {', '.join(map(repr, missing))} needed here "
                     f"(extra_keys={list(self.extra_keys)}); annotate it with `latentvla lam annotate` (writes "
-                    f"{r.path.parent.name}_latent/{r.path.name}) or use a variant that does not need latent labels"))
+                    f"{latent_sibling_path(r.path)}) or use a variant that does not need latent labels"))
             for k in self.extra_keys:
                 lacking = idx.episodes_lacking(k)
                 if len(lacking):  # e.g. the paper's latent.py run on some of the shards only
@@ -177,9 +177,9 @@ class _MixDataset(_TorchDataset):
         """Per-step feature `key` for steps t..t+length-1 (past the end: the last step repeated)."""
         idx = self.indexes[d]
         out = idx.read_step_feature(e, t, length, key, self._handles)
-        path = idx.where(e)
         if not np.isfinite(out).all():
-            raise LatentVLAError(f"dataset {idx.name!r} ({path}) episode {e}: {key!r} has NaN/inf near step {t}")
+            raise LatentVLAError(f"dataset {idx.name!r} ({idx.where(e)}) episode {e}: {key!r} has NaN/inf near "
+                                 f"step {t}")
         return out
 
     def base_sample(self, d: int, e: int, t: int) -> dict[str, Any]:

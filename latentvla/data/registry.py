@@ -436,13 +436,19 @@ def get_entry(name: str, registry_file: str | os.PathLike | None = None) -> Data
     return Registry(registry_file).get(name)
 
 
+def latent_sibling_path(path: Path) -> Path:
+    """Where `latentvla lam annotate` puts the labelled copy: `<dir>_latent/<version>` (LeRobot: `<dir>_latent`)."""
+    if detect_format(path) == "lerobot":  # no version level
+        return path.parent / (path.name + LATENT_SUFFIX)
+    return path.parent.parent / (path.parent.name + LATENT_SUFFIX) / path.name
+
+
 def latent_sibling(resolved: ResolvedDataset) -> ResolvedDataset | None:
-    """The annotated copy `<dir>_latent/<version>` (LeRobot: `<dir>_latent`) next to a plain dataset, if it exists."""
+    """The annotated copy (`latent_sibling_path`) next to a plain dataset, if it exists."""
     if resolved.entry.annotated:
         return None
-    lerobot = detect_format(resolved.path) == "lerobot"
-    plain = resolved.path if lerobot else resolved.path.parent  # LeRobot: no version level
-    cand = plain.parent / (plain.name + LATENT_SUFFIX) / ("" if lerobot else resolved.path.name)
+    cand = latent_sibling_path(resolved.path)
     if cand.is_dir():
+        plain = resolved.path if detect_format(resolved.path) == "lerobot" else resolved.path.parent
         return ResolvedDataset(replace(resolved.entry, annotated=True, directory=plain.name), cand, resolved.weight)
     return None

@@ -91,7 +91,7 @@ def _annotation_codebook_size(directory: Path) -> int | None:
 
 def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> LatentLabels:
     from latentvla.data.latent_labels import adopt_undeclared_latents
-    from latentvla.data.registry import latent_sibling
+    from latentvla.data.registry import latent_sibling, latent_sibling_path
     from latentvla.data.store import dataset_format, open_dataset_dir
 
     shapes: dict[str, tuple] = {}
@@ -122,7 +122,7 @@ def _latent_shapes(resolved: list, keys: tuple[str, ...], vla_id: str) -> Latent
             plain = [i for i in STRATEGIES if not strategy_class(i).required_sample_keys]
             raise LatentVLAError(
                 f"--vla_id {vla_id} needs image-LAM latent labels (step keys {', '.join(keys)}) but dataset "
-                f"{r.name!r} ({r.path}) has none, nor has {r.path.parent.name}_latent/{r.path.name}; annotate it with "
+                f"{r.name!r} ({r.path}) has none, nor has {latent_sibling_path(r.path)}; annotate it with "
                 f"`latentvla lam annotate` (writes latent_idx and latent_z) or train {' / '.join(plain)}, which need "
                 "no labels")
         for k in keys:
